@@ -1,0 +1,58 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   set up whatever is missing, then run the telemetry pipeline demo
+#   make test   set up whatever is missing, then run linters, type checks and all tests
+# Both are idempotent: a second run only re-does what changed.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kubeq-installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# System packages: redis-server for the queue, prometheus/promtool for the metrics tests.
+SYSTEM_PACKAGES := redis-server prometheus
+
+.PHONY: setup system-packages demo test lint typecheck unit bench clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian starts the packaged services; kubeq never uses them (it starts its own on free ports).
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/kubeq demo telemetry
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -q
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+bench: setup
+	$(BIN)/python -m bench.protocol
+	$(BIN)/python -m bench.worker
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,422 @@
+"""`Client` (blocking) and `AsyncClient` (asyncio): thin drivers over `QueueOps`.
+
+Both run the same operation generators; only the way a request reaches Redis differs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+import redis.exceptions
+from pydantic import ValidationError
+
+from kubeq.protocol import errors
+from kubeq.protocol.config import QueueConfig
+from kubeq.protocol.keys import QueueKeys
+from kubeq.protocol.connection import connect, connect_async, redacted, translate
+from kubeq.protocol.models import (
+    DeadLetter,
+    HeartbeatReply,
+    QueueStats,
+    ReapReport,
+    Task,
+    WorkerInfo,
+)
+from kubeq.protocol.ops import (
+    DEFAULT_CHUNK,
+    Claim,
+    Command,
+    Op,
+    Pipeline,
+    QueueOps,
+    Request,
+    ScriptCall,
+    Settlement,
+    TaskRequest,
+    result_of,
+)
+from kubeq.protocol.scripts import SCRIPTS
+
+Clock = Callable[[], int]
+
+
+def system_clock() -> int:
+    """Wall-clock epoch milliseconds: what producers, workers and the operator share."""
+    return time.time_ns() // 1_000_000
+
+
+def _as_request(item: TaskRequest | Mapping[str, Any]) -> TaskRequest:
+    if isinstance(item, TaskRequest):
+        return item
+    try:
+        return TaskRequest(**item)
+    except TypeError as exc:
+        raise errors.InvalidTask(f"bad task request {dict(item)!r}: {exc}") from None
+
+
+def _requests_for_submit(
+    type: str, payload: Any, priority: str | None, delay: float | None, eta_ms: int | None,
+    idempotency_key: str | None, max_attempts: int | None,
+) -> list[TaskRequest]:
+    return [TaskRequest(type=type, payload=payload, priority=priority, delay=delay, eta_ms=eta_ms,
+                        idempotency_key=idempotency_key, max_attempts=max_attempts)]
+
+
+def _parse_config(raw: str | None, queue: str, namespace: str) -> QueueConfig:
+    if not raw:
+        return QueueConfig(name=queue, namespace=namespace)
+    try:
+        return QueueConfig.model_validate_json(raw)
+    except ValidationError as exc:
+        raise errors.ConfigError(f"published config of {namespace}/{queue} is invalid: {exc}") from None
+
+
+class _Base:
+    def __init__(self, redis_client: Any, config: QueueConfig, *, clock: Clock = system_clock,
+                 rng: random.Random | None = None, where: str = "Redis") -> None:
+        self.redis = redis_client
+        self.config = config
+        self.ops = QueueOps(config)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._where = where
+
+    @property
+    def keys(self) -> Any:
+        return self.ops.keys
+
+    def _fail(self, exc: redis.exceptions.RedisError) -> BaseException:
+        return translate(exc, self._where) or exc
+
+
+class Client(_Base):
+    """Producer, worker and operator access to one queue, with blocking I/O."""
+
+    @classmethod
+    def from_url(cls, url: str, queue: str, namespace: str = "default",
+                 config: QueueConfig | None = None, *, clock: Clock = system_clock,
+                 **options: Any) -> Client:
+        """Connect; without `config`, use the one published for the queue (or defaults)."""
+        r = connect(url, **options)
+        where = f"Redis at {redacted(url)}"
+        if config is None:
+            try:
+                raw = r.get(QueueKeys(namespace, queue).config)
+            except redis.exceptions.RedisError as exc:
+                raise (translate(exc, where) or exc) from exc
+            config = _parse_config(raw, queue, namespace)
+        return cls(r, config, clock=clock, where=where)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- driver --------------------------------------------------------------------------
+
+    def _execute(self, req: Request) -> Any:
+        r = self.redis
+        if isinstance(req, ScriptCall):
+            script = SCRIPTS[req.script]
+            try:
+                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+            except redis.exceptions.NoScriptError:
+                r.script_load(script.source)
+                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+        if isinstance(req, Command):
+            return r.execute_command(*req.args)
+        pipe = r.pipeline(transaction=False)
+        for cmd in req.commands:
+            pipe.execute_command(*cmd.args)
+        return pipe.execute()
+
+    def run(self, op: Op) -> Any:
+        try:
+            req = next(op)
+            while True:
+                try:
+                    reply = self._execute(req)
+                except redis.exceptions.RedisError as exc:
+                    req = op.throw(self._fail(exc))
+                else:
+                    req = op.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    # -- producer ------------------------------------------------------------------------
+
+    def submit(self, type: str, payload: Any = None, *, priority: str | None = None,
+               delay: float | None = None, eta_ms: int | None = None,
+               idempotency_key: str | None = None, max_attempts: int | None = None) -> str:
+        reqs = _requests_for_submit(type, payload, priority, delay, eta_ms, idempotency_key,
+                                    max_attempts)
+        ids: list[str] = self.run(self.ops.submit_many(reqs, self.clock()))
+        return ids[0]
+
+    def submit_many(self, tasks: Iterable[TaskRequest | Mapping[str, Any]],
+                    chunk_size: int = DEFAULT_CHUNK) -> list[str]:
+        reqs = [_as_request(t) for t in tasks]
+        return list(self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
+
+    def status(self, task_id: str) -> Task:
+        task: Task = self.run(self.ops.status(task_id, self.clock()))
+        return task
+
+    def cancel(self, task_id: str) -> str:
+        return str(self.run(self.ops.cancel(task_id, self.clock())))
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait (without polling) until the task ends; its result, or TaskFailed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.done_channel)
+            while True:
+                # Subscribed before looking, so an ending between the two is not missed.
+                task = self.status(task_id)
+                if task.status.terminal:
+                    return result_of(task)
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.ResultTimeout(
+                            f"task {task_id} still {task.status.value} after {timeout}s")
+                    msg = pubsub.get_message(timeout=min(left, 5.0) if left is not None else 5.0)
+                    if msg is None:
+                        break  # re-check now and then: a safety net, not the mechanism
+                    if task_id in str(msg["data"]).split():
+                        break
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        finally:
+            pubsub.close()
+
+    # -- worker --------------------------------------------------------------------------
+
+    def claim(self, worker: str, n: int, lease_ms: int | None = None) -> Claim:
+        order = self.ops.serving_order(self.rng)
+        claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
+        return claim
+
+    def heartbeat(self, worker: str, held: Sequence[tuple[str, int, int]], info: WorkerInfo,
+                  lease_ms: int | None = None) -> HeartbeatReply:
+        reply: HeartbeatReply = self.run(
+            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms))
+        return reply
+
+    def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        return list(self.run(self.ops.settle(settlements, self.clock())))
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a submit signals work or `timeout` seconds pass."""
+        try:
+            return self.redis.blpop([self.keys.wake], timeout=timeout) is not None
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    # -- maintenance and admin ---------------------------------------------------------------
+
+    def reap(self, limit: int = 1000) -> ReapReport:
+        report: ReapReport = self.run(self.ops.reap(self.clock(), limit))
+        return report
+
+    def expire_dead_letters(self, limit: int = 1000) -> int:
+        return int(self.run(self.ops.expire_dead_letters(self.clock(), limit)))
+
+    def acquire_maintenance(self, owner: str, ttl_ms: int) -> bool:
+        return bool(self.run(self.ops.acquire_lock(owner, ttl_ms)))
+
+    def stats(self) -> QueueStats:
+        stats: QueueStats = self.run(self.ops.stats(self.clock()))
+        return stats
+
+    def workers(self) -> list[WorkerInfo]:
+        return list(self.run(self.ops.workers()))
+
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        return list(self.run(self.ops.dead_letters(offset, limit)))
+
+    def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> list[str]:
+        return list(self.run(self.ops.requeue_dead(ids, limit)))
+
+    def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+        return int(self.run(self.ops.purge_dead(ids, limit)))
+
+    def publish_config(self) -> None:
+        self.run(_single(self.ops.publish_config()))
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of `Client`; same operations, same keys, same scripts."""
+
+    @classmethod
+    async def from_url(cls, url: str, queue: str, namespace: str = "default",
+                       config: QueueConfig | None = None, *, clock: Clock = system_clock,
+                       **options: Any) -> AsyncClient:
+        r = connect_async(url, **options)
+        where = f"Redis at {redacted(url)}"
+        if config is None:
+            try:
+                raw = await r.get(QueueKeys(namespace, queue).config)
+            except redis.exceptions.RedisError as exc:
+                await r.aclose()
+                raise (translate(exc, where) or exc) from exc
+            config = _parse_config(raw, queue, namespace)
+        return cls(r, config, clock=clock, where=where)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _execute(self, req: Request) -> Any:
+        r = self.redis
+        if isinstance(req, ScriptCall):
+            script = SCRIPTS[req.script]
+            try:
+                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+            except redis.exceptions.NoScriptError:
+                await r.script_load(script.source)
+                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+        if isinstance(req, Command):
+            return await r.execute_command(*req.args)
+        pipe = r.pipeline(transaction=False)
+        for cmd in req.commands:
+            pipe.execute_command(*cmd.args)
+        return await pipe.execute()
+
+    async def run(self, op: Op) -> Any:
+        try:
+            req = next(op)
+            while True:
+                try:
+                    reply = await self._execute(req)
+                except redis.exceptions.RedisError as exc:
+                    req = op.throw(self._fail(exc))
+                else:
+                    req = op.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    async def submit(self, type: str, payload: Any = None, *, priority: str | None = None,
+                     delay: float | None = None, eta_ms: int | None = None,
+                     idempotency_key: str | None = None, max_attempts: int | None = None) -> str:
+        reqs = _requests_for_submit(type, payload, priority, delay, eta_ms, idempotency_key,
+                                    max_attempts)
+        ids: list[str] = await self.run(self.ops.submit_many(reqs, self.clock()))
+        return ids[0]
+
+    async def submit_many(self, tasks: Iterable[TaskRequest | Mapping[str, Any]],
+                          chunk_size: int = DEFAULT_CHUNK) -> list[str]:
+        reqs = [_as_request(t) for t in tasks]
+        return list(await self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
+
+    async def status(self, task_id: str) -> Task:
+        task: Task = await self.run(self.ops.status(task_id, self.clock()))
+        return task
+
+    async def cancel(self, task_id: str) -> str:
+        return str(await self.run(self.ops.cancel(task_id, self.clock())))
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.done_channel)
+            while True:
+                task = await self.status(task_id)
+                if task.status.terminal:
+                    return result_of(task)
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise errors.ResultTimeout(
+                            f"task {task_id} still {task.status.value} after {timeout}s")
+                    msg = await pubsub.get_message(
+                        timeout=min(left, 5.0) if left is not None else 5.0)
+                    if msg is None or task_id in str(msg["data"]).split():
+                        break
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        finally:
+            await pubsub.aclose()
+
+    async def claim(self, worker: str, n: int, lease_ms: int | None = None) -> Claim:
+        order = self.ops.serving_order(self.rng)
+        claim: Claim = await self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
+        return claim
+
+    async def heartbeat(self, worker: str, held: Sequence[tuple[str, int, int]],
+                        info: WorkerInfo, lease_ms: int | None = None) -> HeartbeatReply:
+        reply: HeartbeatReply = await self.run(
+            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms))
+        return reply
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        return list(await self.run(self.ops.settle(settlements, self.clock())))
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        try:
+            return await self.redis.blpop([self.keys.wake], timeout=timeout) is not None
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    async def reap(self, limit: int = 1000) -> ReapReport:
+        report: ReapReport = await self.run(self.ops.reap(self.clock(), limit))
+        return report
+
+    async def expire_dead_letters(self, limit: int = 1000) -> int:
+        return int(await self.run(self.ops.expire_dead_letters(self.clock(), limit)))
+
+    async def acquire_maintenance(self, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.run(self.ops.acquire_lock(owner, ttl_ms)))
+
+    async def stats(self) -> QueueStats:
+        stats: QueueStats = await self.run(self.ops.stats(self.clock()))
+        return stats
+
+    async def workers(self) -> list[WorkerInfo]:
+        return list(await self.run(self.ops.workers()))
+
+    async def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        return list(await self.run(self.ops.dead_letters(offset, limit)))
+
+    async def requeue_dead(self, ids: Sequence[str] | None = None,
+                           limit: int = 1000) -> list[str]:
+        return list(await self.run(self.ops.requeue_dead(ids, limit)))
+
+    async def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+        return int(await self.run(self.ops.purge_dead(ids, limit)))
+
+    async def publish_config(self) -> None:
+        await self.run(_single(self.ops.publish_config()))
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+
+def _single(cmd: Command) -> Op:
+    return (yield cmd)
+
+

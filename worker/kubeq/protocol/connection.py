@@ -1,0 +1,140 @@
+"""Redis connections from a URL, and the translation of redis-py errors into kubeq's.
+
+Schemes: redis:// and rediss:// (TLS; ?ssl_cert_reqs=none|required, ssl_ca_certs=...),
+unix://, username/password in the URL for ACL users, redis+sentinel://h1:26379,h2:26379/
+<service>[/db] for Sentinel, and redis+cluster://host:port for Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.exceptions
+import redis.sentinel
+
+from kubeq.protocol import errors
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+           "rediss+cluster")
+DEFAULT_TIMEOUT = 5.0
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        user = parts.username or ""
+        netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _check(url: str) -> str:
+    if not isinstance(url, str) or "://" not in url:
+        raise errors.InvalidURL(f"Redis URL {url!r} has no scheme; expected one of {SCHEMES}")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise errors.InvalidURL(
+            f"Redis URL scheme {scheme!r} is not supported; expected one of {', '.join(SCHEMES)}"
+        )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is malformed: {exc}") from None
+    if scheme != "unix" and not parts.hostname:
+        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} names no host")
+    return scheme
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    parts = urlsplit(url)
+    hosts = []
+    for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = hp.partition(":")
+        hosts.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} names no service: .../<service>")
+    kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    if parts.scheme.startswith("rediss"):
+        kwargs["ssl"] = True
+    return hosts, path[0], kwargs
+
+
+def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
+    """A blocking redis-py client for `url`; no I/O happens until the first command."""
+    scheme = _check(url)
+    common = {"decode_responses": True, "socket_timeout": timeout,
+              "socket_connect_timeout": timeout, **options}
+    try:
+        if scheme.endswith("+sentinel"):
+            hosts, service, kw = _sentinel_parts(url)
+            sentinel = redis.sentinel.Sentinel(hosts, socket_timeout=timeout,
+                                               sentinel_kwargs={"socket_timeout": timeout})
+            return sentinel.master_for(service, **kw, **common)
+        if scheme.endswith("+cluster"):
+            return redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **common)
+        return redis.Redis.from_url(url, **common)
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
+
+
+def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
+    """The asyncio counterpart of `connect`."""
+    scheme = _check(url)
+    common = {"decode_responses": True, "socket_timeout": timeout,
+              "socket_connect_timeout": timeout, **options}
+    try:
+        if scheme.endswith("+sentinel"):
+            hosts, service, kw = _sentinel_parts(url)
+            sentinel = redis.asyncio.sentinel.Sentinel(
+                hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout})
+            return sentinel.master_for(service, **kw, **common)
+        if scheme.endswith("+cluster"):
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                url.replace("+cluster", "", 1), **common)
+        return redis.asyncio.Redis.from_url(url, **common)
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
+
+
+def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | None:
+    """The kubeq error for a redis-py exception, or None when it is not a known kind."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.AuthenticationError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and text.startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+    ):
+        return errors.AuthenticationFailed(f"{where} refused the credentials: {text}")
+    if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("QUEUEFULL"):
+        _, backlog, limit, fresh = text.split()
+        return errors.QueueFull(
+            f"queue is full: backlog {backlog} + {fresh} new tasks would exceed maxBacklog {limit}"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+        return errors.ConnectionFailed(f"{where} is unreachable: {text or type(exc).__name__}")
+    return None
+
+
+@contextlib.contextmanager
+def translated(where: str = "Redis") -> Iterator[None]:
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        mapped = translate(exc, where)
+        if mapped is None:
+            raise
+        raise mapped from exc

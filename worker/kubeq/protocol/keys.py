@@ -1,0 +1,155 @@
+"""The key schema: every Redis key kubeq uses, in one place.
+
+All keys of one queue share the hash tag `{namespace/queue}`, so every script touches a
+single Redis Cluster slot while different queues spread over slots. The `v1` segment
+versions the layout: a change to it gets a new prefix, never a silent reinterpretation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from kubeq.protocol.config import check_name
+
+SCHEMA_VERSION = "v1"
+ROOT = "kubeq"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    namespace: str
+    queue: str
+
+    def __post_init__(self) -> None:
+        check_name("namespace", self.namespace)
+        check_name("queue name", self.queue)
+
+    @cached_property
+    def prefix(self) -> str:
+        return f"{ROOT}:{SCHEMA_VERSION}:{{{self.namespace}/{self.queue}}}:"
+
+    # One list of ready task ids per priority level (FIFO: RPUSH, LPOP).
+    def ready(self, level: str) -> str:
+        return f"{self.prefix}ready:{level}"
+
+    # Tasks not yet due (ETA or retry backoff), a sorted set per level scored by due ms.
+    def delayed(self, level: str) -> str:
+        return f"{self.prefix}delayed:{level}"
+
+    # Running tasks, a sorted set per level scored by lease deadline ms.
+    def leases(self, level: str) -> str:
+        return f"{self.prefix}leases:{level}"
+
+    @property
+    def tasks(self) -> str:
+        """HASH id -> task record JSON, for every non-terminal and dead-lettered task."""
+        return f"{self.prefix}tasks"
+
+    @property
+    def attempts(self) -> str:
+        """HASH id -> attempts charged so far."""
+        return f"{self.prefix}attempts"
+
+    @property
+    def holders(self) -> str:
+        """HASH id -> "token|worker|started_ms" while leased: the fencing state."""
+        return f"{self.prefix}holders"
+
+    @property
+    def fence(self) -> str:
+        """Counter handing out fencing tokens; monotonic for the queue's lifetime."""
+        return f"{self.prefix}fence"
+
+    @property
+    def dead(self) -> str:
+        """ZSET id -> dead-lettered at ms."""
+        return f"{self.prefix}dead"
+
+    @property
+    def dead_info(self) -> str:
+        """HASH id -> outcome JSON (reason, error) of dead-lettered tasks."""
+        return f"{self.prefix}dead_info"
+
+    @property
+    def cancelled(self) -> str:
+        """SET of running task ids whose cancellation waits for the next heartbeat."""
+        return f"{self.prefix}cancel"
+
+    @property
+    def results(self) -> str:
+        """HASH id -> terminal record {"task":..., "outcome":...} (completed, cancelled)."""
+        return f"{self.prefix}results"
+
+    @property
+    def results_expiry(self) -> str:
+        """ZSET id -> ms when its terminal record expires (the result TTL).
+
+        One hash plus an expiry index instead of a key per result: a settle of a batch
+        writes two commands, not one per task, and every key stays declared up front.
+        """
+        return f"{self.prefix}results_expiry"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"
+
+    @property
+    def wake(self) -> str:
+        """Bounded list pushed by submit so idle workers block instead of polling."""
+        return f"{self.prefix}wake"
+
+    @property
+    def done_channel(self) -> str:
+        """Pub/sub channel announcing ids that reached a terminal state."""
+        return f"{self.prefix}done"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> last heartbeat ms."""
+        return f"{self.prefix}workers"
+
+    @property
+    def worker_info(self) -> str:
+        """HASH worker id -> JSON (pod, in-flight count, started, concurrency)."""
+        return f"{self.prefix}worker_info"
+
+    @property
+    def counters(self) -> str:
+        """HASH of cumulative totals (submitted, completed, retried, dead, ...)."""
+        return f"{self.prefix}counters"
+
+    @property
+    def config(self) -> str:
+        """The published QueueConfig JSON."""
+        return f"{self.prefix}config"
+
+    @property
+    def maintenance_lock(self) -> str:
+        return f"{self.prefix}lock:maintenance"
+
+    @property
+    def rate_bucket(self) -> str:
+        return f"{self.prefix}rate"
+
+    def all_static(self, levels: tuple[str, ...]) -> list[str]:
+        """Every key whose name does not depend on a task id or idempotency key."""
+        per_level = [k for lv in levels for k in (self.ready(lv), self.delayed(lv), self.leases(lv))]
+        return [
+            *per_level,
+            self.tasks,
+            self.attempts,
+            self.holders,
+            self.fence,
+            self.dead,
+            self.dead_info,
+            self.results,
+            self.results_expiry,
+            self.cancelled,
+            self.wake,
+            self.workers,
+            self.worker_info,
+            self.counters,
+            self.config,
+            self.maintenance_lock,
+            self.rate_bucket,
+        ]

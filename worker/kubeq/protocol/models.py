@@ -1,0 +1,145 @@
+"""The task model and the small records the protocol exchanges."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"  # in a ready list
+    SCHEDULED = "scheduled"  # delayed until its ETA, never run yet
+    RUNNING = "running"  # leased by a worker
+    RETRYING = "retrying"  # failed, waiting for its backoff to elapse
+    COMPLETED = "completed"
+    DEAD = "dead"  # in the dead-letter set
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.DEAD, TaskStatus.CANCELLED)
+
+
+class TaskError(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class Task(BaseModel):
+    """A task as the protocol sees it. Times are Unix epoch milliseconds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    queue: str
+    type: str
+    payload: Any = None
+    priority: str
+    attempts: int = 0
+    max_attempts: int
+    status: TaskStatus = TaskStatus.PENDING
+    created_at: int
+    due_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    worker: str | None = None
+    error: TaskError | None = None
+    reason: str | None = None
+    idempotency_key: str | None = None
+    result: Any = None
+    cancel_requested: bool = False
+    #: fencing token of the current lease (claimed tasks only)
+    token: int | None = None
+
+
+class ClaimedTask(BaseModel):
+    """What a claim hands to a worker: the task plus its lease's fencing token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: Task
+    token: int
+    level_index: int  # 1-based index of the task's level in the queue's level order
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+
+class LevelStats(BaseModel):
+    name: str
+    ready: int
+    delayed: int  # not yet due
+    due: int  # due but not yet promoted to ready
+    in_flight: int
+    oldest_enqueued_at: int | None  # ms; None when nothing waits
+
+    @property
+    def backlog(self) -> int:
+        """What the autoscaler counts: work waiting or running now."""
+        return self.ready + self.due + self.in_flight
+
+
+class QueueStats(BaseModel):
+    queue: str
+    at: int
+    levels: list[LevelStats]
+    dead: int
+    workers: int
+    counters: dict[str, int]
+
+    @property
+    def ready(self) -> int:
+        return sum(lv.ready + lv.due for lv in self.levels)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(lv.in_flight for lv in self.levels)
+
+    @property
+    def delayed(self) -> int:
+        return sum(lv.delayed for lv in self.levels)
+
+    @property
+    def backlog(self) -> int:
+        return sum(lv.backlog for lv in self.levels)
+
+    def oldest_age_seconds(self) -> float:
+        ages = [self.at - lv.oldest_enqueued_at for lv in self.levels if lv.oldest_enqueued_at]
+        return max(ages, default=0) / 1000.0
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    pod: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    in_flight: int = 0
+    concurrency: int = 0
+    started_at: int | None = None
+    draining: bool = False
+    last_seen: int = 0
+
+
+class HeartbeatReply(BaseModel):
+    lost: list[str]
+    cancelled: list[str]
+
+
+class ReapReport(BaseModel):
+    requeued: list[str]
+    dead: list[str]
+    cancelled: list[str]
+    results_expired: int = 0
+
+
+class DeadLetter(BaseModel):
+    task: Task
+    dead_at: int

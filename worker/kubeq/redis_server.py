@@ -1,0 +1,120 @@
+"""A private redis-server process: for `kubeq up`, the demo, tests and benchmarks.
+
+Never the machine's shared server: a free port (never 6379), a temporary directory,
+and the process stopped with its owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != 6379:
+            return port
+
+
+class RedisServerError(RuntimeError):
+    pass
+
+
+class RedisServer:
+    def __init__(self, *, port: int | None = None, directory: Path | None = None,
+                 appendonly: bool = False, password: str | None = None,
+                 extra: tuple[str, ...] = (), executable: str = "redis-server") -> None:
+        path = shutil.which(executable)
+        if path is None:
+            raise RedisServerError(
+                f"{executable} not found: install it (Debian/Ubuntu: apt-get install redis-server)"
+                " or run `make setup`")
+        self.executable = path
+        self.port = port or free_port()
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="kubeq-redis-")
+        self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.appendonly = appendonly
+        self.password = password
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        cmd = [
+            self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always" if self.appendonly else "everysec",
+            "--loglevel", "warning", "--logfile", str(self.directory / "redis.log"),
+        ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return [*cmd, *self.extra]
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                             socket_connect_timeout=0.2)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RedisServerError(
+                        f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+                with contextlib.suppress(redis.exceptions.ConnectionError):
+                    if client.ping():
+                        return self
+                if time.monotonic() > deadline:
+                    raise RedisServerError(f"redis-server did not answer on port {self.port}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def log_tail(self) -> str:
+        log = self.directory / "redis.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
