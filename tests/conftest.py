@@ -6,8 +6,8 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 
+import redis
 from kubeq.protocol import Client, QueueConfig
 from kubeq.redis_server import RedisServer
 

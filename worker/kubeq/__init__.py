@@ -11,5 +11,12 @@ from kubeq.protocol import (
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncClient", "Client", "QueueConfig", "Task", "TaskRequest", "TaskStatus",
-           "__version__"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "QueueConfig",
+    "Task",
+    "TaskRequest",
+    "TaskStatus",
+    "__version__",
+]

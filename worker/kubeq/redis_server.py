@@ -18,12 +18,13 @@ from types import TracebackType
 import redis
 
 
-def free_port() -> int:
+def free_port(max_port: int = 65535) -> int:
+    """A free TCP port on loopback, never Redis's default 6379."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port != 6379:
+        if port != 6379 and port <= max_port:
             return port
 
 
@@ -32,14 +33,22 @@ class RedisServerError(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, *, port: int | None = None, directory: Path | None = None,
-                 appendonly: bool = False, password: str | None = None,
-                 extra: tuple[str, ...] = (), executable: str = "redis-server") -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        directory: Path | None = None,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra: tuple[str, ...] = (),
+        executable: str = "redis-server",
+    ) -> None:
         path = shutil.which(executable)
         if path is None:
             raise RedisServerError(
                 f"{executable} not found: install it (Debian/Ubuntu: apt-get install redis-server)"
-                " or run `make setup`")
+                " or run `make setup`"
+            )
         self.executable = path
         self.port = port or free_port()
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="kubeq-redis-")
@@ -56,27 +65,47 @@ class RedisServer:
 
     def command(self) -> list[str]:
         cmd = [
-            self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always" if self.appendonly else "everysec",
-            "--loglevel", "warning", "--logfile", str(self.directory / "redis.log"),
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always" if self.appendonly else "everysec",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
         return [*cmd, *self.extra]
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                             socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.2
+        )
         try:
             while True:
                 if self.process.poll() is not None:
                     raise RedisServerError(
-                        f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+                        f"redis-server exited with {self.process.returncode}: {self.log_tail()}"
+                    )
                 with contextlib.suppress(redis.exceptions.ConnectionError):
                     if client.ping():
                         return self
@@ -115,6 +144,7 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

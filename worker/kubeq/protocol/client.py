@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import redis
 import redis.exceptions
 from pydantic import ValidationError
 
+import redis
 from kubeq.protocol import errors
 from kubeq.protocol.config import QueueConfig
-from kubeq.protocol.keys import QueueKeys
 from kubeq.protocol.connection import connect, connect_async, redacted, translate
+from kubeq.protocol.keys import QueueKeys
 from kubeq.protocol.models import (
     DeadLetter,
     HeartbeatReply,
@@ -31,7 +31,6 @@ from kubeq.protocol.ops import (
     Claim,
     Command,
     Op,
-    Pipeline,
     QueueOps,
     Request,
     ScriptCall,
@@ -42,6 +41,17 @@ from kubeq.protocol.ops import (
 from kubeq.protocol.scripts import SCRIPTS
 
 Clock = Callable[[], int]
+RECHECK = 5.0  # seconds between status checks while waiting on the done channel
+
+
+def _left(deadline: float | None, task_id: str, task: Task) -> float:
+    """Seconds left to wait for a result; ResultTimeout when none are."""
+    if deadline is None:
+        return RECHECK
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise errors.ResultTimeout(f"task {task_id} still {task.status.value} when the wait ended")
+    return left
 
 
 def system_clock() -> int:
@@ -59,11 +69,25 @@ def _as_request(item: TaskRequest | Mapping[str, Any]) -> TaskRequest:
 
 
 def _requests_for_submit(
-    type: str, payload: Any, priority: str | None, delay: float | None, eta_ms: int | None,
-    idempotency_key: str | None, max_attempts: int | None,
+    type: str,
+    payload: Any,
+    priority: str | None,
+    delay: float | None,
+    eta_ms: int | None,
+    idempotency_key: str | None,
+    max_attempts: int | None,
 ) -> list[TaskRequest]:
-    return [TaskRequest(type=type, payload=payload, priority=priority, delay=delay, eta_ms=eta_ms,
-                        idempotency_key=idempotency_key, max_attempts=max_attempts)]
+    return [
+        TaskRequest(
+            type=type,
+            payload=payload,
+            priority=priority,
+            delay=delay,
+            eta_ms=eta_ms,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        )
+    ]
 
 
 def _parse_config(raw: str | None, queue: str, namespace: str) -> QueueConfig:
@@ -72,12 +96,21 @@ def _parse_config(raw: str | None, queue: str, namespace: str) -> QueueConfig:
     try:
         return QueueConfig.model_validate_json(raw)
     except ValidationError as exc:
-        raise errors.ConfigError(f"published config of {namespace}/{queue} is invalid: {exc}") from None
+        raise errors.ConfigError(
+            f"published config of {namespace}/{queue} is invalid: {exc}"
+        ) from None
 
 
 class _Base:
-    def __init__(self, redis_client: Any, config: QueueConfig, *, clock: Clock = system_clock,
-                 rng: random.Random | None = None, where: str = "Redis") -> None:
+    def __init__(
+        self,
+        redis_client: Any,
+        config: QueueConfig,
+        *,
+        clock: Clock = system_clock,
+        rng: random.Random | None = None,
+        where: str = "Redis",
+    ) -> None:
         self.redis = redis_client
         self.config = config
         self.ops = QueueOps(config)
@@ -97,9 +130,16 @@ class Client(_Base):
     """Producer, worker and operator access to one queue, with blocking I/O."""
 
     @classmethod
-    def from_url(cls, url: str, queue: str, namespace: str = "default",
-                 config: QueueConfig | None = None, *, clock: Clock = system_clock,
-                 **options: Any) -> Client:
+    def from_url(
+        cls,
+        url: str,
+        queue: str,
+        namespace: str = "default",
+        config: QueueConfig | None = None,
+        *,
+        clock: Clock = system_clock,
+        **options: Any,
+    ) -> Client:
         """Connect; without `config`, use the one published for the queue (or defaults)."""
         r = connect(url, **options)
         where = f"Redis at {redacted(url)}"
@@ -153,16 +193,26 @@ class Client(_Base):
 
     # -- producer ------------------------------------------------------------------------
 
-    def submit(self, type: str, payload: Any = None, *, priority: str | None = None,
-               delay: float | None = None, eta_ms: int | None = None,
-               idempotency_key: str | None = None, max_attempts: int | None = None) -> str:
-        reqs = _requests_for_submit(type, payload, priority, delay, eta_ms, idempotency_key,
-                                    max_attempts)
+    def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: str | None = None,
+        delay: float | None = None,
+        eta_ms: int | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        reqs = _requests_for_submit(
+            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
+        )
         ids: list[str] = self.run(self.ops.submit_many(reqs, self.clock()))
         return ids[0]
 
-    def submit_many(self, tasks: Iterable[TaskRequest | Mapping[str, Any]],
-                    chunk_size: int = DEFAULT_CHUNK) -> list[str]:
+    def submit_many(
+        self, tasks: Iterable[TaskRequest | Mapping[str, Any]], chunk_size: int = DEFAULT_CHUNK
+    ) -> list[str]:
         reqs = [_as_request(t) for t in tasks]
         return list(self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
 
@@ -184,15 +234,12 @@ class Client(_Base):
                 task = self.status(task_id)
                 if task.status.terminal:
                     return result_of(task)
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise errors.ResultTimeout(
-                            f"task {task_id} still {task.status.value} after {timeout}s")
-                    msg = pubsub.get_message(timeout=min(left, 5.0) if left is not None else 5.0)
-                    if msg is None:
-                        break  # re-check now and then: a safety net, not the mechanism
-                    if task_id in str(msg["data"]).split():
+                # Re-check every RECHECK seconds at most: a safety net, not the mechanism.
+                recheck = time.monotonic() + RECHECK
+                while time.monotonic() < recheck:
+                    left = _left(deadline, task_id, task)
+                    msg = pubsub.get_message(timeout=min(left, recheck - time.monotonic()))
+                    if msg is not None and task_id in str(msg["data"]).split():
                         break
         except redis.exceptions.RedisError as exc:
             raise self._fail(exc) from exc
@@ -206,10 +253,16 @@ class Client(_Base):
         claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
         return claim
 
-    def heartbeat(self, worker: str, held: Sequence[tuple[str, int, int]], info: WorkerInfo,
-                  lease_ms: int | None = None) -> HeartbeatReply:
+    def heartbeat(
+        self,
+        worker: str,
+        held: Sequence[tuple[str, int, int]],
+        info: WorkerInfo,
+        lease_ms: int | None = None,
+    ) -> HeartbeatReply:
         reply: HeartbeatReply = self.run(
-            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms))
+            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms)
+        )
         return reply
 
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
@@ -264,9 +317,16 @@ class AsyncClient(_Base):
     """The asyncio twin of `Client`; same operations, same keys, same scripts."""
 
     @classmethod
-    async def from_url(cls, url: str, queue: str, namespace: str = "default",
-                       config: QueueConfig | None = None, *, clock: Clock = system_clock,
-                       **options: Any) -> AsyncClient:
+    async def from_url(
+        cls,
+        url: str,
+        queue: str,
+        namespace: str = "default",
+        config: QueueConfig | None = None,
+        *,
+        clock: Clock = system_clock,
+        **options: Any,
+    ) -> AsyncClient:
         r = connect_async(url, **options)
         where = f"Redis at {redacted(url)}"
         if config is None:
@@ -316,16 +376,26 @@ class AsyncClient(_Base):
         except StopIteration as stop:
             return stop.value
 
-    async def submit(self, type: str, payload: Any = None, *, priority: str | None = None,
-                     delay: float | None = None, eta_ms: int | None = None,
-                     idempotency_key: str | None = None, max_attempts: int | None = None) -> str:
-        reqs = _requests_for_submit(type, payload, priority, delay, eta_ms, idempotency_key,
-                                    max_attempts)
+    async def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        priority: str | None = None,
+        delay: float | None = None,
+        eta_ms: int | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        reqs = _requests_for_submit(
+            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
+        )
         ids: list[str] = await self.run(self.ops.submit_many(reqs, self.clock()))
         return ids[0]
 
-    async def submit_many(self, tasks: Iterable[TaskRequest | Mapping[str, Any]],
-                          chunk_size: int = DEFAULT_CHUNK) -> list[str]:
+    async def submit_many(
+        self, tasks: Iterable[TaskRequest | Mapping[str, Any]], chunk_size: int = DEFAULT_CHUNK
+    ) -> list[str]:
         reqs = [_as_request(t) for t in tasks]
         return list(await self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
 
@@ -345,14 +415,11 @@ class AsyncClient(_Base):
                 task = await self.status(task_id)
                 if task.status.terminal:
                     return result_of(task)
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise errors.ResultTimeout(
-                            f"task {task_id} still {task.status.value} after {timeout}s")
-                    msg = await pubsub.get_message(
-                        timeout=min(left, 5.0) if left is not None else 5.0)
-                    if msg is None or task_id in str(msg["data"]).split():
+                recheck = time.monotonic() + RECHECK
+                while time.monotonic() < recheck:
+                    left = _left(deadline, task_id, task)
+                    msg = await pubsub.get_message(timeout=min(left, recheck - time.monotonic()))
+                    if msg is not None and task_id in str(msg["data"]).split():
                         break
         except redis.exceptions.RedisError as exc:
             raise self._fail(exc) from exc
@@ -364,10 +431,16 @@ class AsyncClient(_Base):
         claim: Claim = await self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
         return claim
 
-    async def heartbeat(self, worker: str, held: Sequence[tuple[str, int, int]],
-                        info: WorkerInfo, lease_ms: int | None = None) -> HeartbeatReply:
+    async def heartbeat(
+        self,
+        worker: str,
+        held: Sequence[tuple[str, int, int]],
+        info: WorkerInfo,
+        lease_ms: int | None = None,
+    ) -> HeartbeatReply:
         reply: HeartbeatReply = await self.run(
-            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms))
+            self.ops.heartbeat(worker, held, self.clock(), info, lease_ms)
+        )
         return reply
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
@@ -399,8 +472,7 @@ class AsyncClient(_Base):
     async def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
         return list(await self.run(self.ops.dead_letters(offset, limit)))
 
-    async def requeue_dead(self, ids: Sequence[str] | None = None,
-                           limit: int = 1000) -> list[str]:
+    async def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> list[str]:
         return list(await self.run(self.ops.requeue_dead(ids, limit)))
 
     async def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
@@ -418,5 +490,3 @@ class AsyncClient(_Base):
 
 def _single(cmd: Command) -> Op:
     return (yield cmd)
-
-

@@ -59,7 +59,11 @@ class RateLimit(_Frozen):
     burst: int = Field(default=1, ge=1)
 
 
-DEFAULT_LEVELS = (PriorityLevel(name="high"), PriorityLevel(name="default"), PriorityLevel(name="low"))
+DEFAULT_LEVELS = (
+    PriorityLevel(name="high"),
+    PriorityLevel(name="default"),
+    PriorityLevel(name="low"),
+)
 
 
 class QueueConfig(_Frozen):

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
@@ -20,10 +19,18 @@ import redis.cluster
 import redis.exceptions
 import redis.sentinel
 
+import redis
 from kubeq.protocol import errors
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
-           "rediss+cluster")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 DEFAULT_TIMEOUT = 5.0
 
 
@@ -45,8 +52,10 @@ def _check(url: str) -> str:
         raise errors.InvalidURL(
             f"Redis URL scheme {scheme!r} is not supported; expected one of {', '.join(SCHEMES)}"
         )
+    parts = urlsplit(url)
+    if scheme.endswith("+sentinel"):
+        return scheme  # a host list, checked by _sentinel_parts
     try:
-        parts = urlsplit(url)
         _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
         raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is malformed: {exc}") from None
@@ -60,6 +69,8 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     hosts = []
     for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
         host, _, port = hp.partition(":")
+        if not host or not (port or "26379").isdigit():
+            raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} has a bad host {hp!r}")
         hosts.append((host, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path:
@@ -77,14 +88,19 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
 def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
     """A blocking redis-py client for `url`; no I/O happens until the first command."""
     scheme = _check(url)
-    common = {"decode_responses": True, "socket_timeout": timeout,
-              "socket_connect_timeout": timeout, **options}
+    common = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        **options,
+    }
     try:
         if scheme.endswith("+sentinel"):
             hosts, service, kw = _sentinel_parts(url)
-            sentinel = redis.sentinel.Sentinel(hosts, socket_timeout=timeout,
-                                               sentinel_kwargs={"socket_timeout": timeout})
-            return sentinel.master_for(service, **kw, **common)
+            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
+            )
+            return sentinel.master_for(service, **kw, **common)  # type: ignore[no-untyped-call]
         if scheme.endswith("+cluster"):
             return redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **common)
         return redis.Redis.from_url(url, **common)
@@ -95,17 +111,23 @@ def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> An
 def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
     """The asyncio counterpart of `connect`."""
     scheme = _check(url)
-    common = {"decode_responses": True, "socket_timeout": timeout,
-              "socket_connect_timeout": timeout, **options}
+    common = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        **options,
+    }
     try:
         if scheme.endswith("+sentinel"):
             hosts, service, kw = _sentinel_parts(url)
-            sentinel = redis.asyncio.sentinel.Sentinel(
-                hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout})
+            sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
+            )
             return sentinel.master_for(service, **kw, **common)
         if scheme.endswith("+cluster"):
             return redis.asyncio.cluster.RedisCluster.from_url(
-                url.replace("+cluster", "", 1), **common)
+                url.replace("+cluster", "", 1), **common
+            )
         return redis.asyncio.Redis.from_url(url, **common)
     except (ValueError, TypeError) as exc:
         raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None

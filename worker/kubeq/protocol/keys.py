@@ -133,7 +133,9 @@ class QueueKeys:
 
     def all_static(self, levels: tuple[str, ...]) -> list[str]:
         """Every key whose name does not depend on a task id or idempotency key."""
-        per_level = [k for lv in levels for k in (self.ready(lv), self.delayed(lv), self.leases(lv))]
+        per_level = [
+            k for lv in levels for k in (self.ready(lv), self.delayed(lv), self.leases(lv))
+        ]
         return [
             *per_level,
             self.tasks,

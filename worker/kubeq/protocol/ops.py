@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from kubeq.protocol.models import (
 )
 
 MAX_TYPE_LENGTH = 200
+_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 DEFAULT_CHUNK = 1000
 WAKE_CAP = 64
@@ -160,7 +162,9 @@ class QueueOps:
         try:
             payload = _dumps(req.payload)
         except (TypeError, ValueError) as exc:
-            raise errors.PayloadNotJSON(f"payload of a {req.type!r} task is not JSON: {exc}") from None
+            raise errors.PayloadNotJSON(
+                f"payload of a {req.type!r} task is not JSON: {exc}"
+            ) from None
         size = len(payload.encode()) if len(payload) * 4 > self.config.max_payload_bytes else 0
         if size > self.config.max_payload_bytes:
             raise errors.PayloadTooLarge(
@@ -179,10 +183,14 @@ class QueueOps:
             raise errors.InvalidTask(
                 f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             )
-        max_attempts = req.max_attempts if req.max_attempts is not None else self.config.max_attempts
+        max_attempts = (
+            req.max_attempts if req.max_attempts is not None else self.config.max_attempts
+        )
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise errors.InvalidTask(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         task_id = req.id or new_task_id()
+        if not _ID_RE.match(task_id):
+            raise errors.InvalidTask(f"task id {task_id!r} must be 1-128 of [A-Za-z0-9._:-]")
         # Built by hand around the already-encoded payload: encoding it twice would double
         # the cost of the hot path.
         record = (
@@ -270,19 +278,21 @@ class QueueOps:
         tasks: list[ClaimedTask] = []
         malformed: list[MalformedClaim] = []
         for item in reply[1:]:
-            level_s, token_s, attempts_s, record = item.split(" ", 3)
+            level_s, token_s, attempts_s, task_id, record = item.split(" ", 4)
             level, token, attempts = int(level_s), int(token_s), int(attempts_s)
+            data: Any = None
             try:
                 data = json.loads(record)
                 data.update(
-                    attempts=attempts, status=TaskStatus.RUNNING, started_at=now,
-                    worker=worker, token=token,
+                    attempts=attempts,
+                    status=TaskStatus.RUNNING,
+                    started_at=now,
+                    worker=worker,
+                    token=token,
                 )
                 task = Task.model_validate(data)
             except (ValueError, TypeError, ValidationError) as exc:
-                task_id = data.get("id") if isinstance(data, dict) else None
-                malformed.append(MalformedClaim(
-                    str(task_id or _id_from(record)), token, level, attempts, str(exc)[:500]))
+                malformed.append(MalformedClaim(task_id, token, level, attempts, str(exc)[:500]))
                 continue
             tasks.append(ClaimedTask(task=task, token=token, level_index=level))
         return Claim(tasks, malformed, int(reply[0]))
@@ -301,7 +311,12 @@ class QueueOps:
         k = self.keys
         lease = lease_ms if lease_ms is not None else int(self.config.lease_seconds * 1000)
         args: list[str | int | float] = [
-            now, worker, lease, info.model_dump_json(), len(self.levels), len(held),
+            now,
+            worker,
+            lease,
+            info.model_dump_json(),
+            len(self.levels),
+            len(held),
         ]
         for task_id, token, level in held:
             args += [task_id, token, level]
@@ -321,8 +336,17 @@ class QueueOps:
         for s in settlements:
             args += [s.task_id, s.token, s.level_index, s.action, s.due_ms, s.outcome]
         keys = [
-            k.tasks, k.attempts, k.holders, k.counters, k.cancelled, k.dead, k.dead_info, k.wake,
-            *self._per_level3, k.results, k.results_expiry,
+            k.tasks,
+            k.attempts,
+            k.holders,
+            k.counters,
+            k.cancelled,
+            k.dead,
+            k.dead_info,
+            k.wake,
+            *self._per_level3,
+            k.results,
+            k.results_expiry,
         ]
         reply = yield ScriptCall("settle", keys, args)
         return [bool(x) for x in reply]
@@ -331,16 +355,26 @@ class QueueOps:
 
     @staticmethod
     def completion(
-        claimed: ClaimedTask, result: Any, now: int, *, status: str = "completed",
+        claimed: ClaimedTask,
+        result: Any,
+        now: int,
+        *,
+        status: str = "completed",
         reason: str | None = None,
     ) -> Settlement:
         """Raises PayloadNotJSON when the result cannot be stored."""
         try:
-            outcome = _dumps({
-                "status": status, "result": result, "finished_at": now,
-                "started_at": claimed.task.started_at, "worker": claimed.task.worker,
-                "attempts": claimed.task.attempts, "reason": reason,
-            })
+            outcome = _dumps(
+                {
+                    "status": status,
+                    "result": result,
+                    "finished_at": now,
+                    "started_at": claimed.task.started_at,
+                    "worker": claimed.task.worker,
+                    "attempts": claimed.task.attempts,
+                    "reason": reason,
+                }
+            )
         except (TypeError, ValueError) as exc:
             raise errors.PayloadNotJSON(f"result of task {claimed.id} is not JSON: {exc}") from None
         action: SettleAction = "complete" if status == "completed" else "cancel"
@@ -358,12 +392,17 @@ class QueueOps:
     ) -> Settlement:
         """Retry with backoff, or dead-letter when permanent or out of attempts."""
         task = claimed.task
-        outcome = _dumps({
-            "status": "dead", "finished_at": now, "started_at": task.started_at,
-            "worker": task.worker, "attempts": task.attempts,
-            "error": error.model_dump(),
-            "reason": reason or ("permanent_error" if permanent else "attempts_exhausted"),
-        })
+        outcome = _dumps(
+            {
+                "status": "dead",
+                "finished_at": now,
+                "started_at": task.started_at,
+                "worker": task.worker,
+                "attempts": task.attempts,
+                "error": error.model_dump(),
+                "reason": reason or ("permanent_error" if permanent else "attempts_exhausted"),
+            }
+        )
         if permanent or task.attempts >= task.max_attempts:
             return Settlement(task.id, claimed.token, claimed.level_index, "dead", outcome)
         due = now + retry_delay_ms(self.config.backoff, task.attempts, rng)
@@ -375,11 +414,16 @@ class QueueOps:
 
     @staticmethod
     def dead_letter_malformed(m: MalformedClaim, worker: str, now: int) -> Settlement:
-        outcome = _dumps({
-            "status": "dead", "finished_at": now, "worker": worker, "attempts": m.attempts,
-            "reason": "malformed_record",
-            "error": {"type": "MalformedRecord", "message": m.error},
-        })
+        outcome = _dumps(
+            {
+                "status": "dead",
+                "finished_at": now,
+                "worker": worker,
+                "attempts": m.attempts,
+                "reason": "malformed_record",
+                "error": {"type": "MalformedRecord", "message": m.error},
+            }
+        )
         return Settlement(m.task_id, m.token, m.level_index, "dead", outcome)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -387,17 +431,35 @@ class QueueOps:
     def reap(self, now: int, limit: int = 1000) -> Op:
         k = self.keys
         args: list[str | int | float] = [
-            now, len(self.levels), limit, k.done_channel, self.config.result_ttl_seconds * 1000,
+            now,
+            len(self.levels),
+            limit,
+            k.done_channel,
+            self.config.result_ttl_seconds * 1000,
             int(self.config.lease_seconds * 1000 * WORKER_TTL_FACTOR),
         ]
         keys = [
-            k.tasks, k.attempts, k.holders, k.counters, k.cancelled, k.dead, k.dead_info,
-            k.wake, k.workers, k.worker_info, k.results, k.results_expiry,
+            k.tasks,
+            k.attempts,
+            k.holders,
+            k.counters,
+            k.cancelled,
+            k.dead,
+            k.dead_info,
+            k.wake,
+            k.workers,
+            k.worker_info,
+            k.results,
+            k.results_expiry,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
         ]
         requeued, dead, cancelled, expired = yield ScriptCall("reap", keys, args)
-        return ReapReport(requeued=list(requeued), dead=list(dead), cancelled=list(cancelled),
-                          results_expired=int(expired))
+        return ReapReport(
+            requeued=list(requeued),
+            dead=list(dead),
+            cancelled=list(cancelled),
+            results_expired=int(expired),
+        )
 
     def expire_dead_letters(self, now: int, limit: int = 1000) -> Op:
         cutoff = now - self.config.dead_letter_retention_seconds * 1000
@@ -416,19 +478,40 @@ class QueueOps:
     def cancel(self, task_id: str, now: int) -> Op:
         k = self.keys
         keys = [
-            k.tasks, k.attempts, k.holders, k.cancelled, k.counters, k.dead, k.results,
+            k.tasks,
+            k.attempts,
+            k.holders,
+            k.cancelled,
+            k.counters,
+            k.dead,
+            k.results,
             k.results_expiry,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._delayed[i])],
         ]
-        args = [now, task_id, self.config.result_ttl_seconds * 1000, k.done_channel,
-                len(self.levels), *self.levels]
+        args: list[str | int | float] = [
+            now,
+            task_id,
+            self.config.result_ttl_seconds * 1000,
+            k.done_channel,
+            len(self.levels),
+            *self.levels,
+        ]
         reply = yield ScriptCall("cancel", keys, args)
         return str(reply)
 
     def status(self, task_id: str, now: int) -> Op:
         k = self.keys
-        keys = [k.tasks, k.attempts, k.holders, k.dead, k.dead_info, k.results, k.cancelled,
-                k.results_expiry, *self._delayed]
+        keys = [
+            k.tasks,
+            k.attempts,
+            k.holders,
+            k.dead,
+            k.dead_info,
+            k.results,
+            k.cancelled,
+            k.results_expiry,
+            *self._delayed,
+        ]
         reply = yield ScriptCall("status", keys, [task_id, len(self.levels), now])
         return parse_status(task_id, reply)
 
@@ -441,21 +524,35 @@ class QueueOps:
         levels = []
         for i, name in enumerate(self.levels):
             ready, delayed, due, in_flight, oldest = (int(x) for x in reply[3 + i * 5 : 8 + i * 5])
-            levels.append(LevelStats(
-                name=name, ready=ready, delayed=delayed, due=due, in_flight=in_flight,
-                oldest_enqueued_at=oldest if oldest >= 0 else None,
-            ))
-        return QueueStats(queue=self.config.full_name, at=now, levels=levels, dead=int(dead),
-                          workers=int(workers), counters=counters)
+            levels.append(
+                LevelStats(
+                    name=name,
+                    ready=ready,
+                    delayed=delayed,
+                    due=due,
+                    in_flight=in_flight,
+                    oldest_enqueued_at=oldest if oldest >= 0 else None,
+                )
+            )
+        return QueueStats(
+            queue=self.config.full_name,
+            at=now,
+            levels=levels,
+            dead=int(dead),
+            workers=int(workers),
+            counters=counters,
+        )
 
     def workers(self) -> Op:
-        seen, info = yield Pipeline((
-            Command(("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")),
-            Command(("HGETALL", self.keys.worker_info)),
-        ))
-        last_seen = {seen[i]: int(float(seen[i + 1])) for i in range(0, len(seen), 2)}
+        seen, info = yield Pipeline(
+            (
+                Command(("ZRANGE", self.keys.workers, 0, -1, "WITHSCORES")),
+                Command(("HGETALL", self.keys.worker_info)),
+            )
+        )
+        last_seen = {member: int(float(score)) for member, score in _scored(seen)}
         out = []
-        for wid, raw in (info.items() if isinstance(info, dict) else _pairs(info)):
+        for wid, raw in info.items() if isinstance(info, dict) else _pairs(info):
             if wid not in last_seen:
                 continue
             try:
@@ -466,21 +563,25 @@ class QueueOps:
         return sorted(out, key=lambda w: w.id)
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> Op:
-        listed = yield Command(("ZRANGE", self.keys.dead, offset, offset + limit - 1, "WITHSCORES"))
-        ids = [listed[i] for i in range(0, len(listed), 2)]
+        listed = _scored(
+            (yield Command(("ZRANGE", self.keys.dead, offset, offset + limit - 1, "WITHSCORES")))
+        )
+        ids = [member for member, _ in listed]
         if not ids:
             return []
-        records, infos, attempts = yield Pipeline((
-            Command(("HMGET", self.keys.tasks, *ids)),
-            Command(("HMGET", self.keys.dead_info, *ids)),
-            Command(("HMGET", self.keys.attempts, *ids)),
-        ))
+        records, infos, attempts = yield Pipeline(
+            (
+                Command(("HMGET", self.keys.tasks, *ids)),
+                Command(("HMGET", self.keys.dead_info, *ids)),
+                Command(("HMGET", self.keys.attempts, *ids)),
+            )
+        )
         out = []
         for i, tid in enumerate(ids):
             task = _compose(tid, records[i], infos[i], TaskStatus.DEAD)
             if attempts[i] is not None:
                 task = task.model_copy(update={"attempts": int(attempts[i])})
-            out.append(DeadLetter(task=task, dead_at=int(float(listed[2 * i + 1]))))
+            out.append(DeadLetter(task=task, dead_at=int(float(listed[i][1]))))
         return out
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> Op:
@@ -490,7 +591,7 @@ class QueueOps:
             return []
         k = self.keys
         keys = [k.tasks, k.attempts, k.dead, k.dead_info, k.wake, k.counters, *self._ready]
-        args = [len(self.levels), *self.levels, len(ids), *ids]
+        args: list[str | int | float] = [len(self.levels), *self.levels, len(ids), *ids]
         return list((yield ScriptCall("requeue", keys, args)))
 
     def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> Op:
@@ -502,48 +603,71 @@ class QueueOps:
 
     def _purge(self, ids: Sequence[str]) -> Op:
         k = self.keys
-        reply = yield ScriptCall("purge", [k.tasks, k.attempts, k.dead, k.dead_info],
-                                 [len(ids), *ids])
+        reply = yield ScriptCall(
+            "purge", [k.tasks, k.attempts, k.dead, k.dead_info], [len(ids), *ids]
+        )
         return int(reply)
 
     def publish_config(self) -> Command:
         return Command(("SET", self.keys.config, self.config.model_dump_json()))
 
 
-def _id_from(record: str) -> str:
-    """Best effort id of a damaged record, for the dead-letter entry."""
-    start = record.find('"id":"')
-    return record[start + 6 : record.find('"', start + 6)] if start >= 0 else "?"
-
-
 def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
     return ((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
 
 
-def _compose(task_id: str, record: str | None, outcome: str | None, status: TaskStatus) -> Task:
-    """A Task from its stored record plus an outcome JSON (both may be damaged)."""
-    data: dict[str, Any] = {"id": task_id, "queue": "?", "type": "?", "priority": "?",
-                            "max_attempts": 0, "created_at": 0, "due_at": 0}
+def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """ZRANGE ... WITHSCORES, whether the client parsed it into pairs or left it flat."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(m, s) for m, s in reply]
+    return list(_pairs(reply))
+
+
+def _loads_dict(raw: str | None) -> dict[str, Any] | None:
     try:
-        data.update(json.loads(record) if record else {})
-        data.update({k: v for k, v in (json.loads(outcome) if outcome else {}).items()
-                     if v is not None})
-        data["status"] = data.get("status", status)
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _compose(task_id: str, record: str | None, outcome: str | None, status: TaskStatus) -> Task:
+    """A Task from its stored record plus an outcome JSON.
+
+    A damaged record (a foreign writer, a bug) is shown as it is, raw text in `payload`,
+    rather than hiding the task: it must stay listable, requeue-able and purgeable.
+    """
+    base: dict[str, Any] = {
+        "id": task_id,
+        "queue": "?",
+        "type": "?",
+        "priority": "?",
+        "max_attempts": 0,
+        "created_at": 0,
+        "due_at": 0,
+    }
+    fields = _loads_dict(record)
+    ending = {k: v for k, v in (_loads_dict(outcome) or {}).items() if v is not None}
+    data = {**base, **(fields if fields is not None else {"payload": record}), **ending}
+    data["id"] = task_id
+    data.setdefault("status", status)
+    try:
         return Task.model_validate(data)
-    except (ValueError, TypeError, ValidationError) as exc:
-        raise errors.ProtocolError(f"stored record of task {task_id} is damaged: {exc}") from None
+    except ValidationError:
+        return Task.model_validate({**base, "payload": record, **ending, "status": status})
 
 
 def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
     terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply
     if terminal:
-        try:
-            parsed = json.loads(terminal)
-        except ValueError as exc:
-            raise errors.ProtocolError(f"terminal record of {task_id} is damaged: {exc}") from None
+        parsed = _loads_dict(terminal) or {}
         outcome = parsed.get("outcome") or {}
-        return _compose(task_id, _dumps(parsed.get("task")), _dumps(outcome),
-                        TaskStatus(outcome.get("status", "completed")))
+        return _compose(
+            task_id,
+            _dumps(parsed.get("task")),
+            _dumps(outcome),
+            TaskStatus(outcome.get("status", "completed")),
+        )
     if not record:
         raise errors.TaskNotFound(f"no task {task_id} (never submitted, or its record expired)")
     if dead_at:
@@ -556,11 +680,14 @@ def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
     elif holder:
         token, rest = holder.split("|", 1)
         worker, started = rest.rsplit("|", 1)
-        update.update(status=TaskStatus.RUNNING, token=int(token), worker=worker,
-                      started_at=int(started))
+        update.update(
+            status=TaskStatus.RUNNING, token=int(token), worker=worker, started_at=int(started)
+        )
     elif due:
-        update.update(status=TaskStatus.RETRYING if int(attempts or 0) else TaskStatus.SCHEDULED,
-                      due_at=int(float(due)))
+        update.update(
+            status=TaskStatus.RETRYING if int(attempts or 0) else TaskStatus.SCHEDULED,
+            due_at=int(float(due)),
+        )
     return task.model_copy(update=update)
 
 
@@ -569,5 +696,8 @@ def result_of(task: Task) -> Any:
     if task.status == TaskStatus.COMPLETED:
         return task.result
     detail = task.error.message if task.error else (task.reason or task.status.value)
-    raise errors.TaskFailed(f"task {task.id} ended {task.status.value}: {detail}",
-                            status=task.status.value, error=task.error)
+    raise errors.TaskFailed(
+        f"task {task.id} ended {task.status.value}: {detail}",
+        status=task.status.value,
+        error=task.error,
+    )

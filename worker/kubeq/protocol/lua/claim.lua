@@ -7,7 +7,7 @@
 -- ARGV[5] L (levels)  ARGV[6] promote limit per level
 -- ARGV[7] rate in tasks per ms (0: no limit)  ARGV[8] bucket burst
 -- ARGV[9..8+L] each served level's index in the queue's level order (reported back)
--- Returns: {wait_ms, then per task one string "<level index> <token> <attempts> <record JSON>"}
+-- Returns: {wait_ms, then per task one string "<level> <token> <attempts> <id> <record JSON>"}
 --          (one reply element per task: each element costs Redis more than the bytes)
 --          wait_ms > 0 when the rate limit held tasks back: when a token is next due.
 local now = tonumber(ARGV[1])
@@ -74,7 +74,7 @@ if want > 0 then
           lease_args[#lease_args + 1] = id
           attempts_args[#attempts_args + 1] = id
           attempts_args[#attempts_args + 1] = attempts
-          out[#out + 1] = ARGV[9 + lv] .. ' ' .. token .. ' ' .. attempts .. ' ' .. records[j]
+          out[#out + 1] = ARGV[9 + lv] .. ' ' .. token .. ' ' .. attempts .. ' ' .. id .. ' ' .. records[j]
         end
         redis.call('HSET', KEYS[2], unpack(attempts_args))
         redis.call('HSET', KEYS[3], unpack(holders))

@@ -1,0 +1,89 @@
+"""submit / submit_many against a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from kubeq.protocol import Client, QueueFull, TaskRequest, TaskStatus
+
+
+def test_submitted_tasks_wait_in_their_level_in_fifo_order(client: Client) -> None:
+    ids = client.submit_many([{"type": "t", "payload": i, "priority": "low"} for i in range(5)])
+    hi = client.submit("t", "urgent", priority="high")
+    claim = client.claim("w", 10)
+    assert [c.id for c in claim.tasks] == [hi, *ids]
+    assert [c.task.payload for c in claim.tasks] == ["urgent", 0, 1, 2, 3, 4]
+
+
+def test_submit_many_splits_into_chunks_and_returns_ids_in_order(client: Client) -> None:
+    reqs = [TaskRequest(type="t", payload=i) for i in range(2500)]
+    ids = client.submit_many(reqs, chunk_size=1000)
+    assert len(ids) == len(set(ids)) == 2500
+    assert client.stats().ready == 2500
+    assert client.status(ids[1234]).payload == 1234
+
+
+def test_idempotency_key_returns_the_first_id_and_enqueues_nothing(client: Client) -> None:
+    first = client.submit("t", 1, idempotency_key="order-7")
+    again = client.submit("t", 2, idempotency_key="order-7")
+    in_batch = client.submit_many(
+        [{"type": "t", "idempotency_key": "b"}, {"type": "t", "idempotency_key": "b"}]
+    )
+    assert again == first
+    assert in_batch[0] == in_batch[1]
+    assert client.stats().ready == 2
+    assert client.status(first).payload == 1
+
+
+def test_idempotency_key_expires_after_its_ttl(make_client: Callable[..., Client]) -> None:
+    client = make_client(idempotency_ttl_seconds=1)
+    first = client.submit("t", idempotency_key="k")
+    import time
+
+    time.sleep(1.1)  # the TTL lives in Redis (PX), which only the wall clock advances
+    assert client.submit("t", idempotency_key="k") != first
+
+
+def test_delay_and_eta_put_tasks_in_the_delayed_set_until_due(client: Client, clock) -> None:  # type: ignore[no-untyped-def]
+    later = client.submit("t", delay=30)
+    eta = client.submit("t", eta_ms=clock.now + 60_000)
+    assert client.status(later).status == TaskStatus.SCHEDULED
+    assert client.stats().delayed == 2
+    assert client.claim("w", 10).tasks == []
+    clock.advance(30)
+    assert [c.id for c in client.claim("w", 10).tasks] == [later]
+    clock.advance(30)
+    assert [c.id for c in client.claim("w", 10).tasks] == [eta]
+
+
+def test_max_backlog_refuses_a_whole_chunk_with_queue_full(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(max_backlog=5)
+    client.submit_many([{"type": "t"}] * 3)
+    with pytest.raises(QueueFull, match="maxBacklog 5") as info:
+        client.submit_many([{"type": "t"}] * 3)
+    assert info.value.accepted == []
+    assert client.stats().ready == 3  # nothing of the refused chunk was written
+    ids = client.submit_many([{"type": "t"}] * 2)
+    assert len(ids) == 2
+    with pytest.raises(QueueFull):
+        client.submit("t")
+
+
+def test_queue_full_reports_what_earlier_chunks_accepted(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(max_backlog=4)
+    with pytest.raises(QueueFull) as info:
+        client.submit_many([{"type": "t"}] * 6, chunk_size=3)
+    assert len(info.value.accepted) == 3
+    assert client.stats().ready == 3
+
+
+def test_max_attempts_per_task_overrides_the_queue_default(client: Client) -> None:
+    tid = client.submit("t", max_attempts=9)
+    assert client.status(tid).max_attempts == 9
+    assert client.status(client.submit("t")).max_attempts == 5

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from kubeq.protocol import (
+    Backoff,
+    ClaimedTask,
+    InvalidTask,
+    PayloadNotJSON,
+    PayloadTooLarge,
+    QueueConfig,
+    Task,
+    TaskError,
+    TaskRequest,
+    UnknownPriority,
+)
+from kubeq.protocol.backoff import backoff_ceiling_seconds, retry_delay_ms
+from kubeq.protocol.ops import QueueOps
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(1, 1.0), (2, 2.0), (3, 4.0), (8, 128.0), (9, 256.0), (10, 300.0), (10_000, 300.0)],
+)
+def test_backoff_ceiling_grows_exponentially_up_to_the_cap(attempt: int, ceiling: float) -> None:
+    assert backoff_ceiling_seconds(Backoff(), attempt) == ceiling
+
+
+def test_full_jitter_spreads_delays_over_the_whole_window() -> None:
+    rng = random.Random(7)
+    delays = [retry_delay_ms(Backoff(base_seconds=10, max_seconds=10), 1, rng) for _ in range(2000)]
+    assert min(delays) >= 0
+    assert max(delays) <= 10_000
+    # Full jitter: the lower and upper halves of the window are both used, about equally.
+    halves = Counter(d < 5000 for d in delays)
+    assert 800 < halves[True] < 1200
+
+
+def _ops(**kw: object) -> QueueOps:
+    return QueueOps(QueueConfig.model_validate({"name": "t", **kw}))
+
+
+def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
+    ops = _ops()
+    tid, level, due, key, record = ops.encode_task(
+        TaskRequest(
+            type='we"ird',
+            payload={"é": [1, 2.5, None]},
+            priority="low",
+            delay=2.5,
+            idempotency_key="k",
+        ),
+        now=1000,
+    )
+    data = json.loads(record)
+    assert data == {
+        "id": tid,
+        "queue": "default/t",
+        "type": 'we"ird',
+        "priority": "low",
+        "max_attempts": 5,
+        "created_at": 1000,
+        "due_at": 3500,
+        "idempotency_key": "k",
+        "payload": {"é": [1, 2.5, None]},
+    }
+    assert (level, due, key) == (3, 3500, "k")
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "match"),
+    [
+        (TaskRequest(type="x", payload={1, 2}), PayloadNotJSON, "not JSON"),
+        (TaskRequest(type="x", payload=float("nan")), PayloadNotJSON, "not JSON"),
+        (TaskRequest(type="x", payload="a" * 2000), PayloadTooLarge, "limit"),
+        (TaskRequest(type="x", payload="é" * 600), PayloadTooLarge, "1202 bytes"),
+        (TaskRequest(type="x", priority="urgent"), UnknownPriority, "levels are high, default"),
+        (TaskRequest(type="x", delay=-1), InvalidTask, "negative"),
+        (TaskRequest(type=""), InvalidTask, "non-empty"),
+        (TaskRequest(type="x", max_attempts=0), InvalidTask, "max_attempts"),
+        (TaskRequest(type="x", idempotency_key=""), InvalidTask, "idempotency key"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_clear_typed_error(
+    request_: TaskRequest, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _ops(max_payload_bytes=1024).encode_task(request_, now=0)
+
+
+def test_strict_order_is_fixed_and_weighted_order_follows_the_weights() -> None:
+    assert _ops().serving_order(random.Random(1)) == [0, 1, 2]
+    weighted = _ops(
+        mode="weighted", priorities=[{"name": "hi", "weight": 6}, {"name": "lo", "weight": 2}]
+    )
+    rng = random.Random(3)
+    firsts = Counter(weighted.serving_order(rng)[0] for _ in range(8000))
+    # P(first = hi) = 6/8: the low level still leads about a quarter of the time.
+    assert 0.72 < firsts[0] / 8000 < 0.78
+    assert firsts[1] > 0
+
+
+def _claimed(attempts: int, max_attempts: int = 3) -> ClaimedTask:
+    task = Task(
+        id="a",
+        queue="default/t",
+        type="x",
+        priority="high",
+        max_attempts=max_attempts,
+        created_at=0,
+        due_at=0,
+        attempts=attempts,
+    )
+    return ClaimedTask(task=task, token=9, level_index=1)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "permanent", "action"),
+    [(1, False, "retry"), (2, False, "retry"), (3, False, "dead"), (1, True, "dead")],
+)
+def test_failure_retries_until_attempts_run_out_or_the_error_is_permanent(
+    attempts: int, permanent: bool, action: str
+) -> None:
+    s = _ops().failure(
+        _claimed(attempts),
+        TaskError(type="E", message="m"),
+        1000,
+        random.Random(0),
+        permanent=permanent,
+    )
+    assert s.action == action
+    assert s.token == 9
+    if action == "retry":
+        assert 1000 <= s.due_ms <= 1000 + backoff_ceiling_seconds(Backoff(), attempts) * 1000
+    else:
+        assert json.loads(s.outcome)["error"]["type"] == "E"
+
+
+def test_a_result_that_is_not_json_is_refused_before_it_reaches_redis() -> None:
+    with pytest.raises(PayloadNotJSON):
+        QueueOps.completion(_claimed(1), object(), 0)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"priorities": []}, "at least one"),
+        ({"priorities": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"default_priority": "nope"}, "not one of"),
+        ({"heartbeat_seconds": 30, "lease_seconds": 30}, "shorter"),
+        ({"name": "Bad Name"}, "invalid"),
+    ],
+)
+def test_invalid_queue_configs_are_refused(config: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        QueueConfig.model_validate({"name": "t", **config})
