@@ -1,0 +1,1 @@
+"""Benchmarks: each module writes JSON (and a PNG plot) under bench/results/."""
