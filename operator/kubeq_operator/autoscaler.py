@@ -1,0 +1,88 @@
+"""One autoscaler tick for one queue: read Redis, decide, mark idle workers, scale.
+
+Shared by the kopf timer (Kubernetes backend) and `kubeq up` (local backend). The decision
+itself is the pure `decide_replicas`; this is the thin shell around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubeq.protocol import AsyncClient, KubeqError, QueueStats, WorkerInfo
+from kubeq_operator.backend import Backend, QueueRef
+from kubeq_operator.manifests import deletion_cost_annotations
+from kubeq_operator.metrics import OperatorMetrics
+from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy, decide_replicas
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tick:
+    decision: Decision
+    current: int  # desired replicas before this tick
+    ready: int
+    stats: QueueStats | None  # None when Redis could not be read
+    error: str | None = None
+
+
+class QueueAutoscaler:
+    def __init__(
+        self,
+        ref: QueueRef,
+        policy: ScalingPolicy,
+        client: AsyncClient,
+        backend: Backend,
+        metrics: OperatorMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ref = ref
+        self.policy = policy
+        self.client = client
+        self.backend = backend
+        self.metrics = metrics
+        self.clock = clock
+        self.history = History()
+
+    async def observe(self) -> tuple[Observation, QueueStats | None, list[WorkerInfo], str | None]:
+        queue = str(self.ref)
+        started = self.clock()
+        try:
+            stats = await self.client.stats()
+            workers = await self.client.workers()
+        except KubeqError as exc:
+            self.metrics.reachable.labels(queue).set(0)
+            return Observation(at=started, reachable=False), None, [], str(exc)
+        self.metrics.probe.labels(queue).observe(self.clock() - started)
+        self.metrics.reachable.labels(queue).set(1)
+        self.metrics.observe_stats(queue, stats)
+        waiting = {lv.name: lv.ready + lv.due for lv in stats.levels}
+        return (
+            Observation(at=started, backlog_by_priority=waiting, in_flight=stats.in_flight),
+            stats,
+            workers,
+            None,
+        )
+
+    async def tick(self) -> Tick:
+        queue = str(self.ref)
+        observation, stats, workers, error = await self.observe()
+        current = await self.backend.replicas(self.ref)
+        decision = decide_replicas(observation, self.policy, self.history, current, self.clock())
+        self.history = decision.history
+        if decision.replicas < current:
+            # Idle first: the workers report their in-flight counts; the cheapest go.
+            costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
+            if costs:
+                await self.backend.set_deletion_costs(self.ref, costs)
+        if decision.changed:
+            await self.backend.scale(self.ref, decision.replicas)
+            self.metrics.scale_events.labels(queue, decision.direction).inc()
+            log.info("scaled %s %d → %d: %s", queue, current, decision.replicas, decision.reason)
+        ready = await self.backend.ready_replicas(self.ref)
+        self.metrics.desired.labels(queue).set(decision.replicas)
+        self.metrics.current.labels(queue).set(ready)
+        return Tick(decision, current, ready, stats, error)

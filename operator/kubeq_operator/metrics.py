@@ -1,0 +1,97 @@
+"""Every operator metric, on an explicit registry built per process (never at import).
+
+Labels are bounded: queue ("namespace/name"), priority, state, direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kubeq.protocol import QueueStats
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.backlog = Gauge(
+            "kubeq_queue_backlog_tasks",
+            "Tasks the autoscaler counts: ready + due + in flight, per priority.",
+            ["queue", "priority"],
+            registry=r,
+        )
+        self.tasks = Gauge(
+            "kubeq_queue_tasks",
+            "Tasks by priority and state (ready, due, delayed, in_flight).",
+            ["queue", "priority", "state"],
+            registry=r,
+        )
+        self.dead = Gauge(
+            "kubeq_queue_dead_letter_tasks", "Tasks in the dead-letter set.", ["queue"], registry=r
+        )
+        self.oldest = Gauge(
+            "kubeq_queue_oldest_task_age_seconds",
+            "How long the oldest waiting task has waited.",
+            ["queue"],
+            registry=r,
+        )
+        self.desired = Gauge(
+            "kubeq_replicas_desired", "Workers the autoscaler wants.", ["queue"], registry=r
+        )
+        self.current = Gauge(
+            "kubeq_replicas_current", "Workers running and ready.", ["queue"], registry=r
+        )
+        self.scale_events = Counter(
+            "kubeq_scale_events_total",
+            "Replica changes made by the autoscaler.",
+            ["queue", "direction"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "kubeq_reconcile_errors_total",
+            "Failed reconciles and autoscaler ticks.",
+            ["queue"],
+            registry=r,
+        )
+        self.probe = Histogram(
+            "kubeq_redis_probe_duration_seconds",
+            "Time to read a queue's backlog from Redis.",
+            ["queue"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.reachable = Gauge(
+            "kubeq_redis_reachable",
+            "1 when the last backlog read succeeded.",
+            ["queue"],
+            registry=r,
+        )
+
+    def observe_stats(self, queue: str, stats: QueueStats) -> None:
+        for lv in stats.levels:
+            self.backlog.labels(queue, lv.name).set(lv.backlog)
+            for state, value in (
+                ("ready", lv.ready),
+                ("due", lv.due),
+                ("delayed", lv.delayed),
+                ("in_flight", lv.in_flight),
+            ):
+                self.tasks.labels(queue, lv.name, state).set(value)
+        self.dead.labels(queue).set(stats.dead)
+        self.oldest.labels(queue).set(stats.oldest_age_seconds())
+
+    def forget(self, queue: str, levels: tuple[str, ...]) -> None:
+        """Drop a deleted queue's series so dashboards do not show it frozen."""
+        for metric in (self.dead, self.oldest, self.desired, self.current, self.reachable):
+            _remove(metric, queue)
+        for lv in levels:
+            _remove(self.backlog, queue, lv)
+            for state in ("ready", "due", "delayed", "in_flight"):
+                _remove(self.tasks, queue, lv, state)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

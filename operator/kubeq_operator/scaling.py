@@ -1,0 +1,242 @@
+"""The autoscaling decision: a pure function from what the queue looks like to a replica count.
+
+Semantics follow the Kubernetes HPA (stabilization windows, bounds) and KEDA (activation,
+scale to zero), with two differences that matter for a task queue:
+
+- in-flight tasks count as load, so a pool busy with long tasks is not scaled away;
+- the pool goes to zero only after the queue has been *completely* empty (nothing
+  waiting, nothing running) for cooldownToZeroSeconds, never because a metric dipped.
+
+Time is a parameter (`now`, in seconds on any monotonic clock); nothing here sleeps or
+reads a clock, so the tests drive it with a fake one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
+
+from kubeq_operator.spec import TaskQueueSpec
+
+Direction = Literal["up", "down", "none"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One reading of the queue, taken at `at` (seconds, same clock as `now`)."""
+
+    at: float
+    backlog_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
+    in_flight: int = 0
+    reachable: bool = True
+
+    @property
+    def ready(self) -> int:
+        return sum(max(0, n) for n in self.backlog_by_priority.values())
+
+    @property
+    def demand(self) -> int:
+        """Tasks that need a worker now: waiting (ready or due) plus running."""
+        return self.ready + max(0, self.in_flight)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """spec.autoscaling, plus what the decision needs when autoscaling is off."""
+
+    min_replicas: int = 0
+    max_replicas: int = 10
+    target_backlog_per_replica: int = 100
+    activation_backlog: int = 0
+    scale_up_stabilization_seconds: float = 0
+    scale_down_stabilization_seconds: float = 300
+    cooldown_to_zero_seconds: float = 300
+    max_step_up: int | None = None
+    max_step_down: int | None = None
+    fallback_replicas: int | None = None
+    poll_interval_seconds: float = 10
+    enabled: bool = True
+    static_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(f"need 0 <= min_replicas <= max_replicas, got {self}")
+        if self.target_backlog_per_replica < 1:
+            raise ValueError("target_backlog_per_replica must be >= 1")
+        for step in (self.max_step_up, self.max_step_down):
+            if step is not None and step < 1:
+                raise ValueError("max steps must be >= 1")
+
+    @classmethod
+    def from_spec(cls, spec: TaskQueueSpec) -> ScalingPolicy:
+        a = spec.autoscaling
+        return cls(
+            min_replicas=a.min_replicas,
+            max_replicas=a.max_replicas,
+            target_backlog_per_replica=a.target_backlog_per_replica,
+            activation_backlog=a.activation_backlog,
+            scale_up_stabilization_seconds=a.scale_up_stabilization_seconds,
+            scale_down_stabilization_seconds=a.scale_down_stabilization_seconds,
+            cooldown_to_zero_seconds=a.cooldown_to_zero_seconds,
+            max_step_up=a.max_step_up,
+            max_step_down=a.max_step_down,
+            fallback_replicas=a.fallback_replicas,
+            poll_interval_seconds=a.poll_interval_seconds,
+            enabled=a.enabled,
+            static_replicas=spec.static_replicas,
+        )
+
+    @property
+    def window_seconds(self) -> float:
+        """How much recommendation history the decision can look at."""
+        return max(self.scale_up_stabilization_seconds, self.scale_down_stabilization_seconds)
+
+    @property
+    def stale_after_seconds(self) -> float:
+        """A reading older than this is no reading: act as if Redis were unreachable."""
+        return max(3 * self.poll_interval_seconds, 5.0)
+
+    def clamp(self, replicas: int) -> int:
+        return min(self.max_replicas, max(self.min_replicas, replicas))
+
+
+@dataclass(frozen=True)
+class History:
+    """What past decisions the next one needs, bounded in time and size.
+
+    `recommendations` holds (time, replicas) pairs, oldest first. A run of equal values is
+    kept as its latest entry only: "was v recommended within the window" has the same
+    answer either way, so the history grows with changes, not with polls.
+    """
+
+    MAX_ENTRIES: ClassVar[int] = 1024
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+    empty_since: float | None = None  # since when the queue has been seen completely empty
+    last_scale_at: float | None = None
+
+    def record(self, now: float, replicas: int, window: float) -> History:
+        entries = [e for e in self.recommendations if e[0] >= now - window]
+        if entries and entries[-1][1] == replicas:
+            entries.pop()
+        entries.append((now, replicas))
+        return replace(self, recommendations=tuple(entries[-self.MAX_ENTRIES :]))
+
+    def values_within(self, now: float, window: float) -> list[int]:
+        return [r for at, r in self.recommendations if at >= now - window]
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str  # one human sentence, for status.lastScaleReason, Events and logs
+    history: History
+    direction: Direction
+    recommendation: int | None = None  # before stabilization and step caps; None without data
+
+    @property
+    def changed(self) -> bool:
+        return self.direction != "none"
+
+
+def _direction(current: int, target: int) -> Direction:
+    return "up" if target > current else "down" if target < current else "none"
+
+
+def _finish(
+    target: int, current: int, reason: str, history: History, now: float, rec: int | None = None
+) -> Decision:
+    if target != current:
+        history = replace(history, last_scale_at=now)
+    return Decision(target, reason, history, _direction(current, target), rec)
+
+
+def decide_replicas(
+    observation: Observation,
+    policy: ScalingPolicy,
+    history: History,
+    current_replicas: int,
+    now: float,
+) -> Decision:
+    """How many workers to run now, why, and the history to pass to the next call."""
+    current = max(0, current_replicas)
+    if not policy.enabled:
+        n = policy.static_replicas
+        return _finish(n, current, f"autoscaling disabled: spec.replicas {n}", history, now)
+
+    age = now - observation.at
+    if not observation.reachable or age > policy.stale_after_seconds:
+        why = "Redis unreachable" if not observation.reachable else f"reading {age:.0f} s old"
+        if policy.fallback_replicas is not None:
+            wanted, reason = policy.fallback_replicas, f"{why}: fallbackReplicas {{n}}"
+        else:
+            wanted, reason = current, f"{why}: holding {{n}} replicas"
+        target = policy.clamp(wanted)
+        reason = reason.format(n=target) + (f" (clamped from {wanted})" if target != wanted else "")
+        # Unknown is not empty: the cooldown to zero starts again once the queue is seen.
+        return _finish(target, current, reason, replace(history, empty_since=None), now)
+
+    ready, in_flight, demand = observation.ready, max(0, observation.in_flight), observation.demand
+    empty_since = None
+    if demand == 0:
+        empty_since = history.empty_since if history.empty_since is not None else observation.at
+    raw = math.ceil(demand / policy.target_backlog_per_replica)
+    # The recommendation while the pool is active: never below 1, zero is decided apart.
+    rec = min(policy.max_replicas, max(policy.min_replicas, 1, raw))
+    notes = [
+        f"backlog {demand} (ready {ready} + in-flight {in_flight})"
+        f" / target {policy.target_backlog_per_replica} → {raw}"
+    ]
+    if rec < raw:
+        notes.append(f"capped at max {policy.max_replicas}")
+    elif rec > raw and policy.min_replicas > raw:
+        notes.append(f"raised to min {policy.min_replicas}")
+    history = replace(history.record(now, rec, policy.window_seconds), empty_since=empty_since)
+
+    if current == 0 and policy.min_replicas == 0 and demand <= policy.activation_backlog:
+        notes.append(f"not above activation backlog {policy.activation_backlog}: staying at 0")
+        return _finish(0, current, ", ".join(notes), history, now, 0)
+
+    # Stabilization as the HPA does it: up to the lowest recommendation of the up window,
+    # down to the highest of the down window, otherwise stay.
+    up = min(history.values_within(now, policy.scale_up_stabilization_seconds))
+    down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
+    up_window = f"scale-up stabilization ({policy.scale_up_stabilization_seconds:g} s)"
+    down_window = f"scale-down stabilization ({policy.scale_down_stabilization_seconds:g} s)"
+    if up > current:
+        target = up
+        if up < rec:
+            notes.append(f"held at {up} by {up_window}")
+    elif down < current:
+        target = down
+        if down > rec:
+            notes.append(f"held at {down} by {down_window}")
+    else:
+        target = current
+        if rec != current:
+            notes.append(f"held at {current} by {up_window if rec > current else down_window}")
+
+    if policy.min_replicas == 0 and empty_since is not None:
+        idle = now - empty_since
+        if idle >= policy.cooldown_to_zero_seconds:
+            target = 0
+            notes.append(
+                f"empty for {idle:.0f} s ≥ cooldown {policy.cooldown_to_zero_seconds:g} s → 0"
+            )
+        elif current > 0:
+            notes.append(f"empty for {idle:.0f} s < cooldown {policy.cooldown_to_zero_seconds:g} s")
+
+    if policy.max_step_up is not None and target - current > policy.max_step_up:
+        target = current + policy.max_step_up
+        notes.append(f"step limited to +{policy.max_step_up}")
+    if policy.max_step_down is not None and current - target > policy.max_step_down:
+        target = current - policy.max_step_down
+        notes.append(f"step limited to -{policy.max_step_down}")
+
+    # Bounds win over everything (e.g. right after maxReplicas was lowered).
+    bounded = policy.clamp(target)
+    if bounded != target:
+        notes.append(f"bounded to [{policy.min_replicas}, {policy.max_replicas}]")
+    return _finish(bounded, current, ", ".join(notes), history, now, rec)

@@ -1,0 +1,1 @@
+"""Example applications. `telemetry` is the pipeline `kubeq demo telemetry` runs."""
