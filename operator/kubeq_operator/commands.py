@@ -20,14 +20,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from kubeq.cli.common import ExitCode
 from kubeq.protocol import KubeqError
 from kubeq_operator.demo import DemoReport
 from kubeq_operator.errors import InvalidSpec
 from kubeq_operator.live import line, render
 from kubeq_operator.local import LocalRunner
-
-EXIT_INVALID = 2
-EXIT_CONNECTION = 5
 
 
 def _setup_logging(level: str) -> None:
@@ -96,7 +94,7 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
         await runner.start()
     except KubeqError as exc:
         console.print(f"[red]error:[/] {exc}")
-        return EXIT_CONNECTION
+        return int(ExitCode.UNAVAILABLE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     presses = 0
@@ -149,7 +147,7 @@ def demo_command() -> None:
     default=None,
     help="TaskQueue manifest (default: examples/telemetry.yaml).",
 )
-@click.option("--devices", default=500, show_default=True)
+@click.option("--devices", default=50, show_default=True)
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the traffic profile.")
 @click.option("--seed", default=7, show_default=True)
 @click.option(

@@ -188,6 +188,7 @@ async def run_demo(
     settle_timeout: float,
     on_snapshot: Callable[[Snapshot], None],
     on_phase: Callable[[Phase], None],
+    phases: list[Phase] | None = None,
 ) -> DemoReport:
     runner = LocalRunner(manifest)
     await runner.start()
@@ -213,7 +214,7 @@ async def run_demo(
     stop = asyncio.Event()
     loop_task = asyncio.create_task(runner.run(stop, record))
     fleet = DeviceFleet(devices, random.Random(seed))
-    phases = burst_profile(scale)
+    phases = phases or burst_profile(scale)
     minimum = runner.spec.autoscaling.min_replicas
     try:
         submitted = await drive(runner.client, fleet, phases, on_phase)

@@ -39,7 +39,7 @@ VALID_RANGE: dict[str, tuple[float, float]] = {
 ANOMALY_Z = 4.0
 MIN_HISTORY = 20
 ALPHA = 0.05  # weight of a new reading in the moving averages
-WORK_SECONDS = (0.01, 0.04)  # simulated downstream I/O per reading
+WORK_SECONDS = (0.04, 0.12)  # simulated downstream I/O per reading
 DOWNSTREAM_FAILURES = 0.01  # share of readings whose (simulated) downstream call times out
 
 # Atomic EWMA update: returns the mean, variance and count from before this reading.

@@ -1,0 +1,173 @@
+"""What every `kubeq` command shares: global options, exit codes, errors and output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+import click
+import redis.exceptions
+from rich.console import Console
+
+from kubeq.protocol import Client, errors
+from kubeq.protocol.config import check_name
+from kubeq.protocol.connection import translate
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every `kubeq` command (documented in `kubeq --help`)."""
+
+    OK = 0
+    #: the task failed, was dead-lettered or cancelled; or the operation did not happen
+    FAILED = 1
+    #: bad arguments or input: usage, payload not JSON or too large, unknown priority
+    USAGE = 2
+    #: no such task (or not in the dead-letter set)
+    NOT_FOUND = 3
+    #: the task had not finished in time (or yet, without --wait)
+    TIMEOUT = 4
+    #: Redis cannot be used: bad URL, unreachable, credentials refused
+    UNAVAILABLE = 5
+    #: the queue refused the tasks: its maxBacklog is reached (backpressure; retry later)
+    QUEUE_FULL = 6
+
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  task failed, dead-lettered or cancelled; or the operation did not happen
+  2  usage: bad arguments, payload not JSON or too large, unknown priority
+  3  not found: no such task (or not in the dead-letter set)
+  4  timeout: the task had not finished in time (or yet, without --wait)
+  5  Redis unavailable: bad URL, unreachable, credentials refused
+  6  queue full: maxBacklog reached (backpressure, retry later)"""
+
+
+class CliError(Exception):
+    """An expected failure of a command: one line on stderr and an exit code."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code_for(exc: errors.KubeqError) -> ExitCode:
+    if isinstance(exc, errors.InvalidURL | errors.ConnectionFailed):
+        return ExitCode.UNAVAILABLE
+    if isinstance(exc, errors.InvalidTask):
+        return ExitCode.USAGE
+    if isinstance(exc, errors.TaskNotFound):
+        return ExitCode.NOT_FOUND
+    if isinstance(exc, errors.ResultTimeout):
+        return ExitCode.TIMEOUT
+    if isinstance(exc, errors.QueueFull):
+        return ExitCode.QUEUE_FULL
+    return ExitCode.FAILED
+
+
+def error_line(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn expected failures into `error: ...` on stderr and the documented exit code."""
+    try:
+        yield
+    except CliError as exc:
+        error_line(str(exc))
+        raise click.exceptions.Exit(exc.code) from None
+    except errors.KubeqError as exc:
+        error_line(str(exc))
+        raise click.exceptions.Exit(exit_code_for(exc)) from None
+    except redis.exceptions.RedisError as exc:
+        mapped = translate(exc)
+        error_line(str(mapped) if mapped else f"Redis error: {exc}")
+        raise click.exceptions.Exit(exit_code_for(mapped) if mapped else ExitCode.FAILED) from None
+
+
+@dataclass
+class State:
+    """The global options, and the queue client built from them on first use."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    queue: str = "default"
+    namespace: str = "default"
+    output: str = "text"
+    _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def client(self) -> Client:
+        if self._client is None:
+            # Reads the queue's published config (levels, limits): the first round trip,
+            # so a bad URL, a dead server or wrong credentials surface here.
+            self._client = Client.from_url(self.redis_url, self.queue, self.namespace)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def check_name_option(kind: str) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            return check_name(kind, value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on one line of stdout."""
+    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console on the current stdout (or stderr); wide when not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 160
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+def fmt_time(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def fmt_age(seconds: float | None) -> str:
+    """3.2s, 4m05s, 2h03m, 3d04h."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{max(seconds, 0.0):.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def age_since(then_ms: int | None, now_ms: int) -> str:
+    return "-" if not then_ms else fmt_age((now_ms - then_ms) / 1000)
