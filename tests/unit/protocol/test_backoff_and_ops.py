@@ -158,3 +158,23 @@ def test_a_result_that_is_not_json_is_refused_before_it_reaches_redis() -> None:
 def test_invalid_queue_configs_are_refused(config: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         QueueConfig.model_validate({"name": "t", **config})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, "redis://h:6379/0"),
+        ({"password": "p@ss/w"}, "redis://:p%40ss%2Fw@h:6379/0"),
+        ({"username": "app", "password": "pw"}, "redis://app:pw@h:6379/0"),
+        ({"tls": True}, "rediss://h:6379/0"),
+        ({"tls": True, "tls_insecure": True}, "rediss://h:6379/0?ssl_cert_reqs=none"),
+        ({"tls": True, "tls_ca_file": "/etc/ca/ca.crt"},
+         "rediss://h:6379/0?ssl_ca_certs=/etc/ca/ca.crt"),
+    ],
+)
+def test_separate_credentials_and_tls_fold_into_the_url(
+    kwargs: dict[str, object], expected: str
+) -> None:
+    from kubeq.protocol.connection import with_credentials
+
+    assert with_credentials("redis://h:6379/0", **kwargs) == expected  # type: ignore[arg-type]

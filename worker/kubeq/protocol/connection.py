@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -42,6 +42,37 @@ def redacted(url: str) -> str:
         netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+def with_credentials(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: bool = False,
+    tls_insecure: bool = False,
+    tls_ca_file: str | None = None,
+) -> str:
+    """The URL with separately supplied credentials and TLS settings folded in.
+
+    Kubernetes hands these over as separate variables (the password from a Secret), so the
+    worker and the operator both build the effective URL here, the same way.
+    """
+    scheme = _check(url)
+    parts = urlsplit(url)
+    if tls and scheme in ("redis", "redis+sentinel", "redis+cluster"):
+        parts = parts._replace(scheme="rediss" + scheme.removeprefix("redis"))
+    if username is not None or password is not None:
+        user = quote(username if username is not None else unquote(parts.username or ""), safe="")
+        secret = quote(password, safe="") if password is not None else (parts.password or "")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{user}:{secret}@{host}" if secret else f"{user}@{host}")
+    query = [q for q in parts.query.split("&") if q]
+    if tls_insecure:
+        query.append("ssl_cert_reqs=none")
+    if tls_ca_file:
+        query.append(f"ssl_ca_certs={quote(tls_ca_file, safe='/')}")
+    return parts._replace(query="&".join(query)).geturl()
 
 
 def _check(url: str) -> str:

@@ -1,0 +1,214 @@
+"""kubeq's autoscaler vs KEDA's rule, on the same worker pool and the same bursty trace.
+
+Both runs use `kubeq up`'s machinery (real worker processes, a private redis-server,
+bench/autoscale-queue.yaml) and replay bench/traces/bursty.json in real time. Only the
+scaling decision differs:
+
+- kubeq: backlog = ready + due + in flight, stabilization windows from the manifest,
+  cooldown to zero after the queue is completely empty, idle workers removed first.
+- KEDA's rule as a Redis-list ScaledObject applies it: desired = ceil(list length /
+  target) (waiting tasks only: in-flight work is invisible), the HPA's default 300 s
+  scale-down stabilization, KEDA's default 300 s cooldown before zero, and no
+  idle-first removal (the ReplicaSet removes the youngest pods, busy or not).
+
+Reported per run: replica-seconds (the integral of running workers over the trace),
+p95/p99 queue wait (from each task's own record: started_at - due_at), and interrupted
+tasks (released by a draining worker or reaped after a kill). Run:
+`python -m bench.autoscale` (about 8 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, write
+from kubeq.protocol import TaskRequest
+from kubeq_operator.autoscaler import QueueAutoscaler, Tick
+from kubeq_operator.local import LocalRunner
+from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy
+
+HERE = Path(__file__).parent
+KEDA_COOLDOWN = 300.0
+HPA_DOWN_WINDOW = 300.0
+
+
+def keda_decide(
+    obs: Observation, policy: ScalingPolicy, history: History, current: int, now: float
+) -> Decision:
+    """KEDA + HPA on a Redis list: waiting tasks only, 300 s down window, 300 s to zero."""
+    listed = obs.ready  # LLEN of the list: in-flight tasks are not in it
+    raw = min(policy.max_replicas, math.ceil(listed / policy.target_backlog_per_replica))
+    history = history.record(now, raw, HPA_DOWN_WINDOW)
+    active_since = history.empty_since
+    if listed > 0:
+        history = replace(history, empty_since=None)
+    elif active_since is None:
+        history = replace(history, empty_since=now)
+    if current == 0:
+        target = 1 if listed > policy.activation_backlog else 0
+        target = max(target, raw)
+    else:
+        # HPA: scale up at once, scale down to the highest recommendation of the window.
+        target = max(history.values_within(now, HPA_DOWN_WINDOW))
+        target = max(target, 1)  # the HPA never goes below 1; KEDA takes it to zero
+        idle = history.empty_since
+        if idle is not None and now - idle >= KEDA_COOLDOWN:
+            target = 0
+    direction = "up" if target > current else "down" if target < current else "none"
+    return Decision(
+        target,
+        f"keda: list {listed} / {policy.target_backlog_per_replica}",
+        history,
+        direction,
+        raw,
+    )  # type: ignore[arg-type]
+
+
+class KedaAutoscaler(QueueAutoscaler):
+    async def tick(self) -> Tick:
+        observation, stats, _workers, error = await self.observe()
+        current = await self.backend.replicas(self.ref)
+        decision = keda_decide(observation, self.policy, self.history, current, self.clock())
+        self.history = decision.history
+        if decision.changed:
+            # No deletion costs: the ReplicaSet's default is to remove the youngest pods.
+            await self.backend.set_deletion_costs(self.ref, {})
+            await self.backend.scale(self.ref, decision.replicas)
+        ready = await self.backend.ready_replicas(self.ref)
+        return Tick(decision, current, ready, stats, error)
+
+
+def load_trace() -> dict[str, Any]:
+    return json.loads((HERE / "traces" / "bursty.json").read_text())
+
+
+def arrivals(trace: dict[str, Any], rng: random.Random) -> list[tuple[float, float]]:
+    """(send time, task seconds) for every task of the trace, deterministic per seed."""
+    out = []
+    for seg in trace["segments"]:
+        n = int(seg["rate"] * seg["seconds"])
+        for i in range(n):
+            at = seg["start"] + i / seg["rate"]
+            span = (
+                trace["long_seconds"]
+                if rng.random() < seg["long_share"]
+                else trace["short_seconds"]
+            )
+            out.append((at, rng.uniform(*span)))
+    return out
+
+
+async def run_once(rule: str, trace: dict[str, Any], seed: int) -> dict[str, Any]:
+    runner = LocalRunner(HERE / "autoscale-queue.yaml", metrics_port=-1)
+    await runner.start()
+    if rule == "keda":
+        runner.autoscaler = KedaAutoscaler(
+            runner.ref, runner.autoscaler.policy, runner.client, runner.backend, runner.metrics
+        )
+    end = max(s["start"] + s["seconds"] for s in trace["segments"])
+    samples: list[tuple[float, int, int, int]] = []
+    stop = asyncio.Event()
+
+    def record(snap: Any) -> None:
+        backlog = snap.stats.backlog if snap.stats else -1
+        samples.append((snap.at, snap.tick.ready, snap.tick.decision.replicas, backlog))
+
+    loop_task = asyncio.create_task(runner.run(stop, record))
+    start = time.monotonic()
+    pending = arrivals(trace, random.Random(seed))
+    i = 0
+    while time.monotonic() - start < end:
+        now = time.monotonic() - start
+        batch = []
+        while i < len(pending) and pending[i][0] <= now:
+            batch.append(TaskRequest(type="sleep", payload={"seconds": pending[i][1]}))
+            i += 1
+        if batch:
+            await runner.client.submit_many(batch)
+        await asyncio.sleep(0.05)
+    stop.set()
+    await loop_task
+    waits: list[float] = []
+    unfinished = (await runner.client.stats()).backlog
+    cursor = 0
+    while True:
+        cursor, chunk = await runner.client.redis.hscan(
+            runner.client.keys.results, cursor, count=2000
+        )
+        for raw in chunk.values():
+            rec = json.loads(raw)
+            waits.append(rec["outcome"]["started_at"] - rec["task"]["due_at"])
+        if cursor == 0:
+            break
+    counters = (await runner.client.stats()).counters
+    await runner.shutdown()
+    waits.sort()
+    replica_seconds = sum(
+        (samples[j + 1][0] - samples[j][0]) * samples[j][1] for j in range(len(samples) - 1)
+    )
+
+    def pct(q: float) -> float:
+        return waits[min(len(waits) - 1, int(q * len(waits)))] if waits else float("nan")
+
+    return {
+        "rule": rule,
+        "tasks": len(pending),
+        "completed_within_trace": len(waits),
+        "unfinished_at_trace_end": unfinished,
+        "replica_seconds": round(replica_seconds, 1),
+        "queue_wait_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
+        "interrupted": counters.get("released", 0) + counters.get("reaped", 0),
+        "timeline": samples,
+    }
+
+
+def plot(results: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for r in results:
+        t = [s[0] for s in r["timeline"]]
+        axes[0].step(t, [s[1] for s in r["timeline"]], where="post", label=r["rule"])
+        axes[1].plot(t, [max(0, s[3]) for s in r["timeline"]], label=r["rule"])
+    axes[0].set_ylabel("running workers")
+    axes[1].set_ylabel("backlog (ready + in flight)")
+    axes[1].set_xlabel("seconds")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    axes[0].set_title("bench/autoscale: kubeq vs KEDA's rule on the same pool and trace")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "autoscale.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    trace = load_trace()
+    results = [asyncio.run(run_once(rule, trace, args.seed)) for rule in ("kubeq", "keda")]
+    for r in results:
+        print(
+            f"{r['rule']:>6}: replica-seconds {r['replica_seconds']:>8,.0f}  "
+            f"p95 wait {r['queue_wait_ms']['p95']:>7,.0f} ms  "
+            f"interrupted {r['interrupted']}  unfinished {r['unfinished_at_trace_end']}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(results)
+    path = write("autoscale", {"trace": trace, "results": results})
+    print(f"wrote {path} and {RESULTS / 'autoscale.png'}")
+
+
+if __name__ == "__main__":
+    main()
