@@ -57,7 +57,9 @@ class DeviceFleet:
         mean, std = BASELINE[metric]
         value = self.rng.gauss(mean, std)
         if self.rng.random() < self.spikes:
-            value = mean + std * self.rng.choice((-1, 1)) * self.rng.uniform(8, 12)
+            # Upward: a real but unusual reading (a downward one could leave the sensor's
+            # physical range, which the handler rightly rejects as a broken sensor).
+            value = mean + std * self.rng.uniform(8, 12)
             self.counts["spike"] += 1
         self.seq += 1
         return {

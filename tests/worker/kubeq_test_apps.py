@@ -1,0 +1,108 @@
+"""Handlers the worker tests run, importable by name in worker subprocesses.
+
+Not a package: the worker tests put this directory on PYTHONPATH (pytest does the same
+for in-process tests), so `--app kubeq_test_apps:app` works everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from kubeq.app import App, TaskContext
+from kubeq.exceptions import Permanent, Retry
+
+app = App("kubeq-tests")
+
+
+class Reading(BaseModel):
+    sensor: str
+    value: float
+
+
+@app.task("noop")
+async def noop(payload: Any, ctx: TaskContext) -> None:
+    return None
+
+
+@app.task("echo")
+async def echo(payload: Any, ctx: TaskContext) -> Any:
+    return payload
+
+
+@app.task("sleep")
+async def sleep(payload: dict[str, float], ctx: TaskContext) -> dict[str, Any]:
+    ctx.progress(0.0)
+    await asyncio.sleep(payload["seconds"])
+    return {"slept": payload["seconds"], "attempt": ctx.attempt}
+
+
+@app.task("sync_sleep")
+def sync_sleep(payload: dict[str, float], ctx: TaskContext) -> str:
+    time.sleep(payload["seconds"])
+    return "done"
+
+
+@app.task("flaky")
+def flaky(payload: dict[str, int], ctx: TaskContext) -> int:
+    """Fails with a transient error until attempt `succeed_on`."""
+    if ctx.attempt < payload["succeed_on"]:
+        raise ConnectionError(f"transient failure on attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+@app.task("retry_then_ok")
+async def retry_then_ok(payload: Any, ctx: TaskContext) -> int:
+    if ctx.attempt == 1:
+        raise Retry(delay=0.01)
+    return ctx.attempt
+
+
+@app.task("always_fails")
+async def always_fails(payload: Any, ctx: TaskContext) -> None:
+    raise ValueError("still broken")
+
+
+@app.task("permanent")
+async def permanent(payload: Any, ctx: TaskContext) -> None:
+    raise Permanent("this can never work")
+
+
+@app.task("type_error", permanent=(TypeError,))
+async def type_error(payload: Any, ctx: TaskContext) -> None:
+    raise TypeError("declared permanent")
+
+
+@app.task("only_retries_oserror", retry_on=(OSError,))
+async def only_retries_oserror(payload: Any, ctx: TaskContext) -> None:
+    raise KeyError("not a retryable kind")
+
+
+@app.task("times_out", timeout=0.2)
+async def times_out(payload: Any, ctx: TaskContext) -> None:
+    await asyncio.sleep(30)
+
+
+@app.task("sync_times_out", timeout=0.2)
+def sync_times_out(payload: Any, ctx: TaskContext) -> None:
+    time.sleep(1.0)
+
+
+@app.task("validated", payload_model=Reading)
+async def validated(reading: Reading, ctx: TaskContext) -> Reading:
+    return Reading(sensor=reading.sensor, value=reading.value * 2)
+
+
+@app.task("not_json")
+async def not_json(payload: Any, ctx: TaskContext) -> Any:
+    return {"an": object()}
+
+
+@app.task("in_process", executor="process")
+def in_process(payload: int, ctx: TaskContext) -> int:
+    import os
+
+    return payload * 2 + 0 * os.getpid()

@@ -1,0 +1,248 @@
+"""The worker's parts on their own: app registry, outcomes, breaker, metrics, logs, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+import kubeq_test_apps
+import pytest
+from support import queue_config
+
+from kubeq.app import App, TaskContext, load_app
+from kubeq.exceptions import Permanent, Retry
+from kubeq.metrics import WorkerMetrics
+from kubeq.protocol import ClaimedTask, Client, QueueOps, Task
+from kubeq.worker import WorkerSettings
+from kubeq.worker.breaker import CircuitBreaker
+from kubeq.worker.execution import TaskRunner
+from kubeq.worker.logs import JSONFormatter, logging_config
+
+
+def claimed(
+    type: str, attempts: int = 1, max_attempts: int = 3, payload: Any = None
+) -> ClaimedTask:
+    task = Task(
+        id="t1",
+        queue="default/q",
+        type=type,
+        payload=payload,
+        priority="default",
+        attempts=attempts,
+        max_attempts=max_attempts,
+        created_at=0,
+        due_at=0,
+    )
+    return ClaimedTask(task=task, token=7, level_index=2)
+
+
+@pytest.fixture
+def runner() -> TaskRunner:
+    return TaskRunner(
+        kubeq_test_apps.app,
+        QueueOps(queue_config(name="q")),
+        queue="default/q",
+        worker_id="w",
+        clock=lambda: 1_000,
+        rng=random.Random(1),
+    )
+
+
+def test_a_decorated_handler_stays_callable_and_registers_once() -> None:
+    app = App("t")
+
+    @app.task("double", max_attempts=2)
+    def double(payload: int, ctx: TaskContext) -> int:
+        return payload * 2
+
+    ctx = TaskContext("id", 1, 2, "default/q", "default", "double")
+    assert double(3, ctx) == 6
+    assert app.tasks["double"] is double
+    assert double.options.executor == "thread"
+    with pytest.raises(ValueError, match="already registered"):
+        app.task("double")(lambda p, c: None)
+    with pytest.raises(TypeError, match="plain function"):
+        app.task("bad", executor="process")(kubeq_test_apps.noop.fn)
+    with pytest.raises(RuntimeError, match="not connected"):
+        double.submit(1)
+    assert load_app("kubeq_test_apps:app") is kubeq_test_apps.app
+    with pytest.raises(TypeError, match="not a kubeq App"):
+        load_app("kubeq_test_apps:Reading")
+
+
+def test_submit_shortcuts_use_the_bound_queue(redis_url: str) -> None:
+    cfg = queue_config()
+    app = App("t").connect(redis_url, cfg.name, config=cfg)
+
+    @app.task("ingest", max_attempts=2)
+    def ingest(payload: Any, ctx: TaskContext) -> None: ...
+
+    try:
+        tid = ingest.submit(kubeq_test_apps.Reading(sensor="a", value=1.0), priority="high")
+        task = app.client().status(tid)
+        assert (task.type, task.payload, task.priority, task.max_attempts) == (
+            "ingest",
+            {"sensor": "a", "value": 1.0},
+            "high",
+            2,
+        )
+    finally:
+        app.close()
+
+
+async def test_asubmit_uses_an_async_client(redis_url: str) -> None:
+    cfg = queue_config()
+    app = App("t").connect(redis_url, cfg.name, config=cfg)
+    handle = app.task("x")(kubeq_test_apps.echo.fn)
+    try:
+        tid = await handle.asubmit([1])
+        with Client.from_url(redis_url, cfg.name, config=cfg) as c:
+            assert c.status(tid).payload == [1]
+    finally:
+        await app.aclose()
+
+
+async def test_outcomes_map_exceptions_to_settlements(runner: TaskRunner) -> None:
+    out = await runner.execute(claimed("echo", payload=5))
+    assert (out.event, out.settlement.action) == ("completed", "complete")
+    assert json.loads(out.settlement.outcome)["result"] == 5
+    retry = runner.on_exception(claimed("x"), kubeq_test_apps.flaky, Retry(delay=2.5))
+    assert (retry.event, retry.settlement.due_ms, retry.failed) == ("retried", 3_500, True)
+    last = runner.on_exception(claimed("x", attempts=3), kubeq_test_apps.flaky, Retry())
+    assert (last.event, last.reason) == ("dead", "attempts_exhausted")
+    perm = runner.on_exception(claimed("x"), kubeq_test_apps.flaky, Permanent("no"))
+    assert (perm.event, perm.reason, perm.settlement.action) == ("dead", "permanent_error", "dead")
+    # A Retry wins over a handler's narrow retry_on; other errors outside it are permanent.
+    narrow = kubeq_test_apps.only_retries_oserror
+    assert runner.on_exception(claimed("x"), narrow, Retry()).event == "retried"
+    assert runner.on_exception(claimed("x"), narrow, OSError()).event == "retried"
+    assert runner.on_exception(claimed("x"), narrow, KeyError()).event == "dead"
+    cancelled = runner.cancelled(claimed("x"))
+    assert (cancelled.settlement.action, cancelled.event) == ("cancel", "cancelled")
+    assert runner.released(claimed("x")).settlement.action == "release"
+    with pytest.raises(ValueError, match="negative"):
+        Retry(delay=-1)
+
+
+def test_breaker_opens_backs_off_with_jitter_and_probes_once() -> None:
+    now = [0.0]
+    b = CircuitBreaker(3, 1.0, 8.0, rng=random.Random(2), clock=lambda: now[0])
+    for _ in range(2):
+        b.record_failure()
+    assert b.state == "closed"
+    assert b.allow()
+    b.record_failure()
+    assert b.state == "open"
+    assert not b.allow()
+    assert 0.5 <= b.delay() <= 1.0
+    now[0] += 1.0
+    assert b.allow()
+    assert b.state == "half_open"
+    assert not b.allow()  # one probe at a time
+    b.record_failure()  # the probe failed: open again, longer
+    assert b.state == "open"
+    assert 1.0 <= b.delay() <= 2.0
+    now[0] += 2.0
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed"
+    assert b.allow()
+    for _ in range(20):
+        b.opened += 1
+        assert b.backoff() <= 8.0
+
+
+def test_metrics_have_the_documented_names_and_bounded_labels() -> None:
+    m = WorkerMetrics("ns/q", ["known"])
+    m.series("default", "known").completed.inc()
+    m.series("default", "surprise").claimed.inc()
+    m.dead_lettered("default", "known", "timeout")
+    m.dead_lettered("default", "known", "lease_expired")  # not ours: folded
+    text = m.expose().decode()
+    for name in (
+        "kubeq_tasks_claimed_total",
+        "kubeq_tasks_completed_total",
+        "kubeq_tasks_failed_total",
+        "kubeq_tasks_retried_total",
+        "kubeq_tasks_dead_lettered_total",
+        "kubeq_tasks_cancelled_total",
+        "kubeq_tasks_released_total",
+        "kubeq_task_duration_seconds",
+        "kubeq_task_queue_wait_seconds",
+        "kubeq_tasks_in_flight",
+        "kubeq_worker_concurrency",
+        "kubeq_leases_lost_total",
+        "kubeq_settles_refused_total",
+        "kubeq_redis_errors_total",
+        "kubeq_worker_draining",
+    ):
+        assert f"# TYPE {name} " in text, name
+    assert 'task_type="unknown"' in text
+    assert "surprise" not in text
+    assert 'reason="timeout"' in text
+    assert "lease_expired" not in text
+    # Two workers in one process (tests) do not collide: each has its own registry.
+    WorkerMetrics("ns/q")
+
+
+def test_json_logs_carry_the_task_fields() -> None:
+    record = logging.LogRecord(
+        "kubeq.task", logging.INFO, __file__, 1, "task %s retried", ("t1",), None
+    )
+    record.__dict__.update(queue="ns/q", task_id="t1", type="x", attempt=2, event="retried")
+    line = json.loads(JSONFormatter().format(record))
+    assert line["message"] == "task t1 retried"
+    assert {k: line[k] for k in ("queue", "task_id", "type", "attempt", "event")} == {
+        "queue": "ns/q",
+        "task_id": "t1",
+        "type": "x",
+        "attempt": 2,
+        "event": "retried",
+    }
+    assert logging_config("json", "debug")["loggers"]["kubeq"]["level"] == "DEBUG"
+
+
+def test_settings_come_from_kubeq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = queue_config(name="telemetry", lease_seconds=5, heartbeat_seconds=1)
+    env = {
+        "KUBEQ_REDIS_URL": "redis://r:6379/1",
+        "KUBEQ_QUEUE": "telemetry",
+        "KUBEQ_CONCURRENCY": "8",
+        "KUBEQ_METRICS_PORT": "0",
+        "KUBEQ_POD_NAME": "p-1",
+        "KUBEQ_LOG_FORMAT": "json",
+        "KUBEQ_QUEUE_CONFIG": cfg.model_dump_json(),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = WorkerSettings()
+    assert (s.redis_url, s.concurrency, s.metrics_port, s.pod_name, s.log_format) == (
+        "redis://r:6379/1",
+        8,
+        0,
+        "p-1",
+        "json",
+    )
+    assert s.queue_config == cfg
+    assert s.grace_seconds == 30
+    assert WorkerSettings(concurrency=2).concurrency == 2  # explicit beats env
+    monkeypatch.setenv("KUBEQ_QUEUE", "other")
+    with pytest.raises(ValueError, match="queue_config names"):
+        WorkerSettings()
+
+
+def test_redis_credentials_and_tls_from_separate_settings() -> None:
+    s = WorkerSettings(
+        redis_url="redis://redis:6379/0",
+        redis_username="app",
+        redis_password="s3cret",
+        redis_tls=True,
+        redis_tls_insecure_skip_verify=True,
+    )
+    url, options = s.redis_connection()
+    assert url == "rediss://redis:6379/0"
+    assert options == {"username": "app", "password": "s3cret", "ssl_cert_reqs": "none"}
+    assert "s3cret" not in repr(s)
+    assert WorkerSettings(redis_url="redis://r/0").redis_connection() == ("redis://r/0", {})

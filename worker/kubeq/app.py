@@ -1,0 +1,247 @@
+"""`App`: the registry of task handlers a worker runs, and the producer shortcuts.
+
+app = App("telemetry")
+
+@app.task("telemetry.ingest", max_attempts=3, timeout=30, payload_model=Reading)
+async def ingest(reading: Reading, ctx: TaskContext) -> dict: ...
+
+app.connect("redis://redis:6379/0", "telemetry")
+ingest.submit({"sensor": "a", "value": 1.5})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from pydantic import BaseModel
+
+from kubeq.protocol import AsyncClient, Client, QueueConfig
+
+ExecutorKind = Literal["auto", "thread", "process"]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("kubeq.task")
+
+
+@dataclass(slots=True)
+class TaskContext:
+    """What a handler knows about the attempt it runs."""
+
+    task_id: str
+    attempt: int
+    max_attempts: int
+    queue: str
+    priority: str
+    type: str
+    logger: logging.Logger = field(default=log, repr=False)
+    last_progress: Any = None
+
+    def progress(self, value: Any) -> None:
+        """Best effort progress report: kept on the context and logged at DEBUG."""
+        self.last_progress = value
+        self.logger.debug(
+            "task %s progress %r",
+            self.task_id,
+            value,
+            extra={
+                "queue": self.queue,
+                "task_id": self.task_id,
+                "type": self.type,
+                "attempt": self.attempt,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    name: str
+    max_attempts: int | None
+    timeout: float | None
+    retry_on: tuple[type[BaseException], ...]
+    permanent: tuple[type[BaseException], ...]
+    payload_model: type[BaseModel] | None
+    executor: Literal["loop", "thread", "process"]
+
+
+class TaskHandle(Generic[P, R]):
+    """The decorated handler: still callable as before, plus `submit`/`asubmit`."""
+
+    def __init__(self, app: App, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.__name__ = getattr(fn, "__name__", options.name)
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<kubeq task {self.name!r} of app {self.app.name!r}>"
+
+    def _submit_args(self, payload: Any, opts: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        if opts.get("max_attempts") is None and self.options.max_attempts is not None:
+            opts["max_attempts"] = self.options.max_attempts
+        return {"payload": payload, **opts}
+
+    def submit(self, payload: Any = None, *, client: Client | None = None, **opts: Any) -> str:
+        """Enqueue one task; options as `Client.submit` (priority, delay, eta_ms, ...)."""
+        c = client or self.app.client()
+        return c.submit(self.name, **self._submit_args(payload, opts))
+
+    async def asubmit(
+        self, payload: Any = None, *, client: AsyncClient | None = None, **opts: Any
+    ) -> str:
+        c = client or await self.app.aclient()
+        return await c.submit(self.name, **self._submit_args(payload, opts))
+
+
+class App:
+    def __init__(self, name: str = "kubeq", *, default_timeout: float | None = None) -> None:
+        self.name = name
+        self.default_timeout = default_timeout
+        self.tasks: dict[str, TaskHandle[..., Any]] = {}
+        self._target: tuple[str, str, str, QueueConfig | None] | None = None
+        self._client: Client | None = None
+        # One AsyncClient per event loop: a client cannot outlive the loop it was made on.
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @overload
+    def task(self, name: Callable[P, R]) -> TaskHandle[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        permanent: tuple[type[BaseException], ...] = (),
+        payload_model: type[BaseModel] | None = None,
+        executor: ExecutorKind = "auto",
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]: ...
+
+    def task(
+        self,
+        name: str | Callable[..., Any] | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        permanent: tuple[type[BaseException], ...] = (),
+        payload_model: type[BaseModel] | None = None,
+        executor: ExecutorKind = "auto",
+    ) -> Any:
+        """Register a handler `(payload, ctx)`; the name defaults to `module.function`."""
+        if callable(name):
+            return self.task()(name)
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+
+        def register(fn: Callable[P, R]) -> TaskHandle[P, R]:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if task_name in self.tasks:
+                raise ValueError(f"task type {task_name!r} is already registered in {self.name}")
+            is_async = inspect.iscoroutinefunction(fn)
+            if is_async and executor != "auto":
+                raise TypeError(
+                    f"{task_name}: async handlers run on the event loop; "
+                    f"executor={executor!r} needs a plain function"
+                )
+            kind: Literal["loop", "thread", "process"] = (
+                "loop" if is_async else "thread" if executor == "auto" else executor
+            )
+            options = TaskOptions(
+                task_name,
+                max_attempts,
+                timeout,
+                tuple(retry_on),
+                tuple(permanent),
+                payload_model,
+                kind,
+            )
+            handle = TaskHandle(self, fn, options)
+            self.tasks[task_name] = handle
+            return handle
+
+        return register
+
+    # -- producer side -------------------------------------------------------------------
+
+    def connect(
+        self, url: str, queue: str, namespace: str = "default", config: QueueConfig | None = None
+    ) -> App:
+        """Bind the `submit` shortcuts to a queue (connections open on first use)."""
+        self._target = (url, queue, namespace, config)
+        return self
+
+    def client(self) -> Client:
+        if self._client is None:
+            url, queue, namespace, config = self._require_target()
+            self._client = Client.from_url(url, queue, namespace, config)
+        return self._client
+
+    async def aclient(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        c = self._aclients.get(loop)
+        if c is None:
+            url, queue, namespace, config = self._require_target()
+            c = self._aclients[loop] = await AsyncClient.from_url(url, queue, namespace, config)
+        return c
+
+    def _require_target(self) -> tuple[str, str, str, QueueConfig | None]:
+        if self._target is None:
+            raise RuntimeError(
+                f"app {self.name!r} is not connected: call "
+                "app.connect(url, queue) or pass client=..."
+            )
+        return self._target
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        c = self._aclients.pop(asyncio.get_running_loop(), None)
+        if c is not None:
+            await c.close()
+
+
+def load_app(ref: str) -> App:
+    """Import `module:attribute` (attribute defaults to `app`) and check it is an App."""
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, App):
+        raise TypeError(f"{ref} is a {type(obj).__name__}, not a kubeq App")
+    return obj
+
+
+def run_in_process(module: str, qualname: str, payload: Any, ctx: TaskContext) -> Any:
+    """Entry point of a handler in a process pool: the child imports it by name."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    fn = obj.fn if isinstance(obj, TaskHandle) else obj
+    return fn(payload, ctx)

@@ -1,0 +1,289 @@
+"""The asyncio worker: claims into free slots, runs handlers, heartbeats, settles, drains.
+
+`_running` holds the handlers now running (at most `concurrency`); the ledger holds every
+lease this worker still owns (see ledger.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+
+from kubeq.app import App
+from kubeq.metrics import WorkerMetrics
+from kubeq.protocol import AsyncClient, ClaimedTask, WorkerInfo, system_clock
+from kubeq.worker.batcher import TRANSIENT, SettleBatcher
+from kubeq.worker.breaker import CircuitBreaker
+from kubeq.worker.execution import Outcome, TaskRunner
+from kubeq.worker.jobs import Job, cancel_all, new_worker_id
+from kubeq.worker.ledger import Ledger
+from kubeq.worker.maintenance import Maintenance
+from kubeq.worker.settings import WorkerSettings
+
+log = logging.getLogger("kubeq.worker")
+tlog = logging.getLogger("kubeq.task")
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        app: App,
+        client: AsyncClient,
+        *,
+        worker_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.client = client
+        self.config = client.config
+        self.id = worker_id or new_worker_id()
+        self.concurrency = settings.concurrency
+        self.metrics = metrics or WorkerMetrics(self.config.full_name, app.tasks)
+        self.metrics.concurrency.set(self.concurrency)
+        s = settings
+        self.breaker = CircuitBreaker(
+            s.breaker_failure_threshold,
+            s.breaker_backoff_base_seconds,
+            s.breaker_backoff_max_seconds,
+        )
+        self.runner = TaskRunner(
+            app,
+            client.ops,
+            queue=self.config.full_name,
+            worker_id=self.id,
+            clock=client.clock,
+            default_timeout=s.task_timeout,
+            thread_pool_size=s.thread_pool_size or s.concurrency,
+            process_pool_size=s.process_pool_size,
+        )
+        self.ledger = Ledger(self.metrics)
+        self.batcher = SettleBatcher(
+            client,
+            self.breaker,
+            self.ledger.settled,
+            max_batch=s.settle_batch,
+            flush_delay=s.settle_flush_ms / 1000,
+            on_error=self.metrics.redis_errors.inc,
+        )
+        self.maintenance = Maintenance(
+            client, self.id, self.breaker, on_error=self.metrics.redis_errors.inc
+        )
+        self.draining = False
+        self.closed = False  # loops check it too: redis-py may swallow a cancellation
+        self.started_at = system_clock()
+        self._running: dict[str, Job] = {}
+        self._slot_freed = asyncio.Event()
+        self._idle_task: asyncio.Future[object] | None = None
+
+    # -- state seen from outside ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            pod=self.settings.pod_name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            in_flight=len(self._running),
+            concurrency=self.concurrency,
+            started_at=self.started_at,
+            draining=self.draining,
+        )
+
+    def claiming(self) -> bool:
+        return not (self.draining or self.closed)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if self.breaker.state != "closed":
+            return False, "redis unavailable"
+        silent = time.monotonic() - self.breaker.last_success
+        if silent > self.settings.ready_window_seconds:
+            return False, f"no reply from Redis for {silent:.0f}s"
+        return True, "ok"
+
+    # -- loops -------------------------------------------------------------------------
+
+    def start(self) -> list[asyncio.Task[None]]:
+        self.batcher.start()
+        loop = asyncio.get_running_loop()
+        return [
+            loop.create_task(self.claim_loop(), name="kubeq-claim"),
+            loop.create_task(self.heartbeat_loop(), name="kubeq-heartbeat"),
+            loop.create_task(self.maintenance.run(), name="kubeq-maintenance"),
+        ]
+
+    def _redis_failed(self, what: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.inc()
+        if isinstance(exc, TRANSIENT):
+            self.breaker.record_failure()
+            log.warning("%s failed, Redis unavailable: %s", what, exc)
+        else:
+            log.error("%s failed: %r", what, exc)
+
+    async def claim_loop(self) -> None:
+        batch = self.settings.claim_batch
+        while self.claiming():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            await self.breaker.wait()
+            if not self.claiming():
+                break
+            n = min(free, batch) if batch else free
+            try:
+                claim = await self.client.claim(self.id, n)
+            except Exception as exc:
+                self._redis_failed("claim", exc)
+                if not isinstance(exc, TRANSIENT):
+                    await self._idle(self.settings.idle_wait_seconds, blpop=False)
+                continue
+            self.breaker.record_success()
+            for m in claim.malformed:
+                self.ledger.hold(m.task_id, m.token, m.level_index)
+                out = self.runner.malformed(m)
+                tlog.warning(
+                    "task %s has a malformed record: %s",
+                    m.task_id,
+                    m.error,
+                    extra={
+                        "queue": self.config.full_name,
+                        "task_id": m.task_id,
+                        "event": "malformed",
+                        "attempt": m.attempts,
+                    },
+                )
+                self.batcher.add(out)
+            now = system_clock()
+            for ct in claim.tasks:
+                self._start(ct, now)
+            if len(claim.tasks) + len(claim.malformed) >= n:
+                continue  # a full batch: more is likely waiting
+            if claim.rate_wait_ms > 0:
+                await self._idle(min(self._idle_timeout(), claim.rate_wait_ms / 1000), blpop=False)
+            else:
+                await self._idle(self._idle_timeout(), blpop=True)
+
+    def _idle_timeout(self) -> float:
+        return self.ledger.idle_timeout(self.settings.idle_wait_seconds, system_clock())
+
+    async def _idle(self, timeout: float, *, blpop: bool) -> None:
+        """Block until work is signalled or `timeout`; drain interrupts it."""
+        aw: Awaitable[object] = (
+            self.client.wait_for_work(timeout) if blpop else asyncio.sleep(timeout)
+        )
+        waiter = self._idle_task = asyncio.ensure_future(aw)
+        try:
+            await asyncio.wait((waiter,))
+        finally:
+            self._idle_task = None
+        if waiter.cancelled() or not blpop:
+            return
+        exc = waiter.exception()
+        if exc is not None:
+            self._redis_failed("wait for work", exc)
+        else:
+            self.breaker.record_success()
+
+    def _start(self, ct: ClaimedTask, now_ms: int) -> None:
+        tid = ct.id
+        stale = self._running.get(tid)
+        if stale is not None:  # re-claimed: our older lease on it must be gone
+            stale.halt("lost")
+        self.ledger.hold(tid, ct.token, ct.level_index)
+        job = self._running[tid] = Job(ct)
+        series = self.metrics.series(ct.task.priority, ct.task.type)
+        series.claimed.inc()
+        series.wait.observe(max(0, now_ms - ct.task.due_at) / 1000)
+        self.metrics.in_flight.set(len(self._running))
+        job.task = asyncio.get_running_loop().create_task(self._run_job(job))
+
+    async def _run_job(self, job: Job) -> None:
+        ct = job.claimed
+        out: Outcome | None = None
+        try:
+            out = await self.runner.execute(ct)
+        except asyncio.CancelledError:
+            if job.stop == "cancel":
+                out = self.runner.cancelled(ct)
+            elif job.stop != "lost":
+                out = self.runner.released(ct)  # drain, or the worker is going away
+        except Exception:
+            log.exception("task %s: the worker failed running it", ct.id)
+            out = self.runner.released(ct)
+        finally:
+            if self._running.get(ct.id) is job:
+                del self._running[ct.id]
+            self.metrics.in_flight.set(len(self._running))
+            self._slot_freed.set()
+        if job.stop == "lost" or out is None:
+            self.ledger.drop(ct.id, ct.token)  # never settle what we know we lost
+            return
+        if out.duration is not None:
+            series = self.metrics.series(out.priority, out.task_type)
+            series.duration.observe(out.duration)
+            if out.failed:
+                series.failed.inc()
+        self.batcher.add(out)
+
+    async def heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_seconds
+        while not self.closed:
+            await self.breaker.wait()
+            try:
+                await self.heartbeat()
+            except Exception as exc:
+                self._redis_failed("heartbeat", exc)
+                await asyncio.sleep(min(interval, 0.5))
+                continue
+            await asyncio.sleep(interval)
+
+    async def heartbeat(self) -> None:
+        held = self.ledger.held()
+        sent = {tid: token for tid, token, _ in held}
+        reply = await self.client.heartbeat(self.id, held, self.info())
+        self.breaker.record_success()
+        for tid in reply.lost:
+            self.ledger.drop(tid, sent[tid])
+            self.metrics.leases_lost.inc()
+            job = self._running.get(tid)
+            if job is not None and job.claimed.token == sent[tid]:
+                job.halt("lost")
+            tlog.info(
+                "task %s: lease lost, abandoning it",
+                tid,
+                extra={"event": "lease_lost", "queue": self.config.full_name, "task_id": tid},
+            )
+        for tid in reply.cancelled:
+            job = self._running.get(tid)
+            if job is not None and job.claimed.token == sent[tid]:
+                job.halt("cancel")
+
+    def stop_claiming(self) -> None:
+        """The first step of a drain: no new claims, not ready, draining in WorkerInfo."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        self._slot_freed.set()
+
+    def running(self) -> list[Job]:
+        return list(self._running.values())
+
+    async def close(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.closed = self.maintenance.stopped = True
+        await cancel_all(tasks)
+        await self.batcher.stop()
+        self.runner.shutdown()

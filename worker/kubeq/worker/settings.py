@@ -1,0 +1,82 @@
+"""Worker settings from the environment (prefix KUBEQ_), parsed once at startup."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubeq.protocol import QueueConfig
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBEQ_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Credentials and TLS apart from the URL, as the operator passes them from Secrets.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_tls: bool = False  # turns redis:// into rediss://
+    redis_tls_insecure_skip_verify: bool = False
+    redis_tls_ca_file: str | None = None
+    queue: str = "default"
+    namespace: str = "default"
+    #: "package.module:attribute" of the App whose handlers this worker runs
+    app: str = ""
+    concurrency: int = Field(default=16, ge=1, le=10_000)
+    #: most tasks one claim takes (0: all free slots); never more than are free
+    claim_batch: int = Field(default=0, ge=0)
+    #: most settlements one settle call carries
+    settle_batch: int = Field(default=256, ge=1, le=5000)
+    #: how long finished tasks wait to share a settle call
+    settle_flush_ms: float = Field(default=1.0, ge=0, le=1000)
+    #: longest idle block on the wake list; correctness never depends on the wake-up
+    idle_wait_seconds: float = Field(default=1.0, gt=0, le=30)
+    metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0: no HTTP server
+    metrics_host: str = "0.0.0.0"  # probes and scrapes come from outside the pod
+    pod_name: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    grace_seconds: float = Field(default=30.0, ge=0)
+    #: QueueConfig as JSON; else the config published in Redis; else the defaults
+    queue_config: QueueConfig | None = None
+    #: default per-task timeout in seconds for handlers that set none (None: no limit)
+    task_timeout: float | None = Field(default=None, gt=0)
+    thread_pool_size: int = Field(default=0, ge=0)  # 0: concurrency
+    process_pool_size: int = Field(default=0, ge=0)  # 0: CPU count
+    breaker_failure_threshold: int = Field(default=3, ge=1)
+    breaker_backoff_base_seconds: float = Field(default=0.1, gt=0)
+    breaker_backoff_max_seconds: float = Field(default=5.0, gt=0)
+    #: /readyz fails when no Redis call succeeded for this long
+    ready_window_seconds: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        qc = self.queue_config
+        if qc is not None and (qc.name, qc.namespace) != (self.queue, self.namespace):
+            raise ValueError(
+                f"queue_config names {qc.full_name} but the worker serves "
+                f"{self.namespace}/{self.queue}"
+            )
+        return self
+
+    def redis_connection(self) -> tuple[str, dict[str, Any]]:
+        """The URL and the extra redis-py options the Redis settings add up to."""
+        url, options = self.redis_url, dict[str, Any]()
+        if self.redis_tls and url.startswith("redis") and not url.startswith("rediss"):
+            url = "rediss" + url[len("redis") :]
+        if self.redis_username:
+            options["username"] = self.redis_username
+        if self.redis_password is not None:
+            options["password"] = self.redis_password.get_secret_value()
+        if url.startswith("rediss"):
+            if self.redis_tls_insecure_skip_verify:
+                options["ssl_cert_reqs"] = "none"
+            if self.redis_tls_ca_file:
+                options["ssl_ca_certs"] = self.redis_tls_ca_file
+        return url, options
+
+    @property
+    def full_queue(self) -> str:
+        return f"{self.namespace}/{self.queue}"
