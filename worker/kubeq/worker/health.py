@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kubeq.metrics import WorkerMetrics
@@ -51,7 +54,25 @@ class LoopLag:
         return self.lag < self.threshold and not stale
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scrape never holds the process open
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # probes every few seconds
+        pass
+
+
 class HealthServer:
+    """/metrics, /healthz and /readyz from a thread of their own.
+
+    Served by the standard library's WSGI server rather than on the event loop: a probe is
+    answered even while a handler blocks the loop, and /healthz then reports the stall
+    (the loop-lag monitor's heartbeat goes stale) instead of timing out. It also keeps an
+    HTTP framework out of the worker's memory.
+    """
+
     def __init__(
         self,
         metrics: WorkerMetrics,
@@ -65,40 +86,51 @@ class HealthServer:
         self.host = host
         self.port = port
         self.lag = lag or LoopLag()
-        self._runner: web.AppRunner | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
-    def application(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        return app
+    def application(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            status, body, ctype = 200, self.metrics.expose(), CONTENT_TYPE_LATEST
+        elif path == "/healthz":
+            ok = self.lag.healthy()
+            status, body, ctype = _json(ok, {"ok": ok, "loop_lag_seconds": round(self.lag.lag, 4)})
+        elif path == "/readyz":
+            ok, why = self.ready()
+            status, body, ctype = _json(ok, {"ready": ok, "reason": why})
+        else:
+            status, body, ctype = 404, b"not found\n", "text/plain"
+        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+        start_response(
+            f"{status} {reason}", [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+        )
+        return [body]
 
     async def start(self) -> None:
         self.lag.start()
-        self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        self._server = make_server(
+            self.host,
+            self.port,
+            self.application,
+            server_class=_Server,
+            handler_class=_QuietHandler,
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kubeq-http", daemon=True
+        )
+        self._thread.start()
 
     async def stop(self) -> None:
         await self.lag.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.expose(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        ok = self.lag.healthy()
-        return _json(200 if ok else 503, {"ok": ok, "loop_lag_seconds": round(self.lag.lag, 4)})
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        ok, why = self.ready()
-        return _json(200 if ok else 503, {"ready": ok, "reason": why})
+        if self._server is not None:
+            await asyncio.to_thread(self._server.shutdown)
+            self._server.server_close()
+            self._server = None
 
 
-def _json(status: int, body: dict[str, object]) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+def _json(ok: bool, body: dict[str, object]) -> tuple[int, bytes, str]:
+    return (200 if ok else 503), json.dumps(body).encode(), "application/json"

@@ -70,7 +70,6 @@ def logging_config(fmt: str = "text", level: str = "INFO") -> dict[str, Any]:
         },
         "loggers": {
             "kubeq": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-            "aiohttp.access": {"level": "WARNING"},
         },
         "root": {"level": "WARNING", "handlers": ["stderr"]},
     }
