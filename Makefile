@@ -3,7 +3,7 @@
 #   make test   set up whatever is missing, then run linters, type checks and all tests
 # Both are idempotent: a second run only re-does what changed.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kubeq-installed

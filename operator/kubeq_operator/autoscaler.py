@@ -46,6 +46,7 @@ class QueueAutoscaler:
         self.metrics = metrics
         self.clock = clock
         self.history = History()
+        metrics.register_queue(str(ref))
 
     async def observe(self) -> tuple[Observation, QueueStats | None, list[WorkerInfo], str | None]:
         queue = str(self.ref)

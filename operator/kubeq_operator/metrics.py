@@ -69,6 +69,12 @@ class OperatorMetrics:
             registry=r,
         )
 
+    def register_queue(self, queue: str) -> None:
+        """Create the queue's counters at zero, so rates and alerts see them before any event."""
+        self.reconcile_errors.labels(queue)
+        for direction in ("up", "down"):
+            self.scale_events.labels(queue, direction)
+
     def observe_stats(self, queue: str, stats: QueueStats) -> None:
         for lv in stats.levels:
             self.backlog.labels(queue, lv.name).set(lv.backlog)
@@ -84,14 +90,24 @@ class OperatorMetrics:
 
     def forget(self, queue: str, levels: tuple[str, ...]) -> None:
         """Drop a deleted queue's series so dashboards do not show it frozen."""
-        for metric in (self.dead, self.oldest, self.desired, self.current, self.reachable):
+        for metric in (
+            self.dead,
+            self.oldest,
+            self.desired,
+            self.current,
+            self.reachable,
+            self.reconcile_errors,
+            self.probe,
+        ):
             _remove(metric, queue)
+        for direction in ("up", "down"):
+            _remove(self.scale_events, queue, direction)
         for lv in levels:
             _remove(self.backlog, queue, lv)
             for state in ("ready", "due", "delayed", "in_flight"):
                 _remove(self.tasks, queue, lv, state)
 
 
-def _remove(metric: Gauge, *labels: str) -> None:
+def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)
