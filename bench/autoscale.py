@@ -10,6 +10,8 @@ scaling decision differs:
   target) (waiting tasks only: in-flight work is invisible), the HPA's default 300 s
   scale-down stabilization, KEDA's default 300 s cooldown before zero, and no
   idle-first removal (the ReplicaSet removes the youngest pods, busy or not).
+- keda-same-windows: KEDA's rule with kubeq's windows (15 s down, 30 s to zero), to
+  separate what is counted and who is removed from how long each waits.
 
 Reported per run: replica-seconds (the integral of running workers over the trace),
 p95/p99 queue wait (from each task's own record: started_at - due_at), and interrupted
@@ -36,17 +38,24 @@ from kubeq_operator.local import LocalRunner
 from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy
 
 HERE = Path(__file__).parent
+RULES = ("kubeq", "keda", "keda-same-windows")
 KEDA_COOLDOWN = 300.0
 HPA_DOWN_WINDOW = 300.0
 
 
 def keda_decide(
-    obs: Observation, policy: ScalingPolicy, history: History, current: int, now: float
+    obs: Observation,
+    policy: ScalingPolicy,
+    history: History,
+    current: int,
+    now: float,
+    down_window: float = HPA_DOWN_WINDOW,
+    cooldown: float = KEDA_COOLDOWN,
 ) -> Decision:
-    """KEDA + HPA on a Redis list: waiting tasks only, 300 s down window, 300 s to zero."""
+    """KEDA + HPA on a Redis list: waiting tasks only; by default 300 s down, 300 s to zero."""
     listed = obs.ready  # LLEN of the list: in-flight tasks are not in it
     raw = min(policy.max_replicas, math.ceil(listed / policy.target_backlog_per_replica))
-    history = history.record(now, raw, HPA_DOWN_WINDOW)
+    history = history.record(now, raw, down_window)
     active_since = history.empty_since
     if listed > 0:
         history = replace(history, empty_since=None)
@@ -57,10 +66,10 @@ def keda_decide(
         target = max(target, raw)
     else:
         # HPA: scale up at once, scale down to the highest recommendation of the window.
-        target = max(history.values_within(now, HPA_DOWN_WINDOW))
+        target = max(history.values_within(now, down_window))
         target = max(target, 1)  # the HPA never goes below 1; KEDA takes it to zero
         idle = history.empty_since
-        if idle is not None and now - idle >= KEDA_COOLDOWN:
+        if idle is not None and now - idle >= cooldown:
             target = 0
     direction = "up" if target > current else "down" if target < current else "none"
     return Decision(
@@ -73,10 +82,21 @@ def keda_decide(
 
 
 class KedaAutoscaler(QueueAutoscaler):
+    down_window = HPA_DOWN_WINDOW
+    cooldown = KEDA_COOLDOWN
+
     async def tick(self) -> Tick:
         observation, stats, _workers, error = await self.observe()
         current = await self.backend.replicas(self.ref)
-        decision = keda_decide(observation, self.policy, self.history, current, self.clock())
+        decision = keda_decide(
+            observation,
+            self.policy,
+            self.history,
+            current,
+            self.clock(),
+            self.down_window,
+            self.cooldown,
+        )
         self.history = decision.history
         if decision.changed:
             # No deletion costs: the ReplicaSet's default is to remove the youngest pods.
@@ -197,7 +217,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     trace = load_trace()
-    results = [asyncio.run(run_once(rule, trace, args.seed)) for rule in ("kubeq", "keda")]
+    results = [asyncio.run(run_once(rule, trace, args.seed)) for rule in RULES]
     for r in results:
         print(
             f"{r['rule']:>6}: replica-seconds {r['replica_seconds']:>8,.0f}  "

@@ -22,10 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def fast_manifest(tmp_path: Path, **autoscaling: object) -> Path:
     """examples/telemetry.yaml with windows short enough for a test."""
     body = yaml.safe_load((ROOT / "examples" / "telemetry.yaml").read_text())
-    body["spec"]["autoscaling"].update({
-        "minReplicas": 1, "maxReplicas": 4, "targetBacklogPerReplica": 100,
-        "scaleDownStabilizationSeconds": 2, "pollIntervalSeconds": 0.5, **autoscaling,
-    })
+    body["spec"]["autoscaling"].update(
+        {
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetBacklogPerReplica": 100,
+            "scaleDownStabilizationSeconds": 2,
+            "pollIntervalSeconds": 0.5,
+            **autoscaling,
+        }
+    )
     body["spec"]["worker"]["terminationGracePeriodSeconds"] = 20
     path = tmp_path / "telemetry.yaml"
     path.write_text(yaml.safe_dump(body))
@@ -39,8 +45,15 @@ async def test_burst_scales_up_drains_and_scales_back_down_losing_nothing(
     phases = [Phase("warm-up", 1, 20), Phase("burst", 5, 500), Phase("cool-down", 4, 20)]
     # When the fleet sends it
     report = await run_demo(
-        fast_manifest(tmp_path), devices=20, scale=1.0, seed=3, out_dir=tmp_path / "out",
-        settle_timeout=90, on_snapshot=lambda s: None, on_phase=lambda p: None, phases=phases,
+        fast_manifest(tmp_path),
+        devices=20,
+        scale=1.0,
+        seed=3,
+        out_dir=tmp_path / "out",
+        settle_timeout=90,
+        on_snapshot=lambda s: None,
+        on_phase=lambda p: None,
+        phases=phases,
     )
     # Then the pool grew for the burst and came back to the minimum once drained
     assert report.max_workers > report.min_replicas == 1
@@ -61,9 +74,20 @@ async def test_burst_scales_up_drains_and_scales_back_down_losing_nothing(
 def test_ctrl_c_drains_and_leaves_no_process_behind(tmp_path: Path) -> None:
     manifest = fast_manifest(tmp_path, minReplicas=2)
     up = subprocess.Popen(
-        [sys.executable, "-m", "kubeq.cli", "up", "-f", str(manifest), "--no-live",
-         "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "kubeq.cli",
+            "up",
+            "-f",
+            str(manifest),
+            "--no-live",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     parent = psutil.Process(up.pid)
     deadline = time.monotonic() + 60

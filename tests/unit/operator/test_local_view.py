@@ -24,8 +24,11 @@ kubeq_task_queue_wait_seconds_sum{queue="d/q",priority="a"} 3.0
 def test_parse_sums_counters_and_buckets_over_labels() -> None:
     sample = parse(EXPOSITION)
     assert sample.counters["kubeq_tasks_completed_total"] == 7.0
-    assert sample.buckets["kubeq_task_queue_wait_seconds"] == {0.1: 5.0, 1.0: 9.0,
-                                                               float("inf"): 10.0}
+    assert sample.buckets["kubeq_task_queue_wait_seconds"] == {
+        0.1: 5.0,
+        1.0: 9.0,
+        float("inf"): 10.0,
+    }
     both = merge([sample, sample])
     assert both.counters["kubeq_tasks_completed_total"] == 14.0
 

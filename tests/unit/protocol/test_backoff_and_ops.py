@@ -168,8 +168,10 @@ def test_invalid_queue_configs_are_refused(config: dict[str, object], match: str
         ({"username": "app", "password": "pw"}, "redis://app:pw@h:6379/0"),
         ({"tls": True}, "rediss://h:6379/0"),
         ({"tls": True, "tls_insecure": True}, "rediss://h:6379/0?ssl_cert_reqs=none"),
-        ({"tls": True, "tls_ca_file": "/etc/ca/ca.crt"},
-         "rediss://h:6379/0?ssl_ca_certs=/etc/ca/ca.crt"),
+        (
+            {"tls": True, "tls_ca_file": "/etc/ca/ca.crt"},
+            "rediss://h:6379/0?ssl_ca_certs=/etc/ca/ca.crt",
+        ),
     ],
 )
 def test_separate_credentials_and_tls_fold_into_the_url(

@@ -17,6 +17,10 @@ _GLOBAL_SETTINGS = ("redis_url", "queue", "namespace")
 
 @click.command()
 @click.option("--app", metavar="MODULE:APP", help="The kubeq App with the task handlers.")
+# Also accepted after `worker` (as the operator's Deployment passes them); they win over
+# the global -q/-n.
+@click.option("--queue", "-q", "queue", help="Queue name.")
+@click.option("--namespace", "-n", "namespace", help="Namespace of the queue.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
 @click.option(
     "--metrics-port",
@@ -45,7 +49,7 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
     # reads the same KUBEQ_* environment and applies its own defaults.
     root = ctx.find_root()
     for name in _GLOBAL_SETTINGS:
-        if root.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+        if name not in settings and root.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             settings[name] = getattr(state, name)
     try:
         ws = runtime.WorkerSettings(**settings)

@@ -1,0 +1,458 @@
+"""kopf wiring: TaskQueue reconcile, the per-queue autoscaler daemon, child repair, cleanup.
+
+The decisions live elsewhere (spec/crd_schema: validity; manifests: objects; scaling: the
+replica count; status: conditions and fields). `Operator` below is the shell that carries
+them out against the API server and Redis; the decorated functions only route to it.
+
+Finalizers: kopf puts its finalizer on every object that has a daemon (it stops the daemon
+before the object goes, so no scale patch lands after its owner is gone), so each TaskQueue
+carries `kubeq.io/finalizer` while the operator runs. Given that, the Redis cleanup handler
+is filtered with `when=` to queues with `retainRedisData: false` (kopf evaluates the filter
+on the deleted object, so flipping the flag before deleting works), and the in-memory
+cleanup is `optional=True`: it never needs a finalizer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from kubeq.protocol import AsyncClient, KubeqError, QueueConfig
+from kubeq_operator import status as st
+from kubeq_operator.autoscaler import QueueAutoscaler
+from kubeq_operator.backend import QueueRef
+from kubeq_operator.crd_schema import GROUP, PLURAL, VERSION, checked_spec
+from kubeq_operator.errors import InvalidSpec
+from kubeq_operator.k8s_backend import TASK_QUEUES, ApiError, DeploymentMissing, K8sBackend, KubeApi
+from kubeq_operator.manifests import MANAGED_BY, OwnerRef, deployment_name, selector_string
+from kubeq_operator.metrics import OperatorMetrics
+from kubeq_operator.redis_access import RedisClients, purge, resolve_url, secret_reader
+from kubeq_operator.scaling import ScalingPolicy
+from kubeq_operator.settings import OperatorSettings, load_settings
+from kubeq_operator.spec import Condition, TaskQueueSpec
+
+FINALIZER = "kubeq.io/finalizer"
+MAX_BACKOFF_SECONDS = 60.0
+APPLY_RETRY_SECONDS = 10.0
+PURGE_RETRIES = 8  # then the keys are left behind (with a Warning) rather than the object stuck
+
+
+def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorSettings) -> None:
+    # Peering: only the highest-priority live replica works; equal priorities would pause
+    # all of them, hence a random priority per process unless one is configured.
+    settings.peering.name = cfg.peering_name
+    settings.peering.standalone = cfg.standalone
+    settings.peering.mandatory = not cfg.standalone
+    settings.peering.priority = (
+        cfg.priority if cfg.priority is not None else random.randrange(1, 2**31)
+    )
+    # kopf posts log lines of handler loggers as Events at this level and above; the
+    # operator posts its own Events (scaling, invalid spec), so only warnings go as well.
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = FINALIZER
+    # Annotations, not status: the CRD's status schema has no room for kopf's bookkeeping.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeq.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubeq.io", key="last-handled-configuration"
+    )
+
+
+def queue_ref(body: Mapping[str, Any]) -> QueueRef:
+    meta = body["metadata"]
+    return QueueRef(str(meta["namespace"]), str(meta["name"]))
+
+
+def event_target(body: Mapping[str, Any]) -> kopf.Body:
+    """What kopf needs to post an Event about an object (a copy: bodies are live views)."""
+    meta = body["metadata"]
+    keep = ("name", "namespace", "uid")
+    raw = {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {k: meta[k] for k in keep if k in meta},
+    }
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+def backoff(poll: float, failures: int) -> float:
+    return float(min(poll * 2 ** min(failures, 8), max(poll, MAX_BACKOFF_SECONDS)))
+
+
+@dataclass
+class Queue:
+    """What the operator holds in memory for one TaskQueue."""
+
+    ref: QueueRef
+    conditions: list[Condition]
+    target: kopf.Body | None = None  # for Events
+    generation: int | None = None
+    spec: TaskQueueSpec | None = None  # the last valid spec
+    config: QueueConfig | None = None
+    autoscaler: QueueAutoscaler | None = None
+    written: dict[str, Any] | None = None  # the status as last written
+    failures: int = 0
+
+
+class Operator:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        api: KubeApi,
+        metrics: OperatorMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics
+        self.backend = K8sBackend(api)
+        self.clients = RedisClients(secret_reader(api))
+        self.clock = clock
+        self.wall = wall
+        self.queues: dict[QueueRef, Queue] = {}
+        self.metrics_port: int | None = None
+        self._http: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def serve_metrics(self) -> None:
+        self._http = start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
+        self.metrics_port = int(self._http[0].server_port)
+
+    async def close(self) -> None:
+        await self.clients.close_all()
+        await self.api.close()
+        if self._http is not None:
+            self._http[0].shutdown()
+            self._http[0].server_close()
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def queue(self, body: Mapping[str, Any]) -> Queue:
+        ref = queue_ref(body)
+        q = self.queues.get(ref)
+        if q is None:
+            live = (body.get("status") or {}).get("conditions")
+            q = self.queues[ref] = Queue(ref, st.parse_conditions(live))
+        q.target = event_target(body)
+        return q
+
+    def _set(self, q: Queue, type: str, ok: bool, reason: str, message: str) -> bool:
+        """Set a condition; True when its status flipped (or it is new)."""
+        before = st.condition_status(q.conditions, type)
+        q.conditions = st.set_condition(
+            q.conditions,
+            type,
+            ok,
+            reason,
+            message,
+            generation=q.generation,
+            now=st.timestamp(self.wall()),
+        )
+        return before != ("True" if ok else "False")
+
+    def _redis(self, q: Queue, error: str | None) -> None:
+        ok, reason, message = st.redis_condition(error)
+        if self._set(q, st.REDIS_REACHABLE, ok, reason, message) and q.target is not None:
+            if ok:
+                kopf.event(q.target, type="Normal", reason="RedisReachable", message=message)
+            else:
+                kopf.event(q.target, type="Warning", reason="RedisUnreachable", message=message)
+
+    async def write_status(self, q: Queue, fields: Mapping[str, Any]) -> None:
+        """Merge-patch .status, skipped when nothing would change."""
+        update = {**fields, "conditions": st.dump_conditions(q.conditions)}
+        if not st.changed(q.written, update):
+            return
+        path = TASK_QUEUES.path(q.ref.namespace, q.ref.name, "status")
+        try:
+            await self.api.patch(path, {"status": update})
+        except ApiError as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+        q.written = {**(q.written or {}), **update}
+
+    async def _connect(self, q: Queue) -> tuple[AsyncClient | None, str | None]:
+        assert q.spec is not None
+        assert q.config is not None
+        try:
+            return await self.clients.client(q.ref, q.spec.redis, q.config), None
+        except KubeqError as exc:
+            return None, str(exc)
+        except ApiError as exc:
+            return None, f"cannot read the Redis Secret: {exc}"
+
+    def _track(self, q: Queue, client: AsyncClient | None) -> None:
+        """Create the queue's autoscaler, or hand it the new policy and client (its history,
+        the stabilization windows' memory, survives spec changes)."""
+        assert q.spec is not None
+        policy = ScalingPolicy.from_spec(q.spec)
+        if q.autoscaler is None:
+            if client is not None:
+                q.autoscaler = QueueAutoscaler(
+                    q.ref, policy, client, self.backend, self.metrics, clock=self.clock
+                )
+            return
+        q.autoscaler.policy = policy
+        if client is not None:
+            q.autoscaler.client = client
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any], logger: kopf.Logger) -> None:
+        q = self.queue(body)
+        q.generation = body["metadata"].get("generation")
+        # Only what an API server admits: status is the operator's own and not checked.
+        admitted = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        try:
+            spec = checked_spec(admitted)
+            config = spec.to_queue_config(q.ref.name, q.ref.namespace)
+        except InvalidSpec as exc:
+            message = st.invalid_spec_message(exc.problems)
+            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+            self._set(q, st.READY, False, "InvalidSpec", message)
+            kopf.event(event_target(body), type="Warning", reason="InvalidSpec", message=message)
+            await self.write_status(q, {"observedGeneration": q.generation})
+            # Retrying cannot help: the next spec change calls the handler again.
+            raise kopf.PermanentError(f"invalid spec: {message}") from exc
+
+        self.backend.own(q.ref, OwnerRef.from_body(body))
+        # Before applying: a Deployment event raised by the apply compares against this.
+        q.spec, q.config = spec, config
+        client, error = await self._connect(q)
+        if client is not None:
+            try:
+                await client.publish_config()
+            except KubeqError as exc:
+                error = str(exc)
+        self._redis(q, error)
+        if error is not None:
+            logger.info(f"config not published, Redis unavailable: {error}")
+        try:
+            await self.backend.apply(q.ref, spec, config)
+        except ApiError as exc:
+            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+            self._set(q, st.READY, False, "ApplyFailed", str(exc))
+            await self.write_status(q, {})
+            raise kopf.TemporaryError(f"applying failed: {exc}", delay=APPLY_RETRY_SECONDS) from exc
+        self._track(q, client)
+        name = deployment_name(q.ref.name)
+        self._set(q, st.READY, True, "Reconciled", f"Deployment {name} matches the spec")
+        if not spec.autoscaling.enabled:
+            message = f"autoscaling disabled: spec.replicas {spec.static_replicas}"
+            self._set(q, st.SCALING, False, "AutoscalingDisabled", message)
+        fields = {"observedGeneration": q.generation, "selector": selector_string(q.ref.name)}
+        await self.write_status(q, fields)
+
+    # -- autoscaling ----------------------------------------------------------------------
+
+    async def tick(self, body: Mapping[str, Any], logger: kopf.Logger) -> float:
+        """One autoscaler round for a queue; returns the seconds until the next one."""
+        q = self.queues.get(queue_ref(body))
+        if q is None or q.spec is None:
+            return 1.0  # not reconciled yet, or never valid: nothing to scale
+        poll = q.spec.autoscaling.poll_interval_seconds
+        client, error = await self._connect(q)
+        self._track(q, client)
+        if q.autoscaler is None:
+            self._redis(q, error)
+            await self.write_status(q, {})
+            q.failures += 1
+            return backoff(poll, q.failures)
+        try:
+            tick = await q.autoscaler.tick()
+        except DeploymentMissing:
+            # Deleted and not (yet) restored by the Deployment handler: put it back.
+            logger.info(f"Deployment {deployment_name(q.ref.name)} is missing: re-creating it")
+            assert q.config is not None
+            await self.backend.apply(q.ref, q.spec, q.config)
+            return poll
+        except Exception as exc:  # the loop must outlive any API or Redis surprise
+            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+            q.failures += 1
+            logger.info(f"autoscaler round failed (retrying): {exc!r}")
+            return backoff(poll, q.failures)
+
+        self._redis(q, tick.error)
+        ok, reason, message = st.scaling_condition(tick, enabled=q.spec.autoscaling.enabled)
+        if reason == "Stable" and tick.decision.recommendation in (None, tick.decision.replicas):
+            message = f"{tick.decision.replicas} replicas match the backlog"  # no churn
+        self._set(q, st.SCALING, ok, reason, message)
+        event = st.scale_event(tick)
+        if event is not None and q.target is not None:
+            kopf.event(q.target, type="Normal", reason=event[0], message=event[1])
+        await self.write_status(q, st.observed_fields(tick, now=st.timestamp(self.wall())))
+        q.failures = q.failures + 1 if tick.error else 0
+        return backoff(poll, q.failures) if tick.error else poll
+
+    # -- the child Deployment -------------------------------------------------------------
+
+    async def restore(
+        self, event_type: str | None, deployment: Mapping[str, Any], logger: kopf.Logger
+    ) -> None:
+        """Put back a worker Deployment that someone edited or deleted by hand."""
+        meta = deployment.get("metadata") or {}
+        owner = next(
+            (
+                o
+                for o in meta.get("ownerReferences") or []
+                if o.get("kind") == "TaskQueue" and str(o.get("apiVersion", "")).startswith(GROUP)
+            ),
+            None,
+        )
+        if owner is None:
+            return
+        ref = QueueRef(str(meta.get("namespace")), str(owner["name"]))
+        q = self.queues.get(ref)
+        if q is None or q.spec is None or q.config is None:
+            return  # not ours to judge (yet): no valid spec seen
+        if event_type == "DELETED":
+            tq = await self.api.get(TASK_QUEUES.path(ref.namespace, ref.name))
+            tq_meta = (tq or {}).get("metadata") or {}
+            if (
+                tq is None
+                or tq_meta.get("deletionTimestamp")
+                or tq_meta.get("uid") != owner.get("uid")
+            ):
+                return  # deleted with its owner (garbage collection): that is no drift
+            what = "was deleted"
+        elif self.backend.is_current(ref, q.spec, deployment):
+            return
+        else:
+            what = "differs from the spec"
+        message = f"Deployment {meta.get('name')} {what}: restored"
+        try:
+            await self.backend.apply(ref, q.spec, q.config)
+        except ApiError as exc:
+            self.metrics.reconcile_errors.labels(str(ref)).inc()
+            logger.info(f"restoring Deployment {meta.get('name')} failed: {exc}")
+            return
+        logger.info(message)
+        if q.target is not None:
+            kopf.event(q.target, type="Normal", reason="Restored", message=message)
+
+    # -- deletion -------------------------------------------------------------------------
+
+    async def forget(self, body: Mapping[str, Any]) -> None:
+        ref = queue_ref(body)
+        q = self.queues.pop(ref, None)
+        await self.clients.close(ref)
+        await self.backend.delete(ref)
+        levels = [lv.name for lv in q.spec.priorities.levels] if q and q.spec else []
+        queue = str(ref)
+        self.metrics.forget(queue, tuple(levels))
+        for metric, labels in (
+            (self.metrics.reconcile_errors, (queue,)),
+            (self.metrics.probe, (queue,)),
+            (self.metrics.scale_events, (queue, "up")),
+            (self.metrics.scale_events, (queue, "down")),
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+
+    async def purge_redis(self, body: Mapping[str, Any], logger: kopf.Logger, retry: int) -> None:
+        """Delete the queue's Redis keys (retainRedisData: false)."""
+        ref, target = queue_ref(body), event_target(body)
+        admitted = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        try:
+            spec = checked_spec(admitted)
+            config = spec.to_queue_config(ref.name, ref.namespace)
+        except InvalidSpec as exc:
+            message = (
+                f"Redis keys kept: the spec is invalid ({st.invalid_spec_message(exc.problems)})"
+            )
+            kopf.event(target, type="Warning", reason="RedisCleanupSkipped", message=message)
+            return
+        try:
+            url = await resolve_url(secret_reader(self.api), ref.namespace, spec.redis)
+            client = await AsyncClient.from_url(url, ref.name, ref.namespace, config)
+            async with client:
+                removed = await purge(client)
+        except (KubeqError, ApiError) as exc:
+            if retry < PURGE_RETRIES:
+                raise kopf.TemporaryError(f"Redis cleanup failed: {exc}", delay=2.0**retry) from exc
+            message = f"Redis keys kept after {retry + 1} attempts: {exc}"
+            kopf.event(target, type="Warning", reason="RedisCleanupFailed", message=message)
+            return
+        logger.info(f"deleted {removed} Redis keys of {ref}")
+
+
+# --- kopf wiring -------------------------------------------------------------------------
+
+
+def _operator(memo: kopf.Memo) -> Operator:
+    return cast(Operator, memo["operator"])
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = memo.get("settings") or load_settings()
+    configure_kopf(settings, cfg)
+    op = Operator(cfg, await KubeApi.from_environment(), OperatorMetrics())
+    op.serve_metrics()
+    memo["operator"] = op
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "operator" in memo:
+        await _operator(memo).close()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await _operator(memo).reconcile(body, logger)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", cancellation_timeout=5.0)
+async def autoscaler(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    # A daemon per TaskQueue, not a timer: each queue has its own poll interval (and backoff).
+    op = _operator(memo)
+    while not stopped:
+        delay = await op.tick(body, logger)
+        deadline = time.monotonic() + delay
+        # Short sleeps checking `stopped`, not `stopped.wait()`: that can raise at shutdown.
+        while not stopped and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(left, 0.2))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+async def worker_deployment(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    # A raw event handler, not on.update/on.delete: those would make kopf write its own
+    # annotations (and, for on.delete, a finalizer) onto every worker Deployment.
+    if "operator" in memo:
+        await _operator(memo).restore(event.get("type"), body, logger)
+
+
+def _disposable(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("retainRedisData") is False
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="purge-redis", when=_disposable)
+async def purge_redis(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    await _operator(memo).purge_redis(body, logger, retry)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
+async def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _operator(memo).forget(body)

@@ -1,0 +1,195 @@
+"""How the operator reaches a TaskQueue's Redis: the URL from the spec or its Secrets, and one
+cached AsyncClient per queue.
+
+The workers get the same inputs as environment variables (manifests.py); this module turns
+them into one URL for the operator's own connection: spec.redis.url or the secretRef's key,
+then `username` and the password from passwordSecretRef in the userinfo, and TLS as a
+rediss:// scheme with `ssl_cert_reqs=none` (insecureSkipVerify) or `ssl_ca_certs=<file>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from kubeq.protocol import AsyncClient, KubeqError, QueueConfig
+from kubeq.protocol.connection import translated
+from kubeq_operator.backend import QueueRef
+from kubeq_operator.k8s_backend import SECRETS, KubeApi
+from kubeq_operator.spec import RedisSpec
+
+SECRET_TTL_SECONDS = 60.0  # re-read Secrets this often, so a rotated password is picked up
+
+
+class RedisAccessError(KubeqError):
+    """The Redis URL cannot be built (a Secret or key is missing)."""
+
+
+def with_credentials(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: bool = False,
+    insecure: bool = False,
+    ca_file: str | None = None,
+) -> str:
+    """`url` with the ACL user, password and TLS settings applied (pure)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
+        scheme = "rediss" + scheme[len("redis") :]
+    netloc = parts.netloc
+    if username is not None or password is not None:
+        host = netloc.rsplit("@", 1)[-1]
+        old_user = parts.username or ""
+        old_password = parts.password
+        user = quote(username, safe="") if username is not None else old_user
+        secret = quote(password, safe="") if password is not None else old_password
+        netloc = f"{user}:{secret}@{host}" if secret is not None else f"{user}@{host}"
+    query = dict(parse_qsl(parts.query))
+    if insecure:
+        query["ssl_cert_reqs"] = "none"
+    if ca_file is not None:
+        query["ssl_ca_certs"] = ca_file
+    return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
+
+
+SecretReader = Callable[[str, str, str], Awaitable[str]]
+
+
+def secret_reader(api: KubeApi) -> SecretReader:
+    async def read(namespace: str, name: str, key: str) -> str:
+        secret = await api.get(SECRETS.path(namespace, name))
+        if secret is None:
+            raise RedisAccessError(f"Secret {namespace}/{name} not found")
+        data = secret.get("data") or {}
+        if key in data:
+            return base64.b64decode(data[key]).decode()
+        string_data = secret.get("stringData") or {}  # never stored by an API server; tests
+        if key in string_data:
+            return str(string_data[key])
+        raise RedisAccessError(f"Secret {namespace}/{name} has no key {key!r}")
+
+    return read
+
+
+def _ca_file(namespace: str, name: str, pem: str) -> str:
+    """The CA bundle in a file (redis-py wants a path); named by content, written once."""
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "kubeq-operator"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{namespace}-{name}-{digest}.crt"
+    if not path.exists():
+        path.write_text(pem)
+    return str(path)
+
+
+async def resolve_url(read: SecretReader, namespace: str, redis: RedisSpec) -> str:
+    """The URL the operator connects with, for a queue in `namespace`."""
+    if redis.secret_ref is not None:
+        url = await read(namespace, redis.secret_ref.name, redis.secret_ref.key)
+    else:
+        assert redis.url is not None  # the spec model requires exactly one
+        url = redis.url
+    password = None
+    if redis.password_secret_ref is not None:
+        ref = redis.password_secret_ref
+        password = await read(namespace, ref.name, ref.key)
+    ca_file = None
+    if redis.tls.ca_secret_ref is not None:
+        ca = redis.tls.ca_secret_ref
+        ca_file = _ca_file(namespace, ca.name, await read(namespace, ca.name, ca.key))
+    return with_credentials(
+        url,
+        username=redis.username,
+        password=password,
+        tls=redis.tls.enabled,
+        insecure=redis.tls.insecure_skip_verify,
+        ca_file=ca_file,
+    )
+
+
+def uses_secrets(redis: RedisSpec) -> bool:
+    return any((redis.secret_ref, redis.password_secret_ref, redis.tls.ca_secret_ref))
+
+
+@dataclass
+class _Entry:
+    url: str
+    config: QueueConfig
+    client: AsyncClient
+    resolved_at: float
+
+
+class RedisClients:
+    """One AsyncClient per queue, rebuilt when its URL (Secrets) or QueueConfig changes."""
+
+    def __init__(
+        self,
+        read: SecretReader,
+        *,
+        secret_ttl: float = SECRET_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read = read
+        self.secret_ttl = secret_ttl
+        self.clock = clock
+        self._entries: dict[QueueRef, _Entry] = {}
+
+    async def client(self, ref: QueueRef, redis: RedisSpec, config: QueueConfig) -> AsyncClient:
+        """The queue's client; may raise RedisAccessError (no I/O to Redis happens here)."""
+        entry = self._entries.get(ref)
+        fresh = entry is not None and (
+            not uses_secrets(redis) or self.clock() - entry.resolved_at < self.secret_ttl
+        )
+        url = entry.url if entry is not None and fresh else None
+        if url is None:
+            url = await resolve_url(self.read, ref.namespace, redis)
+        if entry is not None and entry.url == url and entry.config == config:
+            if not fresh:
+                entry.resolved_at = self.clock()
+            return entry.client
+        client = await AsyncClient.from_url(url, ref.name, ref.namespace, config)
+        if entry is not None:
+            with contextlib.suppress(Exception):  # the old connection may be broken already
+                await entry.client.close()
+        self._entries[ref] = _Entry(url, config, client, self.clock())
+        return client
+
+    async def close(self, ref: QueueRef) -> None:
+        entry = self._entries.pop(ref, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                await entry.client.close()
+
+    async def close_all(self) -> None:
+        for ref in list(self._entries):
+            await self.close(ref)
+
+
+async def purge(client: AsyncClient, *, batch: int = 500) -> int:
+    """Delete every key of the client's queue (its `kubeq:v1:{ns/name}:` prefix); the count."""
+    pattern = _glob_escape(client.keys.prefix) + "*"
+    removed = 0
+    keys: list[str] = []
+    with translated(f"Redis of {client.config.namespace}/{client.config.name}"):
+        async for key in client.redis.scan_iter(match=pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= batch:
+                removed += int(await client.redis.unlink(*keys))
+                keys.clear()
+        if keys:
+            removed += int(await client.redis.unlink(*keys))
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

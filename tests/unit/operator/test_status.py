@@ -1,0 +1,114 @@
+"""Status builders: conditions keep their transition time; ticks become status fields."""
+
+from __future__ import annotations
+
+import datetime
+
+from kubeq.protocol import LevelStats, QueueStats
+from kubeq_operator import status as st
+from kubeq_operator.autoscaler import Tick
+from kubeq_operator.scaling import Decision, Direction, History
+from kubeq_operator.spec import Condition
+
+
+def tick(current: int, replicas: int, *, stats: bool = True, error: str | None = None) -> Tick:
+    direction: Direction = "up" if replicas > current else "down" if replicas < current else "none"
+    decision = Decision(replicas, f"reason {replicas}", History(), direction, replicas)
+    levels = [
+        LevelStats(name="high", ready=3, delayed=1, due=2, in_flight=4, oldest_enqueued_at=None),
+        LevelStats(name="low", ready=10, delayed=0, due=0, in_flight=0, oldest_enqueued_at=None),
+    ]
+    queue_stats = QueueStats(queue="q", at=0, levels=levels, dead=7, workers=1, counters={})
+    return Tick(decision, current, 1, queue_stats if stats else None, error)
+
+
+def test_timestamp_is_rfc3339_utc() -> None:
+    now = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert st.timestamp(now) == "2025-01-02T03:04:05Z"
+
+
+def test_transition_time_moves_only_with_the_status() -> None:
+    conds = st.set_condition([], "Ready", True, "Reconciled", "ok", generation=1, now="t1")
+    conds = st.set_condition(conds, "Ready", True, "Reconciled", "still", generation=2, now="t2")
+    (ready,) = conds
+    assert (ready.last_transition_time, ready.message, ready.observed_generation) == (
+        "t1",
+        "still",
+        2,
+    )
+    conds = st.set_condition(conds, "Ready", False, "InvalidSpec", "bad", generation=3, now="t3")
+    assert conds[0].status == "False"
+    assert conds[0].last_transition_time == "t3"
+
+
+def test_conditions_in_a_fixed_order_and_clipped() -> None:
+    conds = st.set_condition([], "Scaling", True, "Stable", "x" * 40000, generation=None, now="t")
+    conds = st.set_condition(conds, "Ready", True, "Reconciled", "", generation=None, now="t")
+    conds = st.set_condition(
+        conds, "RedisReachable", True, "Connected", "", generation=None, now="t"
+    )
+    assert [c.type for c in conds] == ["Ready", "RedisReachable", "Scaling"]
+    assert len(conds[2].message or "") == st.MAX_MESSAGE
+    dumped = st.dump_conditions(conds)
+    assert dumped[0] == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Reconciled",
+        "message": "",
+        "lastTransitionTime": "t",
+    }
+
+
+def test_parse_conditions_drops_garbage() -> None:
+    raw = [{"type": "Ready", "status": "True"}, {"type": "X", "status": "maybe"}, "junk"]
+    assert st.parse_conditions(raw) == [Condition(type="Ready", status="True")]
+    assert st.parse_conditions(None) == []
+
+
+def test_redis_condition_reasons() -> None:
+    assert st.redis_condition(None)[:2] == (True, "Connected")
+    assert st.redis_condition("Redis at x is unreachable: refused")[:2] == (
+        False,
+        "ConnectionFailed",
+    )
+    assert st.redis_condition("Redis at x refused the credentials: WRONGPASS")[1] == (
+        "AuthenticationFailed"
+    )
+    assert st.redis_condition("Secret default/r not found")[1] == "SecretUnavailable"
+
+
+def test_scaling_condition() -> None:
+    assert st.scaling_condition(tick(1, 3), enabled=True)[:2] == (True, "ScaledUp")
+    assert st.scaling_condition(tick(3, 1), enabled=True)[:2] == (True, "ScaledDown")
+    assert st.scaling_condition(tick(2, 2), enabled=True)[:2] == (True, "Stable")
+    assert st.scaling_condition(tick(2, 2, stats=False), enabled=True)[:2] == (
+        False,
+        "RedisUnreachable",
+    )
+    assert st.scaling_condition(tick(2, 2), enabled=False)[:2] == (False, "AutoscalingDisabled")
+
+
+def test_observed_fields() -> None:
+    fields = st.observed_fields(tick(1, 3), now="t")
+    assert fields == {
+        "replicas": 1,
+        "desiredReplicas": 3,
+        "backlog": 15,  # ready + due
+        "inFlight": 4,
+        "deadLetter": 7,
+        "backlogByPriority": {"high": 5, "low": 10},
+        "lastScaleTime": "t",
+        "lastScaleReason": "reason 3",
+    }
+    held = st.observed_fields(tick(2, 2, stats=False), now="t")
+    assert held == {"replicas": 1, "desiredReplicas": 2}  # no stale backlog numbers
+
+
+def test_scale_event_and_change_detection() -> None:
+    assert st.scale_event(tick(1, 3)) == ("ScaledUp", "1 → 3: reason 3")
+    assert st.scale_event(tick(3, 2)) == ("ScaledDown", "3 → 2: reason 2")
+    assert st.scale_event(tick(2, 2)) is None
+    assert st.changed(None, {"a": 1})
+    assert not st.changed({"a": 1, "b": 2}, {"a": 1})
+    assert st.changed({"a": 1}, {"a": 2})
+    assert st.invalid_spec_message(["a: x", "b: y"]) == "a: x; b: y"
