@@ -140,6 +140,18 @@ class WorkerMetrics:
             s = self._series[key] = TaskSeries(self, priority, self.task_type(task_type))
         return s
 
+    def prime(self, priorities: Iterable[str]) -> None:
+        """Create every (priority, registered type) series at zero before any task runs.
+
+        The label sets are bounded (levels x registered types x dead-letter reasons), and
+        a series that exists from the start lets rate() and alerts see its first event.
+        """
+        for priority in priorities:
+            for task_type in self.known_types:
+                self.series(priority, task_type)
+                for reason in DEAD_REASONS:
+                    self.dead.labels(self.queue, priority, task_type, reason)
+
     def dead_lettered(self, priority: str, task_type: str, reason: str | None) -> None:
         label = reason if reason in DEAD_REASONS else "permanent_error"
         self.dead.labels(self.queue, priority, self.task_type(task_type), label).inc()

@@ -45,6 +45,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.concurrency = settings.concurrency
         self.metrics = metrics or WorkerMetrics(self.config.full_name, app.tasks)
+        self.metrics.prime(self.config.level_names)
         self.metrics.concurrency.set(self.concurrency)
         s = settings
         self.breaker = CircuitBreaker(
