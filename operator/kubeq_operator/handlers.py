@@ -15,7 +15,6 @@ cleanup is `optional=True`: it never needs a finalizer of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import random
@@ -353,14 +352,6 @@ class Operator:
         levels = [lv.name for lv in q.spec.priorities.levels] if q and q.spec else []
         queue = str(ref)
         self.metrics.forget(queue, tuple(levels))
-        for metric, labels in (
-            (self.metrics.reconcile_errors, (queue,)),
-            (self.metrics.probe, (queue,)),
-            (self.metrics.scale_events, (queue, "up")),
-            (self.metrics.scale_events, (queue, "down")),
-        ):
-            with contextlib.suppress(KeyError):
-                metric.remove(*labels)
 
     async def purge_redis(self, body: Mapping[str, Any], logger: kopf.Logger, retry: int) -> None:
         """Delete the queue's Redis keys (retainRedisData: false)."""
