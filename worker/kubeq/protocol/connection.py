@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -116,8 +117,22 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     return hosts, path[0], kwargs
 
 
-def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
-    """A blocking redis-py client for `url`; no I/O happens until the first command."""
+@dataclass(frozen=True)
+class _Flavour:
+    """The redis-py classes of one I/O style: blocking or asyncio."""
+
+    plain: Any
+    cluster: Any
+    sentinel: Any
+
+
+_BLOCKING = _Flavour(redis.Redis, redis.cluster.RedisCluster, redis.sentinel.Sentinel)
+_ASYNCIO = _Flavour(
+    redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster, redis.asyncio.sentinel.Sentinel
+)
+
+
+def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]) -> Any:
     scheme = _check(url)
     common = {
         "decode_responses": True,
@@ -128,40 +143,25 @@ def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> An
     try:
         if scheme.endswith("+sentinel"):
             hosts, service, kw = _sentinel_parts(url)
-            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
-            )
-            return sentinel.master_for(service, **kw, **common)  # type: ignore[no-untyped-call]
-        if scheme.endswith("+cluster"):
-            return redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **common)
-        return redis.Redis.from_url(url, **common)
-    except (ValueError, TypeError) as exc:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
-
-
-def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
-    """The asyncio counterpart of `connect`."""
-    scheme = _check(url)
-    common = {
-        "decode_responses": True,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        **options,
-    }
-    try:
-        if scheme.endswith("+sentinel"):
-            hosts, service, kw = _sentinel_parts(url)
-            sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = flavour.sentinel(
                 hosts, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
             )
             return sentinel.master_for(service, **kw, **common)
         if scheme.endswith("+cluster"):
-            return redis.asyncio.cluster.RedisCluster.from_url(
-                url.replace("+cluster", "", 1), **common
-            )
-        return redis.asyncio.Redis.from_url(url, **common)
+            return flavour.cluster.from_url(url.replace("+cluster", "", 1), **common)
+        return flavour.plain.from_url(url, **common)
     except (ValueError, TypeError) as exc:
         raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
+
+
+def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
+    """A blocking redis-py client for `url`; no I/O happens until the first command."""
+    return _client(_BLOCKING, url, timeout, options)
+
+
+def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
+    """The asyncio counterpart of `connect`."""
+    return _client(_ASYNCIO, url, timeout, options)
 
 
 def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | None:
