@@ -17,10 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from kubeq.protocol import AsyncClient, KubeqError, QueueConfig
-from kubeq.protocol.connection import translated
+from kubeq.protocol.connection import translated, with_credentials
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.k8s_backend import SECRETS, KubeApi
 from kubeq_operator.spec import RedisSpec
@@ -30,36 +29,6 @@ SECRET_TTL_SECONDS = 60.0  # re-read Secrets this often, so a rotated password i
 
 class RedisAccessError(KubeqError):
     """The Redis URL cannot be built (a Secret or key is missing)."""
-
-
-def with_credentials(
-    url: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls: bool = False,
-    insecure: bool = False,
-    ca_file: str | None = None,
-) -> str:
-    """`url` with the ACL user, password and TLS settings applied (pure)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme
-    if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
-        scheme = "rediss" + scheme[len("redis") :]
-    netloc = parts.netloc
-    if username is not None or password is not None:
-        host = netloc.rsplit("@", 1)[-1]
-        old_user = parts.username or ""
-        old_password = parts.password
-        user = quote(username, safe="") if username is not None else old_user
-        secret = quote(password, safe="") if password is not None else old_password
-        netloc = f"{user}:{secret}@{host}" if secret is not None else f"{user}@{host}"
-    query = dict(parse_qsl(parts.query))
-    if insecure:
-        query["ssl_cert_reqs"] = "none"
-    if ca_file is not None:
-        query["ssl_ca_certs"] = ca_file
-    return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
 SecretReader = Callable[[str, str, str], Awaitable[str]]
@@ -112,8 +81,8 @@ async def resolve_url(read: SecretReader, namespace: str, redis: RedisSpec) -> s
         username=redis.username,
         password=password,
         tls=redis.tls.enabled,
-        insecure=redis.tls.insecure_skip_verify,
-        ca_file=ca_file,
+        tls_insecure=redis.tls.insecure_skip_verify,
+        tls_ca_file=ca_file,
     )
 
 

@@ -242,7 +242,7 @@ def test_redis_credentials_and_tls_from_separate_settings() -> None:
         redis_tls_insecure_skip_verify=True,
     )
     url, options = s.redis_connection()
-    assert url == "rediss://redis:6379/0"
-    assert options == {"username": "app", "password": "s3cret", "ssl_cert_reqs": "none"}
+    assert url == "rediss://app:s3cret@redis:6379/0?ssl_cert_reqs=none"
+    assert options == {}
     assert "s3cret" not in repr(s)
     assert WorkerSettings(redis_url="redis://r/0").redis_connection() == ("redis://r/0", {})

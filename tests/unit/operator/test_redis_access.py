@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kubeq.protocol import QueueConfig
+from kubeq.protocol.connection import with_credentials
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.redis_access import (
     RedisAccessError,
     RedisClients,
     resolve_url,
-    with_credentials,
 )
 from kubeq_operator.spec import RedisSpec
 
@@ -21,9 +21,9 @@ def test_with_credentials() -> None:
     assert url == "rediss://app:p%40ss%3Aw%2Frd@h:6379/0"
     assert with_credentials("redis://old:pw@h", password="new") == "redis://old:new@h"
     assert with_credentials("redis://h", username="u") == "redis://u@h"
-    url = with_credentials("redis+sentinel://s1,s2/mymaster", tls=True, insecure=True)
+    url = with_credentials("redis+sentinel://s1,s2/mymaster", tls=True, tls_insecure=True)
     assert url == "rediss+sentinel://s1,s2/mymaster?ssl_cert_reqs=none"
-    assert with_credentials("rediss://h/?db=1", ca_file="/ca.crt") == (
+    assert with_credentials("rediss://h/?db=1", tls_ca_file="/ca.crt") == (
         "rediss://h/?db=1&ssl_ca_certs=%2Fca.crt"
     )
 

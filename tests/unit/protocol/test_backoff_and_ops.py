@@ -170,7 +170,7 @@ def test_invalid_queue_configs_are_refused(config: dict[str, object], match: str
         ({"tls": True, "tls_insecure": True}, "rediss://h:6379/0?ssl_cert_reqs=none"),
         (
             {"tls": True, "tls_ca_file": "/etc/ca/ca.crt"},
-            "rediss://h:6379/0?ssl_ca_certs=/etc/ca/ca.crt",
+            "rediss://h:6379/0?ssl_ca_certs=%2Fetc%2Fca%2Fca.crt",
         ),
     ],
 )

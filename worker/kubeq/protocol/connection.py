@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -54,26 +54,27 @@ def with_credentials(
     tls_insecure: bool = False,
     tls_ca_file: str | None = None,
 ) -> str:
-    """The URL with separately supplied credentials and TLS settings folded in.
+    """The URL with separately supplied credentials and TLS settings folded in (pure).
 
-    Kubernetes hands these over as separate variables (the password from a Secret), so the
+    Kubernetes hands these over apart from the URL (the password from a Secret), so the
     worker and the operator both build the effective URL here, the same way.
     """
-    scheme = _check(url)
     parts = urlsplit(url)
-    if tls and scheme in ("redis", "redis+sentinel", "redis+cluster"):
-        parts = parts._replace(scheme="rediss" + scheme.removeprefix("redis"))
+    scheme = parts.scheme
+    if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
+        scheme = "rediss" + scheme[len("redis") :]
+    netloc = parts.netloc
     if username is not None or password is not None:
-        user = quote(username if username is not None else unquote(parts.username or ""), safe="")
-        secret = quote(password, safe="") if password is not None else (parts.password or "")
-        host = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{user}:{secret}@{host}" if secret else f"{user}@{host}")
-    query = [q for q in parts.query.split("&") if q]
+        host = netloc.rsplit("@", 1)[-1]
+        user = quote(username, safe="") if username is not None else (parts.username or "")
+        secret = quote(password, safe="") if password is not None else parts.password
+        netloc = f"{user}:{secret}@{host}" if secret is not None else f"{user}@{host}"
+    query = dict(parse_qsl(parts.query))
     if tls_insecure:
-        query.append("ssl_cert_reqs=none")
-    if tls_ca_file:
-        query.append(f"ssl_ca_certs={quote(tls_ca_file, safe='/')}")
-    return parts._replace(query="&".join(query)).geturl()
+        query["ssl_cert_reqs"] = "none"
+    if tls_ca_file is not None:
+        query["ssl_ca_certs"] = tls_ca_file
+    return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def _check(url: str) -> str:

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeq.protocol import QueueConfig
+from kubeq.protocol.connection import with_credentials
 
 
 class WorkerSettings(BaseSettings):
@@ -63,19 +64,16 @@ class WorkerSettings(BaseSettings):
 
     def redis_connection(self) -> tuple[str, dict[str, Any]]:
         """The URL and the extra redis-py options the Redis settings add up to."""
-        url, options = self.redis_url, dict[str, Any]()
-        if self.redis_tls and url.startswith("redis") and not url.startswith("rediss"):
-            url = "rediss" + url[len("redis") :]
-        if self.redis_username:
-            options["username"] = self.redis_username
-        if self.redis_password is not None:
-            options["password"] = self.redis_password.get_secret_value()
-        if url.startswith("rediss"):
-            if self.redis_tls_insecure_skip_verify:
-                options["ssl_cert_reqs"] = "none"
-            if self.redis_tls_ca_file:
-                options["ssl_ca_certs"] = self.redis_tls_ca_file
-        return url, options
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        url = with_credentials(
+            self.redis_url,
+            username=self.redis_username or None,
+            password=password,
+            tls=self.redis_tls,
+            tls_insecure=self.redis_tls_insecure_skip_verify,
+            tls_ca_file=self.redis_tls_ca_file,
+        )
+        return url, {}
 
     @property
     def full_queue(self) -> str:
