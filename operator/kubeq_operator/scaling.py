@@ -59,6 +59,10 @@ class ScalingPolicy:
     poll_interval_seconds: float = 10
     enabled: bool = True
     static_replicas: int = 1
+    # Task slots per worker: running tasks need at least ceil(in_flight / concurrency)
+    # workers, whatever the target says (a target above the concurrency would otherwise
+    # scale a busy pool below what it is running). None: no such floor.
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -86,6 +90,7 @@ class ScalingPolicy:
             poll_interval_seconds=a.poll_interval_seconds,
             enabled=a.enabled,
             static_replicas=spec.static_replicas,
+            concurrency=spec.worker.concurrency,
         )
 
     @property
@@ -183,12 +188,16 @@ def decide_replicas(
     if demand == 0:
         empty_since = history.empty_since if history.empty_since is not None else observation.at
     raw = math.ceil(demand / policy.target_backlog_per_replica)
-    # The recommendation while the pool is active: never below 1, zero is decided apart.
-    rec = min(policy.max_replicas, max(policy.min_replicas, 1, raw))
+    busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
     notes = [
         f"backlog {demand} (ready {ready} + in-flight {in_flight})"
         f" / target {policy.target_backlog_per_replica} → {raw}"
     ]
+    if busy > raw:
+        notes.append(f"{in_flight} running need {busy} at concurrency {policy.concurrency}")
+        raw = busy
+    # The recommendation while the pool is active: never below 1, zero is decided apart.
+    rec = min(policy.max_replicas, max(policy.min_replicas, 1, raw))
     if rec < raw:
         notes.append(f"capped at max {policy.max_replicas}")
     elif rec > raw and policy.min_replicas > raw:

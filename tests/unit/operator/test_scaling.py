@@ -369,7 +369,34 @@ def test_policy_from_spec() -> None:
         poll_interval_seconds=1,
         enabled=True,
         static_replicas=1,
+        concurrency=16,  # the worker's default
     )
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "ready", "expected"),
+    [
+        (25, 0, 3),  # 25 running at 10 per worker need 3, though 25 / target 50 → 1
+        (25, 100, 3),  # 125 / 50 → 3 as well
+        (5, 400, 8),  # the target rules when waiting work dominates
+        (95, 0, 8),  # never above max
+    ],
+)
+def test_running_tasks_keep_the_workers_they_need(
+    in_flight: int, ready: int, expected: int
+) -> None:
+    policy = ScalingPolicy(
+        min_replicas=0,
+        max_replicas=8,
+        target_backlog_per_replica=50,
+        scale_down_stabilization_seconds=0,
+        concurrency=10,
+    )
+    obs = Observation(at=100.0, backlog_by_priority={"default": ready}, in_flight=in_flight)
+    decision = decide_replicas(obs, policy, History(), current_replicas=6, now=100.0)
+    assert decision.replicas == expected
+    if in_flight > 10 and ready == 0:
+        assert f"{in_flight} running need" in decision.reason
 
 
 @pytest.mark.parametrize(
