@@ -26,10 +26,10 @@ def cluster_url() -> Iterator[str]:
         )
         for _ in range(3)
     ]
-    for node in nodes:
-        node.extra = (*node.extra, "--cluster-config-file", str(node.directory / "nodes.conf"))
-        node.start()
     try:
+        for node in nodes:
+            node.extra = (*node.extra, "--cluster-config-file", str(node.directory / "nodes.conf"))
+            node.start()
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli comes with redis-server (Debian: redis-tools)"
         subprocess.run(

@@ -110,6 +110,7 @@ class RedisServer:
                     if client.ping():
                         return self
                 if time.monotonic() > deadline:
+                    self.stop(kill=True)  # never leave a half-started server behind
                     raise RedisServerError(f"redis-server did not answer on port {self.port}")
                 time.sleep(0.02)
         finally:
