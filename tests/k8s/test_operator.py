@@ -212,12 +212,13 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
             for pod in pods:
                 body = {"metadata": {"name": pod, "namespace": NS, "labels": pod_labels}}
                 await api.create(PODS.path(NS), {"apiVersion": "v1", "kind": "Pod", **body})
-            claim = producer.claim("w0", 5)
-            assert len(claim.tasks) == 5
+            # pod-0 runs four tasks: all of its slots (concurrency 4), so one worker stays.
+            claim = producer.claim("w0", 4)
+            assert len(claim.tasks) == 4
             for i, pod in enumerate(pods):
-                info = WorkerInfo(id=f"w{i}", pod=pod, in_flight=5 if i == 0 else 0)
+                info = WorkerInfo(id=f"w{i}", pod=pod, in_flight=4 if i == 0 else 0)
                 producer.heartbeat(f"w{i}", [], info)
-            # The queue drains: only pod-0's five tasks remain, in flight.
+            # The queue drains: only pod-0's four tasks remain, in flight.
             for task_id in ids:
                 if task_id not in {t.id for t in claim.tasks}:
                     producer.cancel(task_id)
@@ -234,10 +235,10 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
                 .get(DELETION_COST_ANNOTATION)
                 for pod in pods
             }
-            assert costs == {pods[0]: "5", pods[1]: "0", pods[2]: "0", pods[3]: "0"}
+            assert costs == {pods[0]: "4", pods[1]: "0", pods[2]: "0", pods[3]: "0"}
             await eventually(lambda: events(api, "burst"), has_event("ScaledDown"), what="Event")
             tq = await get(api, tq_path("burst"))
-            assert tq["status"]["inFlight"] == 5
+            assert tq["status"]["inFlight"] == 4
             assert tq["status"]["backlog"] == 0
         finally:
             producer.close()
