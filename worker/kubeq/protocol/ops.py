@@ -8,10 +8,11 @@ exactly once. `now` always comes from the caller.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import random
 import re
-import uuid
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -113,7 +114,14 @@ class Claim:
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the shape of uuid4().hex, at a fifth of the cost)."""
+    return os.urandom(16).hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted(text: str) -> str:
+    """JSON string literal of a task type: a handful of distinct values, encoded once."""
+    return _dumps(text)
 
 
 # One encoder instance: json.dumps() with options builds a new encoder on every call.
@@ -188,15 +196,19 @@ class QueueOps:
         )
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise errors.InvalidTask(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
-        task_id = req.id or new_task_id()
-        if not _ID_RE.match(task_id):
-            raise errors.InvalidTask(f"task id {task_id!r} must be 1-128 of [A-Za-z0-9._:-]")
+        if req.id is None:
+            task_id = new_task_id()
+        elif _ID_RE.match(req.id):
+            task_id = req.id
+        else:
+            raise errors.InvalidTask(f"task id {req.id!r} must be 1-128 of [A-Za-z0-9._:-]")
         # Built by hand around the already-encoded payload: encoding it twice would double
         # the cost of the hot path.
+        quoted_key = "null" if key is None else _dumps(key)
         record = (
-            f'{{"id":"{task_id}{self._record_head}{_dumps(req.type)},'
+            f'{{"id":"{task_id}{self._record_head}{_quoted(req.type)},'
             f'"priority":"{self.levels[level - 1]}","max_attempts":{max_attempts},'
-            f'"created_at":{now},"due_at":{due},"idempotency_key":{_dumps(key)},'
+            f'"created_at":{now},"due_at":{due},"idempotency_key":{quoted_key},'
             f'"payload":{payload}}}'
         )
         return task_id, level, due, key, record
