@@ -19,7 +19,7 @@ import yaml
 from chart_values_doc import DOC, documented_table, rows, table
 
 from kubeq_operator import manifests
-from kubeq_operator.crd_schema import checked_spec
+from kubeq_operator.crd_schema import checked_spec, to_jsonschema
 from kubeq_operator.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,10 @@ CRD_COPY = CHART / "crds" / "taskqueue.yaml"
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 RELEASE, NAMESPACE = "kq", "kubeq-system"
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering",
+}  # fmt: skip
+PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
 LINT_WARNING = 2  # helm's support.WarningSev; 1 is info ("icon is recommended")
 
 
@@ -285,6 +288,10 @@ def validate_object(obj: dict[str, Any], version: str) -> None:
         jsonschema.validate(obj, MONITORING_SCHEMAS[kind])
     elif kind == "TaskQueue":
         checked_spec(obj, crd_file=CRD_COPY)  # raises InvalidSpec listing the problems
+    elif kind in PEERING_KINDS:  # against the chart's own copy of kopf's peering CRDs
+        crd = next(c for c in chart_crds() if c["spec"]["names"]["kind"] == kind)
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        jsonschema.validate(obj, to_jsonschema(schema))
     else:
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -309,7 +316,9 @@ def test_every_rendered_object_is_valid(values: str, version: str) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_chart_crds_are_valid(version: str) -> None:
     crds = chart_crds()
-    assert [c["metadata"]["name"] for c in crds] == ["taskqueues.kubeq.io"]
+    assert sorted(c["metadata"]["name"] for c in crds) == [
+        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "taskqueues.kubeq.io",
+    ]  # fmt: skip
     for crd in crds:
         kubernetes_validate.validate(crd, version, strict=True)
 
@@ -677,7 +686,7 @@ def test_chart_crd_is_identical_to_the_source_crd() -> None:
         "charts/kubeq/crds/taskqueue.yaml differs from crds/taskqueue.yaml, the source of "
         "truth: run `cp crds/taskqueue.yaml charts/kubeq/crds/taskqueue.yaml`"
     )
-    (crd,) = chart_crds()
+    (crd,) = [c for c in chart_crds() if c["spec"]["group"] == "kubeq.io"]
     assert crd == yaml.safe_load(CRD_SOURCE.read_text())  # what Helm installs
 
 
@@ -724,3 +733,34 @@ def test_notes_say_what_was_installed(values: str, scope: str) -> None:
     deployment = one(render(values), "Deployment")["metadata"]["name"]
     assert f"rollout status deploy/{deployment}" in notes
     assert scope in notes
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        ({}, None),
+        ({"operator": {"replicas": 2}}, "ClusterKopfPeering"),
+        ({"operator": {"replicas": 3}, "watch": {"scope": "namespace"}}, "KopfPeering"),
+    ],
+)
+def test_one_replica_runs_standalone_and_several_share_a_peering(
+    values: dict[str, Any], kind: str | None
+) -> None:
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = [
+        d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text)
+        if d
+    ]  # fmt: skip
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    peerings = [o for o in objects if o["kind"] in PEERING_KINDS]
+    if kind is None:
+        # Mandatory peering without its CRD and object would pause kopf: run standalone.
+        assert env["KUBEQ_OPERATOR_STANDALONE"] == "true"
+        assert peerings == []
+    else:
+        assert env["KUBEQ_OPERATOR_STANDALONE"] == "false"
+        (peering,) = peerings
+        assert peering["kind"] == kind
+        assert peering["metadata"]["name"] == env["KUBEQ_OPERATOR_PEERING_NAME"]
