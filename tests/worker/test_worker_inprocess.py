@@ -233,3 +233,31 @@ async def test_drain_releases_unfinished_tasks_and_turns_not_ready(
     assert stats.ready == 2
     assert stats.in_flight == 0
     assert stats.counters["released"] == 2
+
+
+# Commands a client sends itself; the rest of commandstats runs inside Lua scripts.
+TOP_LEVEL = {"evalsha", "eval", "blpop", "set", "get", "ping", "script|load", "client|setinfo",
+             "hello", "select"}  # fmt: skip
+
+
+def top_level_calls(client: Client) -> int:
+    stats = client.redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.removeprefix("cmdstat_") in TOP_LEVEL)
+
+
+async def test_an_idle_worker_blocks_instead_of_polling(redis_url: str) -> None:
+    # Given a worker on an empty queue (default idle wait: it blocks on the wake list)
+    cfg = queue_config(lease_seconds=30.0, heartbeat_seconds=10.0)
+    with Client.from_url(redis_url, cfg.name, config=cfg) as probe:
+        async with running(redis_url, cfg):
+            await asyncio.sleep(1.0)  # past start-up
+            before = top_level_calls(probe)
+            # When it idles for 4 seconds
+            await asyncio.sleep(4.0)
+            after = top_level_calls(probe)
+            # Then it sent at most a few commands per second (a blocking wait, a
+            # safety-net claim, a heartbeat, a maintenance turn), not a polling loop
+            assert 0 < after - before <= 4 * 4, after - before
+            # and a submit still reaches it at once (the wait is on the wake list)
+            task_id = probe.submit("echo", {"x": 1})
+            await until(lambda: probe.status(task_id).status.terminal, timeout=5, what="echo")
