@@ -79,7 +79,7 @@ def up_command(
     log_level: str,
 ) -> None:
     """Run a TaskQueue on this machine: worker processes, autoscaled like Pods."""
-    _setup_logging(log_level if not no_live else max(log_level, "INFO"))
+    _setup_logging(log_level)
     try:
         runner = LocalRunner(manifest, redis_url=redis_url, metrics_port=metrics_port)
     except InvalidSpec as exc:
