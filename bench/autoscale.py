@@ -86,7 +86,7 @@ class KedaAutoscaler(QueueAutoscaler):
     cooldown = KEDA_COOLDOWN
 
     async def tick(self) -> Tick:
-        observation, stats, _workers, error = await self.observe()
+        observation, stats, error = await self.observe()
         current = await self.backend.replicas(self.ref)
         decision = keda_decide(
             observation,
@@ -156,18 +156,8 @@ async def run_once(rule: str, trace: dict[str, Any], seed: int) -> dict[str, Any
         await asyncio.sleep(0.05)
     stop.set()
     await loop_task
-    waits: list[float] = []
     unfinished = (await runner.client.stats()).backlog
-    cursor = 0
-    while True:
-        cursor, chunk = await runner.client.redis.hscan(
-            runner.client.keys.results, cursor, count=2000
-        )
-        for raw in chunk.values():
-            rec = json.loads(raw)
-            waits.append(rec["outcome"]["started_at"] - rec["task"]["due_at"])
-        if cursor == 0:
-            break
+    waits = [(t.started_at or 0) - t.due_at async for t in runner.client.finished(2000)]
     counters = (await runner.client.stats()).counters
     await runner.shutdown()
     waits.sort()

@@ -48,15 +48,15 @@ class QueueAutoscaler:
         self.history = History()
         metrics.register_queue(str(ref))
 
-    async def observe(self) -> tuple[Observation, QueueStats | None, list[WorkerInfo], str | None]:
+    async def observe(self) -> tuple[Observation, QueueStats | None, str | None]:
+        """Backlog and in-flight per priority, in one round trip."""
         queue = str(self.ref)
         started = self.clock()
         try:
             stats = await self.client.stats()
-            workers = await self.client.workers()
         except KubeqError as exc:
             self.metrics.reachable.labels(queue).set(0)
-            return Observation(at=started, reachable=False), None, [], str(exc)
+            return Observation(at=started, reachable=False), None, str(exc)
         self.metrics.probe.labels(queue).observe(self.clock() - started)
         self.metrics.reachable.labels(queue).set(1)
         self.metrics.observe_stats(queue, stats)
@@ -64,21 +64,29 @@ class QueueAutoscaler:
         return (
             Observation(at=started, backlog_by_priority=waiting, in_flight=stats.in_flight),
             stats,
-            workers,
             None,
         )
 
+    async def _mark_idle_first(self) -> None:
+        """Deletion costs from the workers' reported in-flight counts: the idle go first."""
+        try:
+            workers: list[WorkerInfo] = await self.client.workers()
+        except KubeqError as exc:
+            log.warning("%s: cannot read the worker registry (%s): no idle-first", self.ref, exc)
+            return
+        costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
+        if costs:
+            await self.backend.set_deletion_costs(self.ref, costs)
+
     async def tick(self) -> Tick:
         queue = str(self.ref)
-        observation, stats, workers, error = await self.observe()
+        observation, stats, error = await self.observe()
         current = await self.backend.replicas(self.ref)
         decision = decide_replicas(observation, self.policy, self.history, current, self.clock())
         self.history = decision.history
         if decision.replicas < current:
-            # Idle first: the workers report their in-flight counts; the cheapest go.
-            costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
-            if costs:
-                await self.backend.set_deletion_costs(self.ref, costs)
+            # The registry is read only before a scale-down: ticks stay one round trip.
+            await self._mark_idle_first()
         if decision.changed:
             await self.backend.scale(self.ref, decision.replicas)
             self.metrics.scale_events.labels(queue, decision.direction).inc()
