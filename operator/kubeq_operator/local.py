@@ -185,6 +185,3 @@ class LocalRunner:
         wait = "kubeq_task_queue_wait_seconds"
         recent = delta(last.buckets.get(wait, {}), first.buckets.get(wait, {}))
         return throughput, quantile(0.5, recent), quantile(0.99, recent)
-
-    def worker_totals(self) -> WorkerSample:
-        return merge([self._gone, *self._last.values()])

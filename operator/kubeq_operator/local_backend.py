@@ -49,7 +49,6 @@ class _Pool:
     workers: list[WorkerProcess] = field(default_factory=list)
     costs: dict[str, int] = field(default_factory=dict)
     serial: int = 0
-    restarts: int = 0
 
 
 class LocalBackend:
@@ -120,9 +119,6 @@ class LocalBackend:
     def terminating(self, ref: QueueRef) -> int:
         return sum(1 for w in self.pools[ref].workers if w.stop_deadline is not None and w.alive)
 
-    def restarts(self, ref: QueueRef) -> int:
-        return self.pools[ref].restarts
-
     def wait_stopped(self, timeout: float) -> bool:
         """Wait for every worker to exit (they drain first); kill stragglers past grace."""
         deadline = time.monotonic() + timeout
@@ -156,7 +152,6 @@ class LocalBackend:
                 kept.append(w)
             elif w.stop_deadline is None:
                 # Died without being asked to: the ReplicaSet replaces it.
-                pool.restarts += 1
                 log.warning("%s exited with %s: replacing it", w.name, w.process.returncode)
             # else: stopped as asked; drop it
         pool.workers = kept

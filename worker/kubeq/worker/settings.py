@@ -74,7 +74,3 @@ class WorkerSettings(BaseSettings):
             tls_ca_file=self.redis_tls_ca_file,
         )
         return url, {}
-
-    @property
-    def full_queue(self) -> str:
-        return f"{self.namespace}/{self.queue}"
