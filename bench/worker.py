@@ -16,7 +16,6 @@ Run: `python -m bench.worker` (about a minute). JSON and a PNG under bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -50,16 +49,6 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def records(client: Client) -> list[dict[str, Any]]:
-    out = []
-    cursor = 0
-    while True:
-        cursor, chunk = client.redis.hscan(client.keys.results, cursor, count=5000)
-        out.extend(json.loads(v) for v in chunk.values())
-        if cursor == 0:
-            return out
-
-
 def wait_done(client: Client, total: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while client.stats().counters.get("completed", 0) < total:
@@ -85,9 +74,9 @@ def drain(url: str, tasks: int, concurrency: int) -> dict[str, Any]:
     wait_done(client, tasks, 120)
     rss = peak_rss_mb(worker.pid)
     stop(worker)
-    recs = records(client)
-    first = min(r["outcome"]["started_at"] for r in recs)
-    last = max(r["outcome"]["finished_at"] for r in recs)
+    done = list(client.finished(page_size=5000))
+    first = min(t.started_at or 0 for t in done)
+    last = max(t.finished_at or 0 for t in done)
     client.close()
     return {
         "tasks": tasks,
@@ -112,7 +101,7 @@ def latency(url: str, rate: float, seconds: float, concurrency: int) -> dict[str
     wait_done(client, n, 60)
     rss = peak_rss_mb(worker.pid)
     stop(worker)
-    lat = [r["outcome"]["started_at"] - r["task"]["created_at"] for r in records(client)]
+    lat = [(t.started_at or 0) - t.created_at for t in client.finished(page_size=5000)]
     client.close()
     return {
         "offered_per_s": rate,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeq.examples.simulator import DeviceFleet, Phase, burst_profile
-from kubeq.protocol import AsyncClient
+from kubeq.protocol import AsyncClient, TaskStatus
 from kubeq_operator.local import LocalRunner, Snapshot
 
 
@@ -94,26 +94,16 @@ async def drive(
 
 
 async def account(client: AsyncClient, submitted: int) -> dict[str, Any]:
-    """Read every terminal record: what completed, what is dead and why, queue waits."""
-    r = client.redis
-    keys = client.keys
+    """Read every finished task: what completed, what is dead and why, queue waits."""
     waits: list[float] = []
-    completed = 0
     finished: list[int] = []
     started: list[int] = []
-    cursor = 0
-    while True:
-        cursor, batch = await r.hscan(keys.results, cursor, count=2000)
-        for raw in batch.values():
-            rec = json.loads(raw)
-            outcome, task = rec["outcome"], rec["task"]
-            if outcome.get("status") == "completed":
-                completed += 1
-                waits.append(outcome["started_at"] - task["due_at"])
-                finished.append(outcome["finished_at"])
-                started.append(task["created_at"])
-        if cursor == 0:
-            break
+    async for task in client.finished(page_size=2000):
+        if task.status == TaskStatus.COMPLETED:
+            waits.append((task.started_at or 0) - task.due_at)
+            finished.append(task.finished_at or 0)
+            started.append(task.created_at)
+    completed = len(waits)
     dead = await client.dead_letters(limit=1_000_000)
     reasons = Counter(d.task.reason or "unknown" for d in dead)
     stats = await client.stats()

@@ -240,3 +240,14 @@ def test_stats_report_backlog_per_level_in_one_round_trip(client: Client, clock)
 def test_maintenance_lock_admits_one_holder_until_it_expires(client: Client) -> None:
     assert client.acquire_maintenance("a", 5000)
     assert not client.acquire_maintenance("b", 5000)
+
+
+def test_finished_lists_completed_and_cancelled_tasks_page_by_page(client: Client, clock) -> None:  # type: ignore[no-untyped-def]
+    ids = client.submit_many([{"type": "t", "payload": i} for i in range(25)])
+    claimed = client.claim("w", 20).tasks
+    client.settle([client.ops.completion(c, c.task.payload * 2, clock.now) for c in claimed])
+    assert client.cancel(ids[-1]) == "cancelled"
+    finished = {t.id: t for t in client.finished(page_size=5)}
+    assert set(finished) == {c.id for c in claimed} | {ids[-1]}
+    assert finished[claimed[3].id].result == claimed[3].task.payload * 2
+    assert finished[ids[-1]].status == TaskStatus.CANCELLED

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -303,6 +303,15 @@ class Client(_Base):
     def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
         return int(self.run(self.ops.purge_dead(ids, limit)))
 
+    def finished(self, page_size: int = 1000) -> Iterator[Task]:
+        """Every finished task still within its result TTL, page by page (HSCAN)."""
+        cursor = 0
+        while True:
+            cursor, tasks = self.run(self.ops.finished_page(cursor, page_size))
+            yield from tasks
+            if cursor == 0:
+                return
+
     def publish_config(self) -> None:
         self.run(_single(self.ops.publish_config()))
 
@@ -477,6 +486,15 @@ class AsyncClient(_Base):
 
     async def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
         return int(await self.run(self.ops.purge_dead(ids, limit)))
+
+    async def finished(self, page_size: int = 1000) -> AsyncIterator[Task]:
+        cursor = 0
+        while True:
+            cursor, tasks = await self.run(self.ops.finished_page(cursor, page_size))
+            for task in tasks:
+                yield task
+            if cursor == 0:
+                return
 
     async def publish_config(self) -> None:
         await self.run(_single(self.ops.publish_config()))

@@ -620,6 +620,16 @@ class QueueOps:
         )
         return int(reply)
 
+    def finished_page(self, cursor: int, count: int = 1000) -> Op:
+        """One page of finished tasks (completed, cancelled) and the cursor of the next.
+
+        A scan: entries past their TTL but not yet pruned by the reaper can appear.
+        """
+        reply = yield Command(("HSCAN", self.keys.results, cursor, "COUNT", count))
+        next_cursor, entries = reply
+        pairs = entries.items() if isinstance(entries, dict) else _pairs(entries)
+        return int(next_cursor), [terminal_task(tid, raw) for tid, raw in pairs]
+
     def publish_config(self) -> Command:
         return Command(("SET", self.keys.config, self.config.model_dump_json()))
 
@@ -669,17 +679,22 @@ def _compose(task_id: str, record: str | None, outcome: str | None, status: Task
         return Task.model_validate({**base, "payload": record, **ending, "status": status})
 
 
+def terminal_task(task_id: str, terminal: str) -> Task:
+    """A Task from its terminal record {"task": ..., "outcome": ...}."""
+    parsed = _loads_dict(terminal) or {}
+    outcome = parsed.get("outcome") or {}
+    return _compose(
+        task_id,
+        _dumps(parsed.get("task")),
+        _dumps(outcome),
+        TaskStatus(outcome.get("status", "completed")),
+    )
+
+
 def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
     terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply
     if terminal:
-        parsed = _loads_dict(terminal) or {}
-        outcome = parsed.get("outcome") or {}
-        return _compose(
-            task_id,
-            _dumps(parsed.get("task")),
-            _dumps(outcome),
-            TaskStatus(outcome.get("status", "completed")),
-        )
+        return terminal_task(task_id, terminal)
     if not record:
         raise errors.TaskNotFound(f"no task {task_id} (never submitted, or its record expired)")
     if dead_at:
