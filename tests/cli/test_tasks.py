@@ -138,7 +138,7 @@ def test_submit_to_a_full_queue_exits_6(kubeq: Kubeq, redis_url: str) -> None:
 
 def test_bad_url_exits_5(kubeq: Kubeq) -> None:
     res = kubeq("submit", "t", url="http://example.com", code=5)
-    assert res.stderr.startswith("error: Redis URL scheme 'http' is not supported")
+    assert res.stderr.startswith("error: Redis URL <value hidden> has a scheme kubeq does not")
     res = kubeq("stats", url="no-scheme", code=5)
     assert "has no scheme" in res.stderr
 

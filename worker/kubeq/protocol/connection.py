@@ -1,6 +1,7 @@
 """Redis connections from a URL, and the translation of redis-py errors into kubeq's.
 
-Schemes: redis:// and rediss:// (TLS; ?ssl_cert_reqs=none|required, ssl_ca_certs=...),
+Schemes: redis:// and rediss:// (TLS; ?ssl_cert_reqs=none|required, ssl_ca_certs=...,
+and ssl_certfile=...&ssl_keyfile=... for a client certificate),
 unix://, username/password in the URL for ACL users, redis+sentinel://h1:26379,h2:26379/
 <service>[/db] for Sentinel, and redis+cluster://host:port for Redis Cluster.
 """
@@ -22,27 +23,27 @@ import redis.sentinel
 
 import redis
 from kubeq.protocol import errors
+from kubeq.protocol.target import SCHEMES, RedisTarget, describe
 
-SCHEMES = (
-    "redis",
-    "rediss",
-    "unix",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
-)
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SCHEMES",
+    "RedisTarget",
+    "connect",
+    "connect_async",
+    "describe",
+    "redacted",
+    "translate",
+    "translated",
+    "with_credentials",
+]
+
 DEFAULT_TIMEOUT = 5.0
 
 
-def redacted(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        user = parts.username or ""
-        netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+def redacted(url: object) -> str:
+    """How to name `url` in a message or log: its safe description (target.describe)."""
+    return str(describe(url))
 
 
 def with_credentials(
@@ -53,12 +54,18 @@ def with_credentials(
     tls: bool = False,
     tls_insecure: bool = False,
     tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> str:
     """The URL with separately supplied credentials and TLS settings folded in (pure).
 
     Kubernetes hands these over apart from the URL (the password from a Secret), so the
-    worker and the operator both build the effective URL here, the same way.
+    worker and the operator both build the effective URL here, the same way. A client
+    certificate (mutual TLS) is `tls_cert_file` with its `tls_key_file`. A URL that does
+    not parse is returned as it is: connecting to it raises InvalidURL, which says why.
     """
+    if describe(url).problem is not None:
+        return url
     parts = urlsplit(url)
     scheme = parts.scheme
     if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
@@ -74,40 +81,36 @@ def with_credentials(
         query["ssl_cert_reqs"] = "none"
     if tls_ca_file is not None:
         query["ssl_ca_certs"] = tls_ca_file
+    if tls_cert_file is not None:
+        query["ssl_certfile"] = tls_cert_file
+    if tls_key_file is not None:
+        query["ssl_keyfile"] = tls_key_file
     return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def _check(url: str) -> str:
-    if not isinstance(url, str) or "://" not in url:
-        raise errors.InvalidURL(f"Redis URL {url!r} has no scheme; expected one of {SCHEMES}")
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise errors.InvalidURL(
-            f"Redis URL scheme {scheme!r} is not supported; expected one of {', '.join(SCHEMES)}"
-        )
-    parts = urlsplit(url)
-    if scheme.endswith("+sentinel"):
-        return scheme  # a host list, checked by _sentinel_parts
-    try:
-        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is malformed: {exc}") from None
-    if scheme != "unix" and not parts.hostname:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} names no host")
-    return scheme
+def _check(url: str) -> RedisTarget:
+    """The URL's description, or InvalidURL naming only what `describe` lets through."""
+    target = describe(url)
+    if target.problem is not None:
+        raise errors.InvalidURL(f"Redis URL {target} {target.problem}")
+    return target
+
+
+def _query_names(url: str) -> str:
+    """The names (never the values) of the URL's query options, for an error message."""
+    query = url.partition("?")[2]
+    names = sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)})
+    return ", ".join(n for n in names if n.isidentifier()) or "none"
 
 
 def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """Hosts, service and options of a Sentinel URL that `_check` accepted."""
     parts = urlsplit(url)
     hosts = []
     for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = hp.partition(":")
-        if not host or not (port or "26379").isdigit():
-            raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} has a bad host {hp!r}")
-        hosts.append((host, int(port or 26379)))
+        host, _, port = hp.rpartition(":") if hp.count(":") == 1 else (hp, "", "")
+        hosts.append((host.strip("[]"), int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} names no service: .../<service>")
     kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
     if parts.username:
         kwargs["username"] = unquote(parts.username)
@@ -134,7 +137,8 @@ _ASYNCIO = _Flavour(
 
 
 def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]) -> Any:
-    scheme = _check(url)
+    target = _check(url)
+    scheme = target.scheme or ""
     common = {
         "decode_responses": True,
         "socket_timeout": timeout,
@@ -151,8 +155,12 @@ def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]
         if scheme.endswith("+cluster"):
             return flavour.cluster.from_url(url.replace("+cluster", "", 1), **common)
         return flavour.plain.from_url(url, **common)
-    except (ValueError, TypeError) as exc:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
+    except (ValueError, TypeError):
+        # redis-py's text may quote an option's value (a password in ?password=): not shown.
+        raise errors.InvalidURL(
+            f"Redis URL {target} is invalid: redis-py refused its options "
+            f"(query options: {_query_names(url)})"
+        ) from None
 
 
 def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
