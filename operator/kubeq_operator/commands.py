@@ -18,10 +18,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
-from kubeq.cli.common import ExitCode
+from kubeq.cli.common import exit_code_for
 from kubeq.protocol import KubeqError
+from kubeq.protocol.connection import describe
 from kubeq_operator.demo import DemoReport
 from kubeq_operator.errors import InvalidSpec
 from kubeq_operator.live import line, render
@@ -88,13 +90,21 @@ def up_command(
     sys.exit(code)
 
 
+def banner(runner: LocalRunner) -> str:
+    """The first line of `kubeq up`: Redis named by its safe description, never its URL."""
+    return (
+        f"kubeq up: queue {runner.ref} on {describe(runner.redis_url)} · operator metrics on "
+        f"127.0.0.1:{runner.metrics_port}/metrics · worker logs in {runner.run_dir}"
+    )
+
+
 async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int:
     console = Console()
     try:
         await runner.start()
     except KubeqError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return int(ExitCode.UNAVAILABLE)
+        console.print("[red]error:[/]", escape(str(exc)))
+        return int(exit_code_for(exc))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     presses = 0
@@ -112,10 +122,7 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
         loop.add_signal_handler(sig, on_signal)
     if duration is not None:
         loop.call_later(duration, stop.set)
-    console.print(
-        f"kubeq up: queue {runner.ref} on {runner.redis_url} · operator metrics on "
-        f"127.0.0.1:{runner.metrics_port}/metrics · worker logs in {runner.run_dir}"
-    )
+    console.print(banner(runner), markup=False, highlight=False)
     if live:
         with Live(console=console, refresh_per_second=4) as view:
             await runner.run(

@@ -38,6 +38,8 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 5
     #: the queue refused the tasks: its maxBacklog is reached (backpressure; retry later)
     QUEUE_FULL = 6
+    #: Redis refused this ACL user the command or key (NOPERM; see docs/security.md)
+    PERMISSION_DENIED = 7
 
 
 EXIT_CODES_HELP = """\b
@@ -48,7 +50,8 @@ Exit codes:
   3  not found: no such task (or not in the dead-letter set)
   4  timeout: the task had not finished in time (or yet, without --wait)
   5  Redis unavailable: bad URL, unreachable, credentials refused
-  6  queue full: maxBacklog reached (backpressure, retry later)"""
+  6  queue full: maxBacklog reached (backpressure, retry later)
+  7  permission denied: the Redis ACL user may not do this (NOPERM)"""
 
 
 class CliError(Exception):
@@ -60,6 +63,8 @@ class CliError(Exception):
 
 
 def exit_code_for(exc: errors.KubeqError) -> ExitCode:
+    if isinstance(exc, errors.PermissionDenied):
+        return ExitCode.PERMISSION_DENIED
     if isinstance(exc, errors.InvalidURL | errors.ConnectionFailed):
         return ExitCode.UNAVAILABLE
     if isinstance(exc, errors.InvalidTask):

@@ -176,9 +176,13 @@ def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any)
 def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | None:
     """The kubeq error for a redis-py exception, or None when it is not a known kind."""
     text = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and text.startswith("NOPERM")
+    ):
+        return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
     if isinstance(exc, redis.exceptions.AuthenticationError) or (
         isinstance(exc, redis.exceptions.ResponseError)
-        and text.startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+        and text.startswith(("WRONGPASS", "NOAUTH"))
     ):
         return errors.AuthenticationFailed(f"{where} refused the credentials: {text}")
     if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("QUEUEFULL"):

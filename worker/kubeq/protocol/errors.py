@@ -23,6 +23,10 @@ class AuthenticationFailed(ConnectionFailed):
     """Redis refused the credentials (wrong password or ACL user)."""
 
 
+class PermissionDenied(KubeqError):
+    """Redis refused a command or key to this ACL user (NOPERM): see docs/security.md."""
+
+
 class InvalidTask(KubeqError):
     """A task cannot be accepted as submitted (never reaches Redis)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 SCHEMES = (
     "redis",
@@ -30,6 +31,24 @@ _DB = re.compile(r"^[0-9]{1,5}$")
 _SOCKET = re.compile(r"^/[A-Za-z0-9_./-]{1,255}$")
 # A URL's userinfo ends at its last '@'; these before it mean the URL splits elsewhere.
 _AMBIGUOUS = "/?#"
+_UNESCAPED = (
+    "cannot be parsed unambiguously: its user name or password holds an unescaped "
+    "'/', '?', '#', '@', '[' or ']' (percent-encode them, e.g. / as %2F), or its path or "
+    "query holds an '@' (write %40)"
+)
+
+
+def _urllib_agrees(url: str, scheme: str) -> bool:
+    """Whether urllib (which redis-py uses) splits `url` without error (its errors quote)."""
+    if scheme.endswith("+sentinel"):
+        return True  # a host list: parsed by kubeq itself (connection._sentinel_parts)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+        _ = parts.hostname
+    except ValueError:
+        return False
+    return not parts.fragment
 
 
 @dataclass(frozen=True)
@@ -97,15 +116,7 @@ def describe(url: object) -> RedisTarget:
     username = None
     if has_credentials:
         if any(ch in userinfo for ch in _AMBIGUOUS) or "#" in hostpart:
-            return RedisTarget(
-                scheme,
-                has_credentials=True,
-                problem=(
-                    "cannot be parsed unambiguously: its user name or password holds an "
-                    "unescaped '/', '?', '#' or '@' (percent-encode them, e.g. / as %2F), "
-                    "or its path or query holds an '@' (write %40)"
-                ),
-            )
+            return RedisTarget(scheme, has_credentials=True, problem=_UNESCAPED)
         user, _, password = userinfo.partition(":")
         # Without a password beside it, a "user" may be a password in the user's place.
         if password and _NAME.match(user):
@@ -129,6 +140,8 @@ def describe(url: object) -> RedisTarget:
         return replace(base, problem="is malformed: a host or port is not a valid name or number"
         )
     safe_hosts = tuple(h for h in hosts if h is not None)
+    if not _urllib_agrees(url, scheme):
+        return replace(base, problem=_UNESCAPED)
     segments = [s for s in path.split("/") if s]
     if scheme.endswith("+sentinel"):
         if not segments:
