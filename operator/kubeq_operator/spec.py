@@ -39,6 +39,8 @@ OPERATOR_ENV = (
     "KUBEQ_REDIS_TLS",
     "KUBEQ_REDIS_TLS_INSECURE_SKIP_VERIFY",
     "KUBEQ_REDIS_TLS_CA_FILE",
+    "KUBEQ_REDIS_TLS_CERT_FILE",
+    "KUBEQ_REDIS_TLS_KEY_FILE",
     "KUBEQ_CONCURRENCY",
     "KUBEQ_POD_NAME",
     "KUBEQ_POD_NAMESPACE",
@@ -91,10 +93,34 @@ class PasswordSecretRef(_SecretKeyRef):
     key: str = Field(default="password", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)
 
 
+class ClientCertSecretRef(_SecretKeyRef):
+    """A kubernetes.io/tls Secret: the client certificate and its key, for mutual TLS."""
+
+    cert_key: str = Field(
+        default="tls.crt", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN
+    )
+    key_key: str = Field(
+        default="tls.key", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN
+    )
+
+
 class RedisTls(_Model):
     enabled: bool = False
     insecure_skip_verify: bool = False
     ca_secret_ref: CaSecretRef | None = None
+    client_cert_secret_ref: ClientCertSecretRef | None = None
+
+    @model_validator(mode="after")
+    def _options_need_tls(self) -> RedisTls:
+        # A CA or a client certificate on a plain connection was a TypeError in every worker.
+        if not self.enabled and (
+            self.insecure_skip_verify or self.ca_secret_ref or self.client_cert_secret_ref
+        ):
+            raise _cross_field(
+                "enabled",
+                "must be true when insecureSkipVerify, caSecretRef or clientCertSecretRef is set",
+            )
+        return self
 
 
 class RedisSpec(_Model):

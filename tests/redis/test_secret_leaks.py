@@ -1,6 +1,6 @@
 """No Redis password or Secret value reaches any message: client errors, CLI output, worker
-logs and `kubeq up` (the operator's: tests/k8s/test_operator_security.py), with hostile passwords (every URL-special character), values
-that are not URLs at all, and URLs that do not parse."""
+logs and `kubeq up` (the operator's: tests/k8s/test_operator_security.py), with hostile
+passwords (every URL-special character), values that are not URLs, and unparseable URLs."""
 
 from __future__ import annotations
 

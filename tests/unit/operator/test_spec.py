@@ -157,7 +157,11 @@ MINIMAL = {"redis": {"url": "redis://r:6379/0"}, "worker": {"image": "img", "app
         {
             "redis": {
                 "secretRef": {"name": "s"},
-                "tls": {"caSecretRef": {"name": "ca"}},
+                "tls": {
+                    "enabled": True,
+                    "caSecretRef": {"name": "ca"},
+                    "clientCertSecretRef": {"name": "c"},
+                },
                 "passwordSecretRef": {"name": "p"},
             },
             "worker": {
@@ -231,6 +235,12 @@ CEL_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "!has(self.fallbackReplicas) || self.fallbackReplicas <= self.maxReplicas": (
         _with("autoscaling", {"fallbackReplicas": 11}),
         "spec.autoscaling.fallbackReplicas: must be <= maxReplicas (11 > 10)",
+    ),
+    "self.enabled || !(self.insecureSkipVerify || has(self.caSecretRef) || "
+    "has(self.clientCertSecretRef))": (
+        _with("redis.tls", {"caSecretRef": {"name": "ca"}}),
+        "spec.redis.tls.enabled: must be true when insecureSkipVerify, caSecretRef or "
+        "clientCertSecretRef is set",
     ),
 }
 

@@ -68,6 +68,8 @@ def with_credentials(
         return url
     parts = urlsplit(url)
     scheme = parts.scheme
+    # TLS options imply TLS: on a plain connection redis-py fails on them with a TypeError.
+    tls = tls or tls_insecure or any((tls_ca_file, tls_cert_file, tls_key_file))
     if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
         scheme = "rediss" + scheme[len("redis") :]
     netloc = parts.netloc
@@ -181,8 +183,7 @@ def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | N
     ):
         return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
     if isinstance(exc, redis.exceptions.AuthenticationError) or (
-        isinstance(exc, redis.exceptions.ResponseError)
-        and text.startswith(("WRONGPASS", "NOAUTH"))
+        isinstance(exc, redis.exceptions.ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
     ):
         return errors.AuthenticationFailed(f"{where} refused the credentials: {text}")
     if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("QUEUEFULL"):

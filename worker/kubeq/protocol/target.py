@@ -24,7 +24,9 @@ SCHEMES = (
     "redis+cluster",
     "rediss+cluster",
 )
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])$")
+_HOST = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])$"
+)
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")  # user and Sentinel service names
 _DB = re.compile(r"^[0-9]{1,5}$")
@@ -80,7 +82,7 @@ class RedisTarget:
 
 
 def _host_port(text: str, default_port: int | None) -> str | None:
-    """"host:port" when `text` is a plain host with an optional numeric port, else None."""
+    """ "host:port" when `text` is a plain host with an optional numeric port, else None."""
     host, port = text, ""
     if text.startswith("["):
         close = text.find("]")
@@ -137,24 +139,24 @@ def describe(url: object) -> RedisTarget:
     if not netloc:
         return replace(base, problem="names no host")
     if any(h is None for h in hosts):
-        return replace(base, problem="is malformed: a host or port is not a valid name or number"
-        )
+        return replace(base, problem="is malformed: a host or port is not a valid name or number")
     safe_hosts = tuple(h for h in hosts if h is not None)
     if not _urllib_agrees(url, scheme):
         return replace(base, problem=_UNESCAPED)
     segments = [s for s in path.split("/") if s]
     if scheme.endswith("+sentinel"):
         if not segments:
-            return replace(base, hosts=safe_hosts, problem="names no service: .../<service>[/db]"
-            )
+            return replace(base, hosts=safe_hosts, problem="names no service: .../<service>[/db]")
         if not _NAME.match(segments[0]) or len(segments) > 2:
-            return replace(base, hosts=safe_hosts, problem="has a malformed path: .../<service>[/db]"
+            return replace(
+                base, hosts=safe_hosts, problem="has a malformed path: .../<service>[/db]"
             )
         service, segments = f"/{segments[0]}", segments[1:]
     else:
         service = None
     if len(segments) > 1 or (segments and not _DB.match(segments[0])):
-        return replace(base, hosts=safe_hosts, path=service, problem="has a malformed database number"
+        return replace(
+            base, hosts=safe_hosts, path=service, problem="has a malformed database number"
         )
     db = int(segments[0]) if segments else None
     return replace(base, hosts=safe_hosts, path=service, db=db)
