@@ -184,6 +184,12 @@ def _redis_env(spec: TaskQueueSpec) -> list[Manifest]:
     return env
 
 
+# Used when spec.worker.resources is absent: a pod without requests is scheduled anywhere
+# and evicted first, and one without a memory limit can take its node down with it.
+DEFAULT_WORKER_RESOURCES: Manifest = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
 POD_SECURITY_CONTEXT: Manifest = {
     "runAsNonRoot": True,
     "runAsUser": 10001,
@@ -278,7 +284,9 @@ def build_deployment(
         ],
         "readinessProbe": probe("/readyz", 5),
         "livenessProbe": {**probe("/healthz", 10), "initialDelaySeconds": 10},
-        "resources": copy.deepcopy(worker.resources or {}),
+        "resources": copy.deepcopy(
+            worker.resources if worker.resources is not None else DEFAULT_WORKER_RESOURCES
+        ),
         "securityContext": _merge(
             CONTAINER_SECURITY_CONTEXT,
             overrides.container_security_context if overrides else None,
