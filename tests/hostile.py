@@ -15,9 +15,10 @@ PASSWORD = "".join(f"{MARK}{i}{ch}" for i, ch in enumerate(SPECIALS)) + f"{MARK}
 NON_URL = f"{MARK}S3cr3t-DB-Password!"
 
 
-def hostile_urls(host: str) -> list[str]:
-    """URLs that carry PASSWORD (raw and percent-encoded), non-URLs and unparseable URLs."""
-    one_char = [f"redis://app:{MARK}a{ch}{MARK}b@{host}/0" for ch in SPECIALS]
+def hostile_urls(host: str, *, each_char: bool = True) -> list[str]:
+    """URLs that carry PASSWORD (raw and percent-encoded), non-URLs and unparseable URLs;
+    `each_char` adds one URL per special character, unescaped in the password."""
+    one_char = [f"redis://app:{MARK}a{ch}{MARK}b@{host}/0" for ch in SPECIALS if each_char]
     return [
         f"redis://app:{quote(PASSWORD, safe='')}@{host}/0",
         f"redis://:{quote(PASSWORD, safe='')}@{host}/0",

@@ -100,14 +100,14 @@ def redis_condition(error: str | None) -> tuple[bool, str, str]:
     if error is None:
         return True, "Connected", "the queue's Redis answers"
     lowered = error.lower()
-    if "denied this acl user" in lowered:
+    if lowered.startswith("secret ") or "redis secret" in lowered:
+        reason = "SecretUnavailable"
+    elif "denied this acl user" in lowered:
         reason = "PermissionDenied"
     elif "credentials" in lowered or "auth" in lowered:
         reason = "AuthenticationFailed"
     elif "redis url" in lowered:
         reason = "InvalidURL"
-    elif "secret" in lowered:
-        reason = "SecretUnavailable"
     else:
         reason = "ConnectionFailed"
     return False, reason, error
