@@ -166,11 +166,12 @@ class Client(_Base):
         r = self.redis
         if isinstance(req, ScriptCall):
             script = SCRIPTS[req.script]
+            run = r.evalsha_ro if script.read_only else r.evalsha
             try:
-                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return run(script.sha, len(req.keys), *req.keys, *req.args)
             except redis.exceptions.NoScriptError:
                 r.script_load(script.source)
-                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return run(script.sha, len(req.keys), *req.keys, *req.args)
         if isinstance(req, Command):
             return r.execute_command(*req.args)
         pipe = r.pipeline(transaction=False)
@@ -360,11 +361,12 @@ class AsyncClient(_Base):
         r = self.redis
         if isinstance(req, ScriptCall):
             script = SCRIPTS[req.script]
+            run = r.evalsha_ro if script.read_only else r.evalsha
             try:
-                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return await run(script.sha, len(req.keys), *req.keys, *req.args)
             except redis.exceptions.NoScriptError:
                 await r.script_load(script.source)
-                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return await run(script.sha, len(req.keys), *req.keys, *req.args)
         if isinstance(req, Command):
             return await r.execute_command(*req.args)
         pipe = r.pipeline(transaction=False)

@@ -179,7 +179,9 @@ def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | N
     """The kubeq error for a redis-py exception, or None when it is not a known kind."""
     text = str(exc)
     if isinstance(exc, redis.exceptions.NoPermissionError) or (
-        isinstance(exc, redis.exceptions.ResponseError) and text.startswith("NOPERM")
+        isinstance(exc, redis.exceptions.ResponseError)
+        # Inside a script, Redis 7 reports an ACL refusal as ERR, not NOPERM.
+        and (text.startswith("NOPERM") or "The user executing the script can't" in text)
     ):
         return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
     if isinstance(exc, redis.exceptions.AuthenticationError) or (

@@ -11,11 +11,20 @@ from dataclasses import dataclass
 from importlib import resources
 
 
+# Scripts that only read: run with EVALSHA_RO, whose declared keys Redis checks as reads,
+# so a read-only ACL user (dashboard, CLI) may run them and a replica can serve them.
+READ_ONLY = frozenset({"stats", "status"})
+
+
 @dataclass(frozen=True)
 class Script:
     name: str
     source: str
     sha: str
+
+    @property
+    def read_only(self) -> bool:
+        return self.name in READ_ONLY
 
 
 def _load() -> dict[str, Script]:
