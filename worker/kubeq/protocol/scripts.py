@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-
 # Scripts that only read: run with EVALSHA_RO, whose declared keys Redis checks as reads,
 # so a read-only ACL user (dashboard, CLI) may run them and a replica can serve them.
 READ_ONLY = frozenset({"stats", "status"})
