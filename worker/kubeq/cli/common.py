@@ -14,10 +14,12 @@ from typing import Any
 import click
 import redis.exceptions
 from rich.console import Console
+from rich.text import Text
 
 from kubeq.protocol import Client, errors
 from kubeq.protocol.config import check_name
 from kubeq.protocol.connection import translate
+from kubeq.text import printable
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -78,8 +80,14 @@ def exit_code_for(exc: errors.KubeqError) -> ExitCode:
     return ExitCode.FAILED
 
 
+def echo(text: object = "", *, err: bool = False, newlines: bool = False) -> None:
+    """One line (or a block, with `newlines`) of human-facing text, control characters
+    escaped: every text output of the CLI goes through here or through `console()`."""
+    click.echo(printable(text, newlines=newlines), err=err)
+
+
 def error_line(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    echo(f"error: {message}", err=True)
 
 
 @contextlib.contextmanager
@@ -147,11 +155,22 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, default=str))
 
 
+class SafeConsole(Console):
+    """A rich console that never interprets data: no markup or emoji codes, and control
+    characters of every string it renders (table cells included) escaped."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs.update(markup=False, emoji=False, highlight=False)
+        return super().render_str(printable(text), **kwargs)
+
+
 def console(stderr: bool = False) -> Console:
-    """A rich console on the current stdout (or stderr); wide when not a terminal."""
+    """A safe rich console on the current stdout (or stderr); wide when not a terminal."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 160
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    return SafeConsole(
+        file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False
+    )
 
 
 def fmt_time(ms: int | None) -> str:

@@ -37,6 +37,10 @@ from kubeq.protocol.models import (
 )
 
 MAX_TYPE_LENGTH = 200
+# The safe pattern of task types (docs/security.md): no spaces, control characters or
+# markup, so a type can never forge a log line or colour a terminal.
+TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}}$"
+TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 DEFAULT_CHUNK = 1000
@@ -162,9 +166,10 @@ class QueueOps:
 
     def encode_task(self, req: TaskRequest, now: int) -> tuple[str, int, int, str | None, str]:
         """Validate one request; return (id, level index, due ms, idempotency key, record)."""
-        if not isinstance(req.type, str) or not req.type or len(req.type) > MAX_TYPE_LENGTH:
+        if not isinstance(req.type, str) or not TASK_TYPE_RE.match(req.type):
             raise errors.InvalidTask(
-                f"task type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters"
+                f"task type must be 1-{MAX_TYPE_LENGTH} characters of A-Z a-z 0-9 and _.:/@+- "
+                "(it reaches logs, terminals and metric labels)"
             )
         level = self.level_index(req.priority)
         try:
