@@ -176,7 +176,10 @@ def console(stderr: bool = False) -> Console:
 def fmt_time(ms: int | None) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):  # a record from a foreign or older writer
+        return f"{ms} ms since the epoch (out of range)"
 
 
 def fmt_age(seconds: float | None) -> str:

@@ -37,6 +37,8 @@ from kubeq.protocol.models import (
 )
 
 MAX_TYPE_LENGTH = 200
+MAX_ATTEMPTS = 1000  # QueueConfig's and the CRD's cap on retry.maxAttempts
+MAX_DELAY_SECONDS = 10 * 365 * 86400
 # The safe pattern of task types (docs/security.md): no spaces, control characters or
 # markup, so a type can never forge a log line or colour a terminal.
 TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}}$"
@@ -186,6 +188,17 @@ class QueueOps:
             )
         if req.delay is not None and req.delay < 0:
             raise errors.InvalidTask(f"delay must not be negative, got {req.delay}")
+        # Bounds (issue 16 item 7; the protocol's own type checks may supersede these).
+        if req.delay is not None and not (
+            isinstance(req.delay, int | float) and req.delay <= MAX_DELAY_SECONDS
+        ):
+            raise errors.InvalidTask(
+                f"delay must be a number of seconds up to {MAX_DELAY_SECONDS} (10 years)"
+            )
+        if req.eta_ms is not None and not (
+            isinstance(req.eta_ms, int) and req.eta_ms <= now + MAX_DELAY_SECONDS * 1000
+        ):
+            raise errors.InvalidTask("eta must be an integer of ms at most 10 years from now")
         due = now
         if req.eta_ms is not None:
             due = max(now, int(req.eta_ms))
@@ -199,8 +212,14 @@ class QueueOps:
         max_attempts = (
             req.max_attempts if req.max_attempts is not None else self.config.max_attempts
         )
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise errors.InvalidTask(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if (
+            not isinstance(max_attempts, int)
+            or isinstance(max_attempts, bool)
+            or not 1 <= max_attempts <= MAX_ATTEMPTS
+        ):
+            raise errors.InvalidTask(
+                f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS} (the queue's cap)"
+            )
         if req.id is None:
             task_id = new_task_id()
         elif _ID_RE.match(req.id):
