@@ -38,7 +38,7 @@ from kubeq.protocol.models import (
 
 MAX_TYPE_LENGTH = 200
 MAX_ATTEMPTS = 1000  # QueueConfig's and the CRD's cap on retry.maxAttempts
-MAX_DELAY_SECONDS = 10 * 365 * 86400
+MAX_DELAY_SECONDS = 1000 * 365 * 86400  # far beyond any retention; within datetime
 # The safe pattern of task types (docs/security.md): no spaces, control characters or
 # markup, so a type can never forge a log line or colour a terminal.
 TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}}$"
@@ -193,12 +193,12 @@ class QueueOps:
             isinstance(req.delay, int | float) and req.delay <= MAX_DELAY_SECONDS
         ):
             raise errors.InvalidTask(
-                f"delay must be a number of seconds up to {MAX_DELAY_SECONDS} (10 years)"
+                f"delay must be a number of seconds up to {MAX_DELAY_SECONDS} (1000 years)"
             )
         if req.eta_ms is not None and not (
             isinstance(req.eta_ms, int) and req.eta_ms <= now + MAX_DELAY_SECONDS * 1000
         ):
-            raise errors.InvalidTask("eta must be an integer of ms at most 10 years from now")
+            raise errors.InvalidTask("eta must be an integer of ms at most 1000 years from now")
         due = now
         if req.eta_ms is not None:
             due = max(now, int(req.eta_ms))
