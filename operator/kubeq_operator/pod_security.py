@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeq.text import printable
+
 # Baseline: capabilities a container may add (restricted narrows it to NET_BIND_SERVICE).
 RESTRICTED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 # Restricted: the only volume types.
@@ -161,8 +163,8 @@ def policy_problems(deployment: Mapping[str, Any], namespace: str, policy: PodPo
     account = pod.get("serviceAccountName")
     if not policy.allows_service_account(namespace, account):
         out.append(
-            f"spec.worker.podTemplate.serviceAccountName: {account!r} is not in the operator's "
-            "allowed list (chart value podSecurity.allowedServiceAccounts)"
+            f"spec.worker.podTemplate.serviceAccountName: {printable(account)!r} is not in the "
+            "operator's allowed list (chart value podSecurity.allowedServiceAccounts)"
         )
     if namespace not in policy.exempt_namespaces:
         out += [

@@ -110,8 +110,12 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     parts = urlsplit(url)
     hosts = []
     for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = hp.rpartition(":") if hp.count(":") == 1 else (hp, "", "")
-        hosts.append((host.strip("[]"), int(port or 26379)))
+        if hp.startswith("["):  # [IPv6]:port
+            host, _, port = hp[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = hp.partition(":")
+        hosts.append((host, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
     if parts.username:
