@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 import kubeq.cli
 from kubeq.cli import cli
+from tests.cli.conftest import CLEAN_ENV
 
 Kubeq = Any
 
@@ -84,7 +85,7 @@ def test_worker_takes_global_options_from_the_command_line(runtime: list[Any]) -
     res = CliRunner().invoke(
         cli,
         ["-q", "jobs", "-n", "prod", "worker"],
-        env={"KUBEQ_REDIS_URL": None, "KUBEQ_QUEUE": None, "KUBEQ_NAMESPACE": None},
+        env=CLEAN_ENV,
     )
     assert res.exit_code == 3, res.output
     (settings,) = runtime
