@@ -18,6 +18,17 @@ from types import TracebackType
 import redis
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:`port` now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(max_port: int = 65535) -> int:
     """A free TCP port on loopback, never Redis's default 6379."""
     while True:
@@ -39,6 +50,7 @@ class RedisServer:
         port: int | None = None,
         directory: Path | None = None,
         appendonly: bool = False,
+        appendfsync: str = "always",
         password: str | None = None,
         extra: tuple[str, ...] = (),
         executable: str = "redis-server",
@@ -54,6 +66,9 @@ class RedisServer:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="kubeq-redis-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.appendonly = appendonly
+        # "always" for the fault tests (nothing acknowledged is lost); "everysec" where a
+        # second of writes at a crash is an acceptable price for speed (`kubeq up`).
+        self.appendfsync = appendfsync
         self.password = password
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,7 +94,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "always" if self.appendonly else "everysec",
+            self.appendfsync,
             "--loglevel",
             "warning",
             "--logfile",

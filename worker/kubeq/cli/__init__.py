@@ -292,7 +292,14 @@ def _resolve_globals(ctx: click.Context, values: dict[str, str]) -> State:
                 continue
         if opt.check is not None:
             values[opt.name] = _validated(opt, values[opt.name], ctx, origin[opt.name])
-    return State(**values, origin=origin, env_file=path if file_values else None)
+    return State(
+        redis_url=values["redis_url"],
+        queue=values["queue"],
+        namespace=values["namespace"],
+        output=values["output"],
+        origin=origin,
+        env_file=path if file_values else None,
+    )
 
 
 def _cli(ctx: click.Context, /, **values: str) -> None:
