@@ -10,10 +10,10 @@ import click
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, field_validator
+from tests.cli.conftest import CLEAN_ENV
 
 import kubeq.cli
 from kubeq.cli import cli
-from tests.cli.conftest import CLEAN_ENV
 
 Kubeq = Any
 

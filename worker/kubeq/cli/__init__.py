@@ -68,8 +68,16 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "cancel",
         "Cancel a task: pending ones at once, running ones at their next heartbeat.",
     ),
-    "stats": ("kubeq.cli.stats", "stats", "Backlog per priority level, counters and workers."),
-    "workers": ("kubeq.cli.stats", "workers", "The queue's registered workers."),
+    "stats": (
+        "kubeq.cli.stats",
+        "stats",
+        "Backlog per priority, dead letters, workers and counters of the queue.",
+    ),
+    "workers": (
+        "kubeq.cli.stats",
+        "workers",
+        "The registered workers of the queue: in-flight tasks, concurrency, last heartbeat.",
+    ),
     "dlq": ("kubeq.cli.dlq", "dlq", "List, requeue and purge dead-lettered tasks."),
     "worker": (
         "kubeq.cli.worker_cmd",
@@ -203,9 +211,12 @@ class KubeqGroup(click.Group):
     """Lazily imported built-ins plus plugins; kubeq errors become exit codes."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(BUILTIN) | set(plugin_entry_points()))
+        return sorted(set(self.commands) | set(BUILTIN) | set(plugin_entry_points()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        added = super().get_command(ctx, cmd_name)
+        if added is not None:
+            return added
         if cmd_name in BUILTIN:
             module, attr, _ = BUILTIN[cmd_name]
             command = getattr(importlib.import_module(module), attr)
