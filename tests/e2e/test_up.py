@@ -105,7 +105,7 @@ def test_ctrl_c_drains_and_leaves_no_process_behind(tmp_path: Path) -> None:
     up.send_signal(signal.SIGINT)
     out, _ = up.communicate(timeout=60)
     assert up.returncode == 0, out
-    assert "every worker drained" in out
+    assert "stopped: 2 worker(s) drained" in out
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"left behind: {alive}"
     assert len(gone) == len(children)
