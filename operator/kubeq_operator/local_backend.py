@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGTERM
 
 from kubeq.protocol import QueueConfig
 from kubeq.redis_server import free_port
@@ -100,7 +101,12 @@ class WorkerFates:
                 f"{forced} killed without waiting (second Ctrl-C; their unfinished tasks "
                 "return to the queue when their leases expire)"
             )
-        failed = [e for e in self.ended if e.killed is None and e.returncode != 0]
+        # SIGTERM's default action: the worker was still starting (its handler not yet
+        # installed), so it held no task.
+        starting = sum(1 for e in self.ended if e.killed is None and e.returncode == -SIGTERM)
+        if starting:
+            parts.append(f"{starting} stopped while still starting (no task taken)")
+        failed = [e for e in self.ended if e.killed is None and e.returncode not in (0, -SIGTERM)]
         if failed:
             codes = ", ".join(f"{e.name} {e.returncode}" for e in failed)
             parts.append(f"{len(failed)} exited with an error while draining ({codes})")

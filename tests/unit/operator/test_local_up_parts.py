@@ -43,6 +43,8 @@ def test_stop_summary_says_what_happened_to_each_worker() -> None:
     assert killed.startswith("stopped: 1 worker(s) drained; 1 killed after the 30 s grace")
     assert "drained" not in WorkerFates((Ended("w-3", -9, "forced"),), 30).summary()
     assert "second Ctrl-C" in WorkerFates((Ended("w-3", -9, "forced"),), 30).summary()
+    starting = WorkerFates((Ended("w-5", -15, None),), 30).summary()
+    assert starting == "stopped: 1 stopped while still starting (no task taken)"
     failed = WorkerFates((Ended("w-4", 3, None),), 30).summary()
     assert failed == "stopped: 1 exited with an error while draining (w-4 3)"
     assert WorkerFates((), 30).summary() == "stopped: no worker was running"
