@@ -171,7 +171,9 @@ class LocalRunner:
                 ) from None
             self.metrics_port = self._http[0].server_port
         if not self._given_url:
-            await asyncio.to_thread(self._start_redis)
+            # In this (the main) thread: the server's parent-death signal is tied to the
+            # thread that starts it, and this one lives as long as `kubeq up`.
+            self._start_redis()
         self._client = await AsyncClient.from_url(
             self.redis_url, self.ref.name, self.ref.namespace, self.config
         )
@@ -202,11 +204,17 @@ class LocalRunner:
                 raise UpError(str(exc)) from None
             self.state.redis_dir.mkdir(parents=True, exist_ok=True)
             server = RedisServer(
-                port=port, directory=self.state.redis_dir, appendonly=True, appendfsync="everysec"
+                port=port,
+                directory=self.state.redis_dir,
+                appendonly=True,
+                appendfsync="everysec",
+                owned=True,
             )
         else:
             (self.run_dir / "redis").mkdir(parents=True, exist_ok=True)
-            server = RedisServer(port=self._redis_port, directory=self.run_dir / "redis")
+            server = RedisServer(
+                port=self._redis_port, directory=self.run_dir / "redis", owned=True
+            )
         self.redis = server
         try:
             server.start()

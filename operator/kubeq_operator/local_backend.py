@@ -21,7 +21,7 @@ from pathlib import Path
 from signal import SIGTERM
 
 from kubeq.protocol import QueueConfig
-from kubeq.redis_server import free_port
+from kubeq.redis_server import die_with_parent, free_port
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.manifests import config_hash, queue_config_json
 from kubeq_operator.spec import TaskQueueSpec
@@ -355,6 +355,8 @@ class LocalBackend:
                 # Own process group: a Ctrl-C in the terminal reaches `kubeq up`, which
                 # then drains the workers itself, as the kubelet would.
                 start_new_session=True,
+                # And if `kubeq up` dies without draining (SIGKILL), they drain anyway.
+                preexec_fn=die_with_parent(),
             )
         log.info("started %s (pid %d, metrics on :%d)", name, process.pid, port)
         return WorkerProcess(name, process, port, pool.template, self.clock(), log_path)

@@ -238,3 +238,30 @@ def test_a_crashing_app_is_shown_with_its_reason_and_restarted_with_backoff(
     starts = list((project / ".kubeq" / "logs").glob("*.log"))
     assert 2 <= len(starts) <= 4, sorted(p.name for p in starts)
     assert "stopped:" in up.out
+
+
+def test_killing_kubeq_up_outright_takes_redis_and_the_workers_with_it(
+    tree: tuple[Path, Path],
+) -> None:
+    project, tmp = tree
+    path = manifest(project, minReplicas=2)
+    up = Up(project, "-f", str(path), "--metrics-port", "-1", tmp=tmp)
+    up.wait_ready()
+    task_id = kubeq(project, tmp, "submit", "t", "{}", "--delay", "3600").stdout.strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        if len(children) >= 3:  # redis-server and two workers
+            break
+        time.sleep(0.1)
+    assert len(children) >= 3
+    up.proc.kill()  # no signal handler, no cleanup code runs
+    up.proc.communicate()
+    _gone, alive = psutil.wait_procs(children, timeout=20)
+    assert alive == [], f"left running after SIGKILL: {alive}"
+    # and the next run finds the data Redis flushed as it went down
+    again = Up(project, "-f", str(path), "--metrics-port", "-1", tmp=tmp)
+    again.wait_ready()
+    status = kubeq(project, tmp, "-o", "json", "status", task_id)
+    assert json.loads(status.stdout)["status"] == "scheduled", status.stderr
+    assert again.stop() == 0

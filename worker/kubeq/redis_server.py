@@ -7,11 +7,16 @@ and the process stopped with its owner.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -43,6 +48,25 @@ class RedisServerError(RuntimeError):
     pass
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get `sig` when the process that started it
+    dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG); None where that does not exist.
+
+    The signal is tied to the *thread* that starts the child: call Popen from a thread
+    that lives as long as the child should (the main thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: nobody to outlive
+            os._exit(1)
+
+    return preexec
+
+
 class RedisServer:
     def __init__(
         self,
@@ -54,6 +78,7 @@ class RedisServer:
         password: str | None = None,
         extra: tuple[str, ...] = (),
         executable: str = "redis-server",
+        owned: bool = False,
     ) -> None:
         path = shutil.which(executable)
         if path is None:
@@ -71,6 +96,9 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.password = password
         self.extra = extra
+        # owned: the server dies with the process that started it, however that dies
+        # (`kubeq up`); tests and benchmarks leave it False.
+        self.owned = owned
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +138,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.owned else None,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(
