@@ -265,3 +265,15 @@ def test_killing_kubeq_up_outright_takes_redis_and_the_workers_with_it(
     status = kubeq(project, tmp, "-o", "json", "status", task_id)
     assert json.loads(status.stdout)["status"] == "scheduled", status.stderr
     assert again.stop() == 0
+
+
+async def test_without_a_state_directory_nothing_is_left_on_disk(tmp_path: Path) -> None:
+    from kubeq_operator.local import LocalRunner
+
+    runner = LocalRunner(idle_manifest(tmp_path), metrics_port=-1)  # the demo's way
+    await runner.start()
+    run_dir = runner.run_dir
+    assert run_dir.is_dir()
+    report = await runner.shutdown()
+    assert not run_dir.exists()
+    assert report.kept_in is None  # and the stop message says the tasks were discarded
