@@ -161,10 +161,10 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
                 f"(from {runner.state.env_file})"
             )
         if live:
+            _log_through(console)  # log lines above the live view, not through it
+            port = runner.metrics_port if runner.metrics_port >= 0 else None
             with Live(console=console, refresh_per_second=4) as view:
-                await runner.run(
-                    stop, lambda s: view.update(render(runner.ref, s, runner.metrics_port))
-                )
+                await runner.run(stop, lambda s: view.update(render(runner.ref, s, port)))
         else:
             # One unwrapped line per tick, whatever the width of a pipe or terminal.
             await runner.run(stop, lambda s: click.echo(line(runner.ref, s)))
@@ -176,9 +176,24 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
     return 0
 
 
+def _log_through(console: Console) -> None:
+    """Send log records through the live view's console, which prints them above it."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))
+
+
 def stop_lines(runner: LocalRunner, report: StopReport) -> list[str]:
     """What `kubeq up` says when it stops: the workers' fates, then what is left where."""
     lines = [report.workers.summary()]
+    if report.crashes.count:
+        lines.append(
+            f"workers crashed {report.crashes.count} time(s) during the run; the last said: "
+            f"{report.crashes.last_error} (logs in {runner.logs_dir})"
+        )
     stats = report.remaining
     if stats is None:
         lines.append(f"could not count the tasks left in queue {runner.ref}: Redis did not answer")

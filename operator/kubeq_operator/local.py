@@ -78,6 +78,7 @@ class StopReport:
     """How `kubeq up` ended: the workers' fates and the tasks left behind."""
 
     workers: WorkerFates
+    crashes: CrashInfo
     remaining: QueueStats | None  # None: Redis could not be read
     kept_in: str | None  # where the remaining tasks are kept; None: discarded with Redis
 
@@ -265,6 +266,7 @@ class LocalRunner:
 
         Safe to call after a partial start and more than once: it stops whatever runs."""
         fates = WorkerFates()
+        crashes = CrashInfo(0, None)
         remaining: QueueStats | None = None
         try:
             if self._backend is not None:
@@ -273,6 +275,7 @@ class LocalRunner:
                 grace = self.spec.worker.termination_grace_period_seconds + 5
                 await asyncio.to_thread(self.backend.wait_stopped, grace)
                 fates = self.backend.fates(since=mark)
+                crashes = self.backend.crashes(self.ref)
             if self._client is not None:
                 with contextlib.suppress(Exception):  # Redis may be what failed
                     remaining = await self._client.stats()
@@ -298,7 +301,7 @@ class LocalRunner:
             kept_in += "resumes them)"
         else:
             kept_in = None
-        return StopReport(fates, remaining, kept_in)
+        return StopReport(fates, crashes, remaining, kept_in)
 
     # -- the workers' own metrics, aggregated -------------------------------------------------
 

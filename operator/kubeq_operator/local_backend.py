@@ -9,8 +9,11 @@ after its termination grace period, and rolls the pool over when the spec change
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +44,22 @@ def crash_backoff(consecutive: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** (consecutive - 1), BACKOFF_MAX)
 
 
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s+")
+
+
+def reason_of(line: str) -> str:
+    """A log line as a reason: a JSON log's message, or a text line without its time."""
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError, TypeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "message" in record:
+                level = record.get("level") or record.get("levelname")
+                return f"{level} {record['message']}" if level else str(record["message"])
+    return _TIMESTAMP.sub("", line)
+
+
 def last_line(log: Path, max_bytes: int = 8192, width: int = 300) -> str | None:
-    """The last non-blank line of a log file (what a crashed worker said last)."""
+    """What a crashed worker said last: its log's last non-blank line, as a reason."""
     try:
         with log.open("rb") as f:
             f.seek(max(log.stat().st_size - max_bytes, 0))
@@ -50,7 +67,7 @@ def last_line(log: Path, max_bytes: int = 8192, width: int = 300) -> str | None:
     except OSError:
         return None
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    return lines[-1][:width] if lines else None
+    return reason_of(lines[-1])[:width] if lines else None
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,7 @@ def test_a_crashing_app_is_shown_with_its_reason_and_restarted_with_backoff(
     starts = list((project / ".kubeq" / "logs").glob("*.log"))
     assert 2 <= len(starts) <= 4, sorted(p.name for p in starts)
     assert "stopped:" in up.out
+    assert "workers crashed" in up.out  # and the stop message repeats why
 
 
 def test_killing_kubeq_up_outright_takes_redis_and_the_workers_with_it(

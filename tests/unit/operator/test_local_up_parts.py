@@ -55,6 +55,10 @@ def test_last_line_is_the_last_non_blank_line(tmp_path: Path) -> None:
     log.write_text("starting\nTraceback ...\nValueError: bad app\n\n  \n")
     assert last_line(log) == "ValueError: bad app"
     assert last_line(tmp_path / "missing.log") is None
+    log.write_text("2026-12-01 14:51:03,127 ERROR kubeq.worker: cannot load app x:y\n")
+    assert last_line(log) == "ERROR kubeq.worker: cannot load app x:y"
+    log.write_text('{"level": "ERROR", "message": "cannot load app x:y", "ts": 1}\n')
+    assert last_line(log) == "ERROR cannot load app x:y"
 
 
 def _snapshot(p99: float | None, crashes: CrashInfo | None = None) -> Snapshot:
