@@ -141,9 +141,9 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
         loop.add_signal_handler(sig, on_signal)
     try:
         await runner.start()  # on failure it has stopped what it started
-    except (UpError, KubeqError) as exc:
+    except (UpError, KubeqError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
-        return int(ExitCode.FAILED if isinstance(exc, UpError) else ExitCode.UNAVAILABLE)
+        return int(ExitCode.UNAVAILABLE if isinstance(exc, KubeqError) else ExitCode.FAILED)
     report: StopReport | None = None
     try:
         if duration is not None:
