@@ -121,6 +121,7 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
     from rich.live import Live
 
     from kubeq.protocol import KubeqError
+    from kubeq.protocol.connection import redacted
     from kubeq_operator.live import line, render
     from kubeq_operator.local import UpError
 
@@ -154,7 +155,8 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
             if runner.metrics_port >= 0
             else ""
         )
-        click.echo(f"kubeq up: queue {runner.ref} on {runner.redis_url} · {metrics}{where}")
+        url = redacted(runner.redis_url)
+        click.echo(f"kubeq up: queue {runner.ref} on {url} · {metrics}{where}")
         if runner.state is not None:
             click.echo(
                 f"kubeq commands run under {runner.state.path.parent} use this queue "

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from prometheus_client import start_http_server
 
 from kubeq.cli.envfile import write_env_file
 from kubeq.protocol import AsyncClient, QueueConfig, QueueStats
+from kubeq.protocol.connection import redacted
 from kubeq.redis_server import RedisServer, RedisServerError
 from kubeq_operator.autoscaler import QueueAutoscaler, Tick
 from kubeq_operator.backend import QueueRef
@@ -295,7 +295,7 @@ class LocalRunner:
             if self.state is not None:
                 self.state.release()
         if self._given_url:
-            kept_in: str | None = _where(self._given_url)
+            kept_in: str | None = redacted(self._given_url)
         elif self.state is not None:
             kept_in = f"{self.state.redis_dir} (the next `kubeq up` with this state directory "
             kept_in += "resumes them)"
@@ -322,10 +322,3 @@ class LocalRunner:
         wait = "kubeq_task_queue_wait_seconds"
         recent = delta(last.buckets.get(wait, {}), first.buckets.get(wait, {}))
         return throughput, quantile(0.5, recent), quantile(0.99, recent)
-
-
-def _where(url: str) -> str:
-    """host:port/db of a Redis URL, without credentials (for messages)."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"

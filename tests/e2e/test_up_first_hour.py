@@ -278,3 +278,30 @@ async def test_without_a_state_directory_nothing_is_left_on_disk(tmp_path: Path)
     report = await runner.shutdown()
     assert not run_dir.exists()
     assert report.kept_in is None  # and the stop message says the tasks were discarded
+
+
+def test_with_a_given_redis_the_password_stays_out_of_the_output(
+    tree: tuple[Path, Path],
+) -> None:
+    from kubeq.redis_server import RedisServer
+
+    project, tmp = tree
+    with RedisServer(password="s3cret-pw") as server:
+        up = Up(
+            project,
+            "-f",
+            str(idle_manifest(project)),
+            "--redis",
+            server.url,
+            "--metrics-port",
+            "-1",
+            tmp=tmp,
+        )
+        up.wait_ready()
+        assert kubeq(project, tmp, "submit", "t", "{}").returncode == 0  # via the env file
+        assert up.stop() == 0, up.err
+    assert "s3cret-pw" not in up.out + up.err
+    assert f"redis://:***@127.0.0.1:{server.port}/0" in up.out
+    assert "1 task(s) left in queue default/telemetry" in up.out
+    env = project / ".kubeq" / "env"
+    assert env.stat().st_mode & 0o777 == 0o600  # the env file holds the password
