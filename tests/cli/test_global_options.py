@@ -118,7 +118,6 @@ def test_help_summaries_match_the_commands_own_help() -> None:
         command = cli.get_command(None, name)  # type: ignore[arg-type]
         assert command is not None
         assert command.get_short_help_str(10_000) == summary, name
-    assert kubeq.cli.__version__ == kubeq.__version__
 
 
 def _imported_after(code: str) -> set[str]:

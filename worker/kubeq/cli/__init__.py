@@ -25,6 +25,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from kubeq import __version__  # cheap: kubeq imports its public names on first use
 from kubeq.cli.common import (
     DEFAULT_REDIS_URL,
     EXIT_CODES_HELP,
@@ -35,8 +36,6 @@ from kubeq.cli.common import (
     handle_errors,
 )
 from kubeq.cli.envfile import find_env_file, read_env_file
-
-__version__ = "0.1.0"  # kept equal to kubeq.__version__ by a test; importing kubeq is slower
 
 ENTRY_POINT_GROUP = "kubeq.commands"
 
