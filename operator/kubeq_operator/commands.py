@@ -293,7 +293,7 @@ def telemetry_command(
         if not no_live and sys.stdout.isatty():
             with Live(console=console, refresh_per_second=4) as view:
                 return await demo(on_snapshot=lambda s: view.update(render(ref, s)))
-        return await demo(on_snapshot=lambda s: console.print(line(ref, s), highlight=False))
+        return await demo(on_snapshot=lambda s: click.echo(line(ref, s)))  # never wrapped
 
     report = asyncio.run(main())
     print_report(console, report, out_dir)
