@@ -138,3 +138,13 @@ def test_help_imports_neither_redis_nor_pydantic() -> None:
     )
     assert "click" in modules
     assert not {"redis", "pydantic", "rich", "kubeq.protocol", "kubeq.app"} & modules
+
+
+def test_an_unreachable_url_from_the_env_file_says_where_it_came_from(tmp_path: Path) -> None:
+    from kubeq.redis_server import free_port
+
+    env_file = tmp_path / "env"
+    env_file.write_text(f"KUBEQ_REDIS_URL=redis://127.0.0.1:{free_port()}/0\n")
+    res = CliRunner().invoke(cli, ["stats"], env={**CLEAN_ENV, "KUBEQ_ENV_FILE": str(env_file)})
+    assert res.exit_code == 5
+    assert f"the URL is from {env_file}, written by `kubeq up`: is it running?" in res.stderr

@@ -134,9 +134,18 @@ class State:
         if self._client is None:
             # Reads the queue's published config (levels, limits): the first round trip,
             # so a bad URL, a dead server or wrong credentials surface here.
-            from kubeq.protocol import Client
+            from kubeq.protocol import Client, ConnectionFailed
 
-            self._client = Client.from_url(self.redis_url, self.queue, self.namespace)
+            try:
+                self._client = Client.from_url(self.redis_url, self.queue, self.namespace)
+            except ConnectionFailed as exc:
+                if self.origin.get("redis_url") != "env file":
+                    raise
+                raise CliError(
+                    f"{exc} (the URL is from {self.env_file}, written by `kubeq up`: is it "
+                    "running? Or pass --redis-url)",
+                    ExitCode.UNAVAILABLE,
+                ) from None
         return self._client
 
     def close(self) -> None:
