@@ -19,6 +19,7 @@ CLEAN_ENV: dict[str, str | None] = {
     "KUBEQ_REDIS_URL": None,
     "KUBEQ_QUEUE": None,
     "KUBEQ_NAMESPACE": None,
+    "KUBEQ_ENV_FILE": "",  # and any .kubeq/env of the working tree
 }
 
 Kubeq = Callable[..., Result]

@@ -120,6 +120,7 @@ class _Base:
 
     @property
     def keys(self) -> Any:
+        """The queue's key schema (QueueKeys): every key under one hash tag."""
         return self.ops.keys
 
     def _fail(self, exc: redis.exceptions.RedisError) -> BaseException:
@@ -152,6 +153,7 @@ class Client(_Base):
         return cls(r, config, clock=clock, where=where)
 
     def close(self) -> None:
+        """Close the connections (also on leaving a `with` block)."""
         self.redis.close()
 
     def __enter__(self) -> Client:
@@ -180,6 +182,7 @@ class Client(_Base):
         return pipe.execute()
 
     def run(self, op: Op) -> Any:
+        """Run one protocol operation (a QueueOps generator) against Redis."""
         try:
             req = next(op)
             while True:
@@ -205,6 +208,7 @@ class Client(_Base):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
+        """Enqueue one task and return its id (see docs/reference.md for the options)."""
         reqs = _requests_for_submit(
             type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
         )
@@ -214,14 +218,17 @@ class Client(_Base):
     def submit_many(
         self, tasks: Iterable[TaskRequest | Mapping[str, Any]], chunk_size: int = DEFAULT_CHUNK
     ) -> list[str]:
+        """Enqueue many tasks, one round trip per chunk; their ids, in order."""
         reqs = [_as_request(t) for t in tasks]
         return list(self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
 
     def status(self, task_id: str) -> Task:
+        """The task's record; TaskNotFound if there is none."""
         task: Task = self.run(self.ops.status(task_id, self.clock()))
         return task
 
     def cancel(self, task_id: str) -> str:
+        """Cancel a task: 'cancelled', 'requested' (running), 'finished', 'dead' or 'unknown'."""
         return str(self.run(self.ops.cancel(task_id, self.clock())))
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
@@ -250,6 +257,7 @@ class Client(_Base):
     # -- worker --------------------------------------------------------------------------
 
     def claim(self, worker: str, n: int, lease_ms: int | None = None) -> Claim:
+        """Pop up to `n` ready tasks and lease them to `worker`, in one script."""
         order = self.ops.serving_order(self.rng)
         claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
         return claim
@@ -261,12 +269,14 @@ class Client(_Base):
         info: WorkerInfo,
         lease_ms: int | None = None,
     ) -> HeartbeatReply:
+        """Extend all of a worker's leases in one call; the leases lost and cancelled."""
         reply: HeartbeatReply = self.run(
             self.ops.heartbeat(worker, held, self.clock(), info, lease_ms)
         )
         return reply
 
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Complete, retry, dead-letter or release leased tasks (fenced by token)."""
         return list(self.run(self.ops.settle(settlements, self.clock())))
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -279,29 +289,37 @@ class Client(_Base):
     # -- maintenance and admin ---------------------------------------------------------------
 
     def reap(self, limit: int = 1000) -> ReapReport:
+        """Return expired leases to their queues, expire results, drop silent workers."""
         report: ReapReport = self.run(self.ops.reap(self.clock(), limit))
         return report
 
     def expire_dead_letters(self, limit: int = 1000) -> int:
+        """Drop dead letters past the queue's retention; how many."""
         return int(self.run(self.ops.expire_dead_letters(self.clock(), limit)))
 
     def acquire_maintenance(self, owner: str, ttl_ms: int) -> bool:
+        """Take the short maintenance lock for `owner`; True if taken."""
         return bool(self.run(self.ops.acquire_lock(owner, ttl_ms)))
 
     def stats(self) -> QueueStats:
+        """Backlog per level, dead letters, workers and counters, in one round trip."""
         stats: QueueStats = self.run(self.ops.stats(self.clock()))
         return stats
 
     def workers(self) -> list[WorkerInfo]:
+        """The registered workers of the queue."""
         return list(self.run(self.ops.workers()))
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered tasks, oldest first, with their errors."""
         return list(self.run(self.ops.dead_letters(offset, limit)))
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> list[str]:
+        """Put dead-lettered tasks (these, or the oldest `limit`) back; their ids."""
         return list(self.run(self.ops.requeue_dead(ids, limit)))
 
     def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+        """Delete dead-lettered tasks for good; how many."""
         return int(self.run(self.ops.purge_dead(ids, limit)))
 
     def finished(self, page_size: int = 1000) -> Iterator[Task]:
@@ -314,9 +332,11 @@ class Client(_Base):
                 return
 
     def publish_config(self) -> None:
+        """Publish this client's queue config to Redis for producers and workers."""
         self.run(_single(self.ops.publish_config()))
 
     def ping(self) -> None:
+        """Check that Redis answers; ConnectionFailed otherwise."""
         try:
             self.redis.ping()
         except redis.exceptions.RedisError as exc:
