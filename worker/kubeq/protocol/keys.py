@@ -47,6 +47,28 @@ class QueueKeys:
         return f"{self.prefix}tasks"
 
     @property
+    def meta(self) -> str:
+        """HASH id -> "<level>|<max attempts>|<due ms>|<submit seq>", written by submit.
+
+        What scripts need of a task, in a form Lua splits without decoding user data: no
+        script ever decodes a task record, so no record can make a script fail midway.
+        """
+        return f"{self.prefix}meta"
+
+    @property
+    def seq(self) -> str:
+        """Counter numbering submitted tasks: FIFO among tasks due in the same ms."""
+        return f"{self.prefix}seq"
+
+    def claims(self, worker: str) -> str:
+        """HASH of one worker's last claim: its claim id and what each chunk leased.
+
+        Lives as long as a lease, so a claim retried after a lost reply returns the same
+        tasks instead of charging new attempts.
+        """
+        return f"{self.prefix}claims:{worker}"
+
+    @property
     def attempts(self) -> str:
         """HASH id -> attempts charged so far."""
         return f"{self.prefix}attempts"
@@ -139,6 +161,8 @@ class QueueKeys:
         return [
             *per_level,
             self.tasks,
+            self.meta,
+            self.seq,
             self.attempts,
             self.holders,
             self.fence,
