@@ -1008,7 +1008,7 @@ def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
 def _loads_dict(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -1041,13 +1041,22 @@ def _compose(task_id: str, record: str | None, outcome: str | None, status: Task
 
 def terminal_task(task_id: str, terminal: str) -> Task:
     """A Task from its terminal record {"task": ..., "outcome": ...}."""
-    parsed = _loads_dict(terminal) or {}
+    parsed = _loads_dict(terminal)
+    if parsed is None:
+        # A damaged task record inside it: the outcome, kubeq's own JSON, is still the tail.
+        head, sep, tail = terminal.rpartition(',"outcome":')
+        parsed = {"task": head.removeprefix('{"task":'), "outcome": _loads_dict(tail[:-1])}
     outcome = parsed.get("outcome") or {}
+    task = parsed.get("task")
+    try:
+        status = TaskStatus(outcome.get("status", "completed"))
+    except ValueError:
+        status = TaskStatus.COMPLETED
     return _compose(
         task_id,
-        _dumps(parsed.get("task")),
+        task if isinstance(task, str) else _dumps(task),
         _dumps(outcome),
-        TaskStatus(outcome.get("status", "completed")),
+        status,
     )
 
 

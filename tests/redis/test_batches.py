@@ -1,0 +1,121 @@
+"""Issue 9 item 1: every batch size the API allows is safe (no unbounded unpack in Lua)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from kubeq.protocol import MAX_SCRIPT_BATCH, Client, ConfigError, ScriptError, WorkerInfo
+from kubeq.protocol.ops import ScriptCall
+
+
+def test_50k_submit_then_10k_claim_heartbeat_and_settle_through_the_public_api(
+    client: Client,
+) -> None:
+    ids = client.submit_many({"type": "t", "payload": i} for i in range(50_000))
+    assert len(ids) == len(set(ids)) == 50_000
+    assert client.stats().ready == 50_000
+
+    claim = client.claim("w", 10_000)
+    assert len(claim.tasks) == 10_000 and not claim.malformed
+    assert [c.task.payload for c in claim.tasks] == list(range(10_000))  # FIFO across chunks
+    held = [(c.id, c.token, c.level_index) for c in claim.tasks]
+    beat = client.heartbeat("w", held, WorkerInfo(id="w", in_flight=10_000))
+    assert beat.lost == [] and beat.cancelled == []
+
+    settled = client.settle([client.ops.completion(c, c.task.payload, 0) for c in claim.tasks])
+    assert settled == [True] * 10_000
+    stats = client.stats()
+    assert (stats.ready, stats.in_flight, stats.counters["completed"]) == (40_000, 0, 10_000)
+    assert client.status(ids[9_999]).result == 9_999
+
+
+def test_10k_expired_leases_are_all_returned_by_one_reap(make_client: Callable[..., Client]) -> None:
+    client = make_client(lease_seconds=10, heartbeat_seconds=1)
+    client.submit_many({"type": "t"} for _ in range(10_000))
+    assert len(client.claim("w", 10_000).tasks) == 10_000
+    client.clock.advance(11)  # type: ignore[attr-defined]
+    report = client.reap()
+    assert len(report.requeued) == 10_000
+    assert client.stats().ready == 10_000
+
+
+def test_10k_dead_letters_requeue_and_purge_in_chunks(client: Client) -> None:
+    ids = client.submit_many({"type": "t", "max_attempts": 1} for _ in range(2_500))
+    claim = client.claim("w", 2_500)
+    client.settle(
+        [client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in claim.tasks]
+    )
+    assert client.stats().dead == 2_500
+    assert sorted(client.requeue_dead(ids)) == sorted(ids)
+    assert client.stats().ready == 2_500
+    again = client.claim("w", 2_500)
+    client.settle(
+        [client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in again.tasks]
+    )
+    assert client.purge_dead(ids) == 2_500
+    assert client.stats().dead == 0
+
+
+def _as_malformed(c):  # type: ignore[no-untyped-def]
+    from kubeq.protocol import MalformedClaim
+
+    return MalformedClaim(c.id, c.token, c.level_index, c.task.attempts, "x")
+
+
+@pytest.mark.parametrize("chunk", [0, -1, MAX_SCRIPT_BATCH + 1, 5_000, True, 2.5])
+def test_chunk_size_outside_the_script_bound_is_refused_before_anything_is_written(
+    client: Client, chunk: object
+) -> None:
+    with pytest.raises(ConfigError, match="chunk_size"):
+        client.submit_many([{"type": "t"}] * 10, chunk_size=chunk)  # type: ignore[arg-type]
+    assert client.stats().ready == 0
+
+
+@pytest.mark.parametrize("n", [-1, True, 1.5])
+def test_claim_size_must_be_a_non_negative_integer(client: Client, n: object) -> None:
+    with pytest.raises(ConfigError, match="claim size"):
+        client.claim("w", n)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("script", ["submit", "claim", "settle", "heartbeat", "purge"])
+def test_a_script_refuses_an_oversized_batch_whole(client: Client, script: str) -> None:
+    """Defence in depth: even a caller bypassing the ops gets a clear error, nothing written."""
+    client.submit("t")
+    before = client.redis.dbsize()
+    n = MAX_SCRIPT_BATCH + 1
+    k = client.keys
+    levels = len(client.ops.levels)
+    calls = {
+        "submit": (
+            [k.tasks, k.wake, k.counters, k.meta, k.seq, k.results]
+            + client.ops._ready
+            + client.ops._delayed,
+            [0, 0, 64, 1000, levels, n],
+        ),
+        "claim": (
+            [k.tasks, k.attempts, k.holders, k.fence, k.counters, k.rate_bucket, k.wake]
+            + [k.meta, k.claims("w"), *client.ops._per_level3],
+            [0, n, "w", 1000, levels, 1000, 0, 0, "", 0, 1, 2, 3],
+        ),
+        "settle": (
+            [k.tasks, k.attempts, k.holders, k.counters, k.cancelled, k.dead, k.dead_info]
+            + [k.wake, k.meta, k.results, k.results_expiry, *client.ops._per_level3],
+            [0, 1000, levels, n, k.done_channel, 1000],
+        ),
+        "heartbeat": (
+            [k.holders, k.cancelled, k.workers, k.worker_info, *client.ops._leases],
+            [0, "w", 1000, "{}", levels, n],
+        ),
+        "purge": ([k.tasks, k.attempts, k.dead, k.dead_info, k.meta], [n]),
+    }
+    keys, args = calls[script]
+    with pytest.raises(ScriptError, match="BADBATCH"):
+        client.run(_one(ScriptCall(script, keys, args)))
+    assert client.redis.dbsize() == before
+    assert client.stats().ready == 1
+
+
+def _one(call: ScriptCall):  # type: ignore[no-untyped-def]
+    return (yield call)
