@@ -31,7 +31,9 @@ def test_50k_submit_then_10k_claim_heartbeat_and_settle_through_the_public_api(
     assert client.status(ids[9_999]).result == 9_999
 
 
-def test_10k_expired_leases_are_all_returned_by_one_reap(make_client: Callable[..., Client]) -> None:
+def test_10k_expired_leases_are_all_returned_by_one_reap(
+    make_client: Callable[..., Client],
+) -> None:
     client = make_client(lease_seconds=10, heartbeat_seconds=1)
     client.submit_many({"type": "t"} for _ in range(10_000))
     assert len(client.claim("w", 10_000).tasks) == 10_000
@@ -44,16 +46,12 @@ def test_10k_expired_leases_are_all_returned_by_one_reap(make_client: Callable[.
 def test_10k_dead_letters_requeue_and_purge_in_chunks(client: Client) -> None:
     ids = client.submit_many({"type": "t", "max_attempts": 1} for _ in range(2_500))
     claim = client.claim("w", 2_500)
-    client.settle(
-        [client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in claim.tasks]
-    )
+    client.settle([client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in claim.tasks])
     assert client.stats().dead == 2_500
     assert sorted(client.requeue_dead(ids)) == sorted(ids)
     assert client.stats().ready == 2_500
     again = client.claim("w", 2_500)
-    client.settle(
-        [client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in again.tasks]
-    )
+    client.settle([client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in again.tasks])
     assert client.purge_dead(ids) == 2_500
     assert client.stats().dead == 0
 
