@@ -6,7 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
-from kubeq.protocol import MAX_SCRIPT_BATCH, Client, ConfigError, ScriptError, WorkerInfo
+from kubeq.protocol import (
+    MAX_SCRIPT_BATCH,
+    Client,
+    ConfigError,
+    ScriptError,
+    Settlement,
+    TaskRequest,
+    WorkerInfo,
+)
 from kubeq.protocol.ops import ScriptCall
 
 
@@ -18,11 +26,13 @@ def test_50k_submit_then_10k_claim_heartbeat_and_settle_through_the_public_api(
     assert client.stats().ready == 50_000
 
     claim = client.claim("w", 10_000)
-    assert len(claim.tasks) == 10_000 and not claim.malformed
+    assert len(claim.tasks) == 10_000
+    assert not claim.malformed
     assert [c.task.payload for c in claim.tasks] == list(range(10_000))  # FIFO across chunks
     held = [(c.id, c.token, c.level_index) for c in claim.tasks]
     beat = client.heartbeat("w", held, WorkerInfo(id="w", in_flight=10_000))
-    assert beat.lost == [] and beat.cancelled == []
+    assert beat.lost == []
+    assert beat.cancelled == []
 
     settled = client.settle([client.ops.completion(c, c.task.payload, 0) for c in claim.tasks])
     assert settled == [True] * 10_000
@@ -83,34 +93,20 @@ def test_a_script_refuses_an_oversized_batch_whole(client: Client, script: str) 
     client.submit("t")
     before = client.redis.dbsize()
     n = MAX_SCRIPT_BATCH + 1
-    k = client.keys
-    levels = len(client.ops.levels)
+    ops = client.ops
+    # Real calls built by the ops, with only the batch size forged: (call, index of N).
     calls = {
-        "submit": (
-            [k.tasks, k.wake, k.counters, k.meta, k.seq, k.results]
-            + client.ops._ready
-            + client.ops._delayed,
-            [0, 0, 64, 1000, levels, n],
-        ),
-        "claim": (
-            [k.tasks, k.attempts, k.holders, k.fence, k.counters, k.rate_bucket, k.wake]
-            + [k.meta, k.claims("w"), *client.ops._per_level3],
-            [0, n, "w", 1000, levels, 1000, 0, 0, "", 0, 1, 2, 3],
-        ),
-        "settle": (
-            [k.tasks, k.attempts, k.holders, k.counters, k.cancelled, k.dead, k.dead_info]
-            + [k.wake, k.meta, k.results, k.results_expiry, *client.ops._per_level3],
-            [0, 1000, levels, n, k.done_channel, 1000],
-        ),
-        "heartbeat": (
-            [k.holders, k.cancelled, k.workers, k.worker_info, *client.ops._leases],
-            [0, "w", 1000, "{}", levels, n],
-        ),
-        "purge": ([k.tasks, k.attempts, k.dead, k.dead_info, k.meta], [n]),
+        "submit": (next(ops.submit_many([TaskRequest("t")], 0)), 5),
+        "claim": (next(ops.claim("w", 1, 0, [0, 1, 2])), 1),
+        "settle": (next(ops.settle([Settlement("a", 1, 1, "complete")], 0)), 3),
+        "heartbeat": (next(ops.heartbeat("w", [], 0, WorkerInfo(id="w"))), 5),
+        "purge": (next(ops.purge_dead(["a"])), 0),
     }
-    keys, args = calls[script]
+    call, at = calls[script]
+    args = list(call.args)
+    args[at] = n
     with pytest.raises(ScriptError, match="BADBATCH"):
-        client.run(_one(ScriptCall(script, keys, args)))
+        client.run(_one(ScriptCall(script, call.keys, args)))
     assert client.redis.dbsize() == before
     assert client.stats().ready == 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from tests.conftest import FakeClock
 
 from kubeq.protocol import (
     MAX_PAYLOAD_DEPTH,
@@ -14,7 +15,6 @@ from kubeq.protocol import (
     PayloadTooDeep,
     TaskStatus,
 )
-from tests.conftest import FakeClock
 
 
 def _nested(depth: int) -> object:
@@ -55,7 +55,8 @@ def test_a_damaged_record_never_makes_reap_requeue_cancel_or_stats_fail(
     victim, *others = client.submit_many([{"type": "t", "payload": i} for i in range(3)])
     _corrupt(client, victim, record)
     stats = client.stats()  # the damaged record heads the ready list
-    assert stats.ready == 3 and stats.levels[1].oldest_enqueued_at == clock.now
+    assert stats.ready == 3
+    assert stats.levels[1].oldest_enqueued_at == clock.now
 
     claim = client.claim("w", 3)
     assert [m.task_id for m in claim.malformed] == [victim]
