@@ -54,15 +54,15 @@ def test_10k_expired_leases_are_all_returned_by_one_reap(
 
 
 def test_10k_dead_letters_requeue_and_purge_in_chunks(client: Client) -> None:
-    ids = client.submit_many({"type": "t", "max_attempts": 1} for _ in range(2_500))
-    claim = client.claim("w", 2_500)
+    ids = client.submit_many({"type": "t", "max_attempts": 1} for _ in range(10_000))
+    claim = client.claim("w", 10_000)
     client.settle([client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in claim.tasks])
-    assert client.stats().dead == 2_500
+    assert client.stats().dead == 10_000
     assert sorted(client.requeue_dead(ids)) == sorted(ids)
-    assert client.stats().ready == 2_500
-    again = client.claim("w", 2_500)
+    assert client.stats().ready == 10_000
+    again = client.claim("w", 10_000)
     client.settle([client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in again.tasks])
-    assert client.purge_dead(ids) == 2_500
+    assert client.purge_dead(ids) == 10_000
     assert client.stats().dead == 0
 
 
