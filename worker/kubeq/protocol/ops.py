@@ -1044,7 +1044,7 @@ def terminal_task(task_id: str, terminal: str) -> Task:
     parsed = _loads_dict(terminal)
     if parsed is None:
         # A damaged task record inside it: the outcome, kubeq's own JSON, is still the tail.
-        head, sep, tail = terminal.rpartition(',"outcome":')
+        head, _, tail = terminal.rpartition(',"outcome":')
         parsed = {"task": head.removeprefix('{"task":'), "outcome": _loads_dict(tail[:-1])}
     outcome = parsed.get("outcome") or {}
     task = parsed.get("task")
