@@ -46,7 +46,7 @@ def _ops(**kw: object) -> QueueOps:
 
 def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
     ops = _ops()
-    tid, level, delay_ms, eta_ms, key, meta_head, record = ops.encode_task(
+    tid, level, delay_ms, eta_ms, key, meta_head, record, chosen = ops.encode_task(
         TaskRequest(
             type='we"ird',
             payload={"é": [1, 2.5, None]},
@@ -68,7 +68,7 @@ def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
         "idempotency_key": "k",
         "payload": {"é": [1, 2.5, None]},
     }
-    assert (level, delay_ms, eta_ms, key, meta_head) == (3, 2500, 0, "k", "low|5")
+    assert (level, delay_ms, eta_ms, key, meta_head, chosen) == (3, 2500, 0, "k", "low|5|3500", 0)
 
 
 @pytest.mark.parametrize(

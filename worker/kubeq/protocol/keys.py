@@ -48,7 +48,7 @@ class QueueKeys:
 
     @property
     def meta(self) -> str:
-        """HASH id -> "<level>|<max attempts>|<due ms>|<submit seq>", written by submit.
+        """HASH id -> "<level>|<max attempts>|<enqueued ms>[|<seq>]", written by submit.
 
         What scripts need of a task, in a form Lua splits without decoding user data: no
         script ever decodes a task record, so no record can make a script fail midway.

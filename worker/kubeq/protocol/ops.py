@@ -137,8 +137,17 @@ def new_task_id() -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _quoted(text: str) -> str:
-    """JSON string literal of a task type: a handful of distinct values, encoded once."""
+def _type_literal(text: str) -> str:
+    """A task type, checked and as a JSON string literal: a handful of distinct values,
+    checked and encoded once each (exceptions are not cached)."""
+    if not text or len(text) > MAX_TYPE_LENGTH:
+        raise errors.InvalidTask(
+            f"task type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters"
+        )
+    try:
+        utf8_size(text)
+    except UnicodeEncodeError:
+        raise errors.InvalidText(f"task type {text!r} is not valid UTF-8") from None
     return _dumps(text)
 
 
@@ -147,18 +156,26 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _dumps = _ENCODER.encode
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def json_depth_exceeds(value: Any, limit: int) -> bool:
     """True when lists/dicts nest deeper than `limit` (iterative: no recursion to blow)."""
-    if not isinstance(value, dict | list | tuple):
+    if not isinstance(value, _CONTAINERS):
         return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    # Fast path for the common payload: one level of scalars.
+    top = value.values() if isinstance(value, dict) else value
+    nested = [c for c in top if isinstance(c, _CONTAINERS)]
+    if not nested:
+        return limit < 1
+    stack: list[tuple[Any, int]] = [(c, 2) for c in nested]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             return True
         children = item.values() if isinstance(item, dict) else item
         for child in children:
-            if isinstance(child, dict | list | tuple):
+            if isinstance(child, _CONTAINERS):
                 stack.append((child, depth + 1))
     return False
 
@@ -193,7 +210,7 @@ def _check_count(name: str, value: object, low: int, high: int | None = None) ->
     return value
 
 
-EncodedTask: TypeAlias = tuple[str, int, int, int, str | None, str, str]
+EncodedTask: TypeAlias = tuple[str, int, int, int, str | None, str, str, int]
 
 
 class QueueOps:
@@ -241,17 +258,12 @@ class QueueOps:
         """Validate one request.
 
         Returns (id, level index, delay ms, eta ms or 0, idempotency key, meta head,
-        record). Every way a request can be wrong raises an InvalidTask subclass here,
-        before anything reaches Redis.
+        record, 1 when the caller chose the id). Every way a request can be wrong raises
+        an InvalidTask subclass here, before anything reaches Redis.
         """
-        if not isinstance(req.type, str) or not req.type or len(req.type) > MAX_TYPE_LENGTH:
-            raise errors.InvalidTask(
-                f"task type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters"
-            )
-        try:
-            utf8_size(req.type)
-        except UnicodeEncodeError:
-            raise errors.InvalidText(f"task type {req.type!r} is not valid UTF-8") from None
+        if type(req.type) is not str:
+            raise errors.InvalidTask(f"task type must be a string, got {req.type!r}")
+        type_literal = _type_literal(req.type)
         level = self.level_index(req.priority)
         payload = self._encode_payload(req)
         delay_ms, eta_ms, due = self._timing(req, now)
@@ -266,12 +278,11 @@ class QueueOps:
                 utf8_size(key)
             except UnicodeEncodeError:
                 raise errors.InvalidText(f"idempotency key {key!r} is not valid UTF-8") from None
-        max_attempts = (
-            req.max_attempts if req.max_attempts is not None else self.config.max_attempts
-        )
-        if (
-            isinstance(max_attempts, bool)
-            or not isinstance(max_attempts, int)
+        max_attempts = req.max_attempts
+        if max_attempts is None:
+            max_attempts = self.config.max_attempts  # validated by QueueConfig
+        elif (
+            type(max_attempts) is not int  # not bool either
             or not 1 <= max_attempts <= MAX_ATTEMPTS_CAP
         ):
             raise errors.InvalidTask(
@@ -289,24 +300,28 @@ class QueueOps:
         quoted_key = "null" if key is None else _dumps(key)
         level_name = self.levels[level - 1]
         record = (
-            f'{{"id":"{task_id}{self._record_head}{_quoted(req.type)},'
+            f'{{"id":"{task_id}{self._record_head}{type_literal},'
             f'"priority":"{level_name}","max_attempts":{max_attempts},'
             f'"created_at":{now},"due_at":{due},"idempotency_key":{quoted_key},'
             f'"payload":{payload}}}'
         )
-        return task_id, level, delay_ms, eta_ms, key, f"{level_name}|{max_attempts}", record
+        meta_head = f"{level_name}|{max_attempts}|{due}"
+        return task_id, level, delay_ms, eta_ms, key, meta_head, record, int(req.id is not None)
 
     def _encode_payload(self, req: TaskRequest) -> str:
-        if json_depth_exceeds(req.payload, MAX_PAYLOAD_DEPTH):
-            raise errors.PayloadTooDeep(
-                f"payload of a {req.type!r} task nests deeper than {MAX_PAYLOAD_DEPTH} levels"
-            )
         try:
             payload = _dumps(req.payload)
-        except (TypeError, ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise self._too_deep(req) from None
+        except (TypeError, ValueError) as exc:
             raise errors.PayloadNotJSON(
                 f"payload of a {req.type!r} task is not JSON: {exc}"
             ) from None
+        # Walk the structure only when the text has enough brackets to be too deep.
+        if payload.count("[") + payload.count("{") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(
+            req.payload, MAX_PAYLOAD_DEPTH
+        ):
+            raise self._too_deep(req)
         try:
             size = utf8_size(payload)
         except UnicodeEncodeError as exc:
@@ -321,9 +336,17 @@ class QueueOps:
         return payload
 
     @staticmethod
+    def _too_deep(req: TaskRequest) -> errors.PayloadTooDeep:
+        return errors.PayloadTooDeep(
+            f"payload of a {req.type!r} task nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+        )
+
+    @staticmethod
     def _timing(req: TaskRequest, now: int) -> tuple[int, int, int]:
         """(delay ms, eta ms or 0, informational due ms) of a request."""
         delay, eta = req.delay, req.eta_ms
+        if delay is None and eta is None:
+            return 0, 0, now
         if delay is not None and (
             isinstance(delay, bool)
             or not isinstance(delay, int | float)
@@ -386,8 +409,9 @@ class QueueOps:
             self.config.idempotency_ttl * 1000,
             len(self.levels),
             len(chunk),
+            int(any(t[4] is not None or t[7] for t in chunk)),
         ]
-        for task_id, level, delay_ms, eta_ms, key, meta_head, record in chunk:
+        for task_id, level, delay_ms, eta_ms, key, meta_head, record, chosen in chunk:
             idem = 0
             if key is not None:
                 # One KEYS slot per distinct key: a key repeated within the chunk is one key.
@@ -395,7 +419,9 @@ class QueueOps:
                 if not idem:
                     idem_keys.append(k.idempotency(key))
                     idem = slots[key] = len(idem_keys)
-            args += [task_id, level, delay_ms, eta_ms, idem, meta_head, record]
+            # Only a caller-chosen id needs the existence check: a generated one is 128
+            # random bits.
+            args += [task_id, level, delay_ms, eta_ms, idem, meta_head, record, chosen]
         keys = [
             k.tasks,
             k.wake,

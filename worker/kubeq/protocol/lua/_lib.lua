@@ -21,14 +21,15 @@ local function sliced(cmd, key, items)
   end
 end
 
--- A task's meta field "<level name>|<max attempts>|<due ms>|<submit sequence>", or nil.
--- Scripts read this instead of the task record: Lua never decodes user data.
+-- A task's meta field "<level name>|<max attempts>|<enqueued ms>[|<submit sequence>]"
+-- (the sequence only for tasks submitted with a delay or ETA), or nil. Scripts read this
+-- instead of the task record: Lua never decodes user data.
 local function meta_of(raw)
   if not raw then return nil end
-  local level, max_attempts, due, seq = string.match(raw, '^([^|]+)|(%d+)|(%-?%d+)|(%d+)$')
+  local level, max_attempts, enqueued, seq = string.match(raw, '^([^|]+)|(%d+)|(%-?%d+)|?(%d*)$')
   if not level then return nil end
-  return {level = level, max_attempts = tonumber(max_attempts), due = tonumber(due),
-    seq = tonumber(seq)}
+  return {level = level, max_attempts = tonumber(max_attempts), enqueued = tonumber(enqueued),
+    seq = tonumber(seq) or 0}
 end
 
 -- Refuses a batch larger than MAX_BATCH before anything is written.

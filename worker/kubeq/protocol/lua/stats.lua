@@ -18,7 +18,7 @@ for lv = 0, L - 1 do
   local head = redis.call('LINDEX', ready, 0)
   if head then
     local m = meta_of(redis.call('HGET', KEYS[1], head))
-    if m then oldest = m.due end
+    if m then oldest = m.enqueued end
   end
   -- The oldest due delayed task has waited since its due time, longer than the list's head.
   local first_due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)

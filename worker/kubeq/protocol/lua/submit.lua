@@ -8,8 +8,11 @@
 -- KEYS[7+2L ..]         idempotency keys, referenced by index from the task tuples
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] max_backlog (0: unbounded)  ARGV[3] wake cap
 -- ARGV[4] idempotency TTL ms  ARGV[5] L (levels)  ARGV[6] N (tasks, at most MAX_BATCH)
--- then N tuples of 7: id, level index (1-based), delay ms, eta ms (0: none; absolute),
---   idempotency key index (0: none), meta head "<level>|<max attempts>", task record JSON
+-- ARGV[7] 1 when some task has an idempotency key or a caller-chosen id (else no checks)
+-- then N tuples of 8: id, level index (1-based), delay ms, eta ms (0: none; absolute),
+--   idempotency key index (0: none), meta "<level>|<max attempts>|<enqueued ms>" (the
+--   producer's clock: informational, for stats' oldest-task age), task record JSON,
+--   1 when the caller chose the id (checked to be new) or 0 (128 random bits: not checked)
 -- Returns: N ids (the first task's id on an idempotency hit), or, with nothing written,
 --   the error "QUEUEFULL <backlog> <max> <new>" or "TASKEXISTS <id>".
 local now = clock(ARGV[1])
@@ -19,17 +22,18 @@ local idem_ttl = ARGV[4]
 local L = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 local idem_base = 6 + 2 * L
-local T = 7
+local T = 8
 check_batch(n, 'submit')
 
 -- Read and decide; nothing is written before every check passed.
+local checks = ARGV[7] == '1'
 local owner = {}     -- idempotency key index -> the id that owns it
 local new_owner = {} -- idempotency key index -> true when this chunk takes the key
 local ids, fresh = {}, {}
 for i = 0, n - 1 do
-  local base = 7 + i * T
+  local base = 8 + i * T
   local id = ARGV[base]
-  local idem = tonumber(ARGV[base + 4])
+  local idem = checks and tonumber(ARGV[base + 4]) or 0
   local is_fresh = true
   if idem > 0 then
     local o = owner[idem]
@@ -47,7 +51,8 @@ for i = 0, n - 1 do
   end
   if is_fresh then
     -- A caller-chosen id must be new: anywhere (pending, running, dead, finished).
-    if redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('HEXISTS', KEYS[6], id) == 1 then
+    if checks and ARGV[base + 7] == '1'
+      and (redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('HEXISTS', KEYS[6], id) == 1) then
       return redis.error_reply('TASKEXISTS ' .. id)
     end
     fresh[#fresh + 1] = i
@@ -69,11 +74,13 @@ end
 
 -- Write: one command per structure (per slice), not per task.
 local seq = redis.call('INCRBY', KEYS[5], #fresh) - #fresh
+-- A task ready now keeps its meta as sent (the list keeps its order); one due later gets
+-- a sequence number, so tasks due in the same ms are promoted in submission order.
 local records, metas = {}, {}
 local ready_ids, delayed_args = {}, {}
 local ready_now = 0
 for k, i in ipairs(fresh) do
-  local base = 7 + i * T
+  local base = 8 + i * T
   local id = ARGV[base]
   local level = tonumber(ARGV[base + 1])
   local eta = tonumber(ARGV[base + 3])
@@ -82,13 +89,14 @@ for k, i in ipairs(fresh) do
   records[#records + 1] = id
   records[#records + 1] = ARGV[base + 6]
   metas[#metas + 1] = id
-  metas[#metas + 1] = ARGV[base + 5] .. '|' .. due .. '|' .. (seq + k)
   if due > now then
+    metas[#metas + 1] = ARGV[base + 5] .. '|' .. tostring(seq + k)
     delayed_args[level] = delayed_args[level] or {}
     local d = delayed_args[level]
     d[#d + 1] = due
     d[#d + 1] = id
   else
+    metas[#metas + 1] = ARGV[base + 5]
     ready_ids[level] = ready_ids[level] or {}
     local r = ready_ids[level]
     r[#r + 1] = id
