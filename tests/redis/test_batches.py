@@ -58,6 +58,11 @@ def test_10k_dead_letters_requeue_and_purge_in_chunks(client: Client) -> None:
     claim = client.claim("w", 10_000)
     client.settle([client.ops.dead_letter_malformed(_as_malformed(c), "w", 0) for c in claim.tasks])
     assert client.stats().dead == 10_000
+    listed = client.dead_letters(offset=500, limit=20_000)  # read in pages of 1,000
+    assert [d.task.id for d in listed] == [d.task.id for d in client.dead_letters(limit=10_000)][
+        500:
+    ]
+    assert len(listed) == 9_500
     assert sorted(client.requeue_dead(ids)) == sorted(ids)
     assert client.stats().ready == 10_000
     again = client.claim("w", 10_000)

@@ -899,11 +899,21 @@ class QueueOps:
         return sorted(out, key=lambda w: w.id)
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> Op:
+        """Dead letters from `offset`, oldest first, read in pages of MAX_SCRIPT_BATCH."""
         _check_count("offset", offset, 0)
-        _check_count("limit", limit, 1, MAX_SCRIPT_BATCH)
-        listed = _scored(
-            (yield Command(("ZRANGE", self.keys.dead, offset, offset + limit - 1, "WITHSCORES")))
-        )
+        _check_count("limit", limit, 1)
+        out: list[DeadLetter] = []
+        while len(out) < limit:
+            start = offset + len(out)
+            stop = start + min(limit - len(out), MAX_SCRIPT_BATCH) - 1
+            page = yield from self._dead_page(start, stop)
+            out += page
+            if len(page) < stop - start + 1:
+                break
+        return out
+
+    def _dead_page(self, start: int, stop: int) -> Op:
+        listed = _scored((yield Command(("ZRANGE", self.keys.dead, start, stop, "WITHSCORES"))))
         ids = [member for member, _ in listed]
         if not ids:
             return []
