@@ -9,6 +9,7 @@ import pytest
 
 import redis
 from kubeq.protocol import (
+    AsyncClient,
     Client,
     InvalidText,
     PermissionDenied,
@@ -132,3 +133,18 @@ def test_an_idle_wait_longer_than_the_socket_timeout_is_not_an_unreachable_redis
     cfg = QueueConfig(name="idle")
     with Client.from_url(redis_url, "idle", config=cfg, timeout=0.5) as client:
         assert client.wait_for_work(1.5) is False
+
+
+async def test_the_async_client_has_the_same_edges(redis_url: str) -> None:
+    cfg = QueueConfig(name="async-edges")
+    async with await AsyncClient.from_url(redis_url, "async-edges", config=cfg) as client:
+        assert await client.eviction_policy() == "noeviction"
+        await client.submit_many([{"type": "t"}] * 3)
+        lost = await client.claim("w", 3, claim_id="c")
+        again = await client.claim("w", 3, claim_id="c")
+        assert [c.token for c in again.tasks] == [c.token for c in lost.tasks]
+        assert (await client.stats()).in_flight == 3  # EVALSHA_RO through asyncio
+        with pytest.raises(InvalidText):
+            await client.cancel("\udc00")
+        await client.redis.delete(client.keys.wake)
+        assert await client.wait_for_work(0.05) is False
