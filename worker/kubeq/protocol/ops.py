@@ -234,6 +234,7 @@ class QueueOps:
         self._weights = [p.weight for p in config.priorities]
         self._record_head = f'","queue":{_dumps(config.full_name)},"type":'
         self._lease_ms = int(config.lease_seconds * 1000)
+        self._default_level = config.default_level
 
     def _level_keys3(self, i: int) -> tuple[str, str, str]:
         return self._ready[i], self._delayed[i], self._leases[i]
@@ -243,7 +244,7 @@ class QueueOps:
         return 0 if self.server_clock else now
 
     def level_index(self, priority: str | None) -> int:
-        name = priority if priority is not None else self.config.default_level
+        name = priority if priority is not None else self._default_level
         try:
             return self._level_index[name]
         except (KeyError, TypeError):

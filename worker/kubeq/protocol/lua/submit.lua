@@ -73,7 +73,7 @@ if #fresh == 0 then
 end
 
 -- Write: one command per structure (per slice), not per task.
-local seq = redis.call('INCRBY', KEYS[5], #fresh) - #fresh
+local seq = nil  -- taken from the counter only when a task of this chunk is not due yet
 -- A task ready now keeps its meta as sent (the list keeps its order); one due later gets
 -- a sequence number, so tasks due in the same ms are promoted in submission order.
 local records, metas = {}, {}
@@ -90,6 +90,7 @@ for k, i in ipairs(fresh) do
   records[#records + 1] = ARGV[base + 6]
   metas[#metas + 1] = id
   if due > now then
+    seq = seq or (redis.call('INCRBY', KEYS[5], #fresh) - #fresh)
     metas[#metas + 1] = ARGV[base + 5] .. '|' .. tostring(seq + k)
     delayed_args[level] = delayed_args[level] or {}
     local d = delayed_args[level]
