@@ -65,3 +65,23 @@ def test_one_reap_returns_every_expired_lease_and_result(
     assert len(report.requeued) == 3_000
     assert report.results_expired == 2_500
     assert client.redis.hlen(client.keys.results) == 0
+
+
+def test_dead_letters_from_expired_leases_prune_old_ones_too(
+    make_client: Callable[..., Client], clock: FakeClock
+) -> None:
+    client = make_client(
+        dead_letter_retention_seconds=10, max_attempts=1, lease_seconds=5, heartbeat_seconds=1
+    )
+
+    def lose(n: int) -> list[str]:
+        ids = client.submit_many([{"type": "t"}] * n)
+        client.claim("w", n)
+        clock.advance(6)
+        assert sorted(client.reap().dead) == sorted(ids)
+        return ids
+
+    lose(300)
+    clock.advance(11)
+    new = lose(300)
+    assert sorted(d.task.id for d in client.dead_letters(limit=1000)) == sorted(new)

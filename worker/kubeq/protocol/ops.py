@@ -765,6 +765,7 @@ class QueueOps:
             self.config.result_ttl_seconds * 1000,
             int(self.config.lease_seconds * 1000 * WORKER_TTL_FACTOR),
             self.config.max_attempts,
+            self.config.dead_letter_retention_seconds * 1000,
         ]
         keys = [
             k.tasks,

@@ -12,6 +12,7 @@
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] L  ARGV[3] limit (expired leases in all, and
 -- expired results; at most MAX_BATCH)  ARGV[4] done channel  ARGV[5] result TTL ms
 -- ARGV[6] worker TTL ms  ARGV[7] the queue's max attempts (for a task without meta)
+-- ARGV[8] dead-letter retention ms
 -- Returns: {requeued ids, dead-lettered ids, cancelled ids, number of results expired,
 --           1 when the limit was reached (call again: more may be waiting), else 0}
 local now = clock(ARGV[1])
@@ -72,6 +73,8 @@ if #requeued > 0 then
 end
 if #dead > 0 then
   redis.call('HINCRBY', KEYS[4], 'dead', #dead)
+  prune_dead(KEYS[6], KEYS[7], KEYS[1], KEYS[2], KEYS[13], now - tonumber(ARGV[8]),
+    #dead + PRUNE_EXTRA)
 end
 if #cancelled > 0 then
   redis.call('HINCRBY', KEYS[4], 'cancelled', #cancelled)
