@@ -40,7 +40,9 @@ for i = 0, n - 1 do
   ids[#ids + 1] = ARGV[a]
 end
 local holders = redis.call('HMGET', KEYS[3], unpack(ids))
-local flagged = redis.call('SMISMEMBER', KEYS[5], unpack(ids))
+-- Cancel flags are rare: look them up only when there are any.
+local any_flagged = redis.call('SCARD', KEYS[5]) > 0
+local flagged = any_flagged and redis.call('SMISMEMBER', KEYS[5], unpack(ids)) or {}
 local applied, seen = {}, {}
 local out = {}
 for i = 0, n - 1 do
@@ -58,14 +60,14 @@ for i = 0, n - 1 do
 end
 if #applied == 0 then return out end
 local done_ids, gone_holders = {}, {}
-local finished = {}
+local finished, sticky = {}, {}
 for _, i in ipairs(applied) do
   local a = 8 + i * T - 1
   local action = ARGV[a + 4]
   if (action == 'retry' or action == 'release') and flagged[i + 1] == 1 then
-    action = 'sticky_cancel'
-  end
-  if action == 'complete' or action == 'cancel' or action == 'sticky_cancel' then
+    sticky[#sticky + 1] = ARGV[a]
+    finished[#finished + 1] = ARGV[a]
+  elseif action == 'complete' or action == 'cancel' then
     finished[#finished + 1] = ARGV[a]
   end
 end
@@ -73,11 +75,11 @@ local records = {}
 local counted = {}
 if #finished > 0 then
   local r = redis.call('HMGET', KEYS[1], unpack(finished))
-  local c = redis.call('HMGET', KEYS[2], unpack(finished))
-  for j, id in ipairs(finished) do
-    records[id] = r[j]
-    counted[id] = c[j]
-  end
+  for j, id in ipairs(finished) do records[id] = r[j] end
+end
+if #sticky > 0 then
+  local c = redis.call('HMGET', KEYS[2], unpack(sticky))
+  for j, id in ipairs(sticky) do counted[id] = c[j] end
 end
 
 -- Write.
@@ -156,7 +158,9 @@ for key, members in pairs(release_front) do
 end
 sliced('HDEL', KEYS[3], gone_holders)
 -- The cancel flag goes only with a terminal ending (the others were turned into one).
-sliced('SREM', KEYS[5], gone_holders)
+if any_flagged then
+  sliced('SREM', KEYS[5], gone_holders)
+end
 for key, members in pairs(gone_leases) do
   sliced('ZREM', KEYS[key], members)
 end
