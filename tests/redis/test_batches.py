@@ -118,3 +118,14 @@ def test_a_script_refuses_an_oversized_batch_whole(client: Client, script: str) 
 
 def _one(call: ScriptCall):  # type: ignore[no-untyped-def]
     return (yield call)
+
+
+def test_a_forged_submit_tuple_is_refused_before_anything_is_written(client: Client) -> None:
+    call = next(client.ops.submit_many([TaskRequest("t", delay=5), TaskRequest("t")], 0))
+    args = list(call.args)
+    args[8 + 8 + 1] = 99  # the second task's level index: no such level
+    before = client.redis.dbsize()
+    with pytest.raises(ScriptError, match="BADSUBMIT"):
+        client.run(_one(ScriptCall("submit", call.keys, args)))
+    assert client.redis.dbsize() == before
+    assert client.redis.get(client.keys.seq) is None  # not even the sequence counter

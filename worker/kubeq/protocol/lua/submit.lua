@@ -72,36 +72,46 @@ if #fresh == 0 then
   return ids
 end
 
--- Write: one command per structure (per slice), not per task.
-local seq = nil  -- taken from the counter only when a task of this chunk is not due yet
--- A task ready now keeps its meta as sent (the list keeps its order); one due later gets
--- a sequence number, so tasks due in the same ms are promoted in submission order.
+-- Build every argument list (still no write; a malformed tuple is refused here). A task
+-- ready now keeps its meta as sent (the list keeps its order); one due later gets a
+-- sequence number, so tasks due in the same ms are promoted in submission order.
 local records, metas = {}, {}
 local ready_ids, delayed_args = {}, {}
 local ready_now = 0
+local sequenced = {}  -- {position in metas, rank among fresh tasks}
 for k, i in ipairs(fresh) do
   local base = 8 + i * T
   local id = ARGV[base]
-  local level = tonumber(ARGV[base + 1])
-  local eta = tonumber(ARGV[base + 3])
-  local due = now + tonumber(ARGV[base + 2])
+  local level, delay, eta = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  if not level or level < 1 or level > L or not delay or not eta then
+    return redis.error_reply('BADSUBMIT task ' .. id .. ': level ' .. ARGV[base + 1] ..
+      ', delay ' .. ARGV[base + 2] .. ', eta ' .. ARGV[base + 3])
+  end
+  local due = now + delay
   if eta > 0 then due = math.max(now, eta) end
   records[#records + 1] = id
   records[#records + 1] = ARGV[base + 6]
   metas[#metas + 1] = id
+  metas[#metas + 1] = ARGV[base + 5]
   if due > now then
-    seq = seq or (redis.call('INCRBY', KEYS[5], #fresh) - #fresh)
-    metas[#metas + 1] = ARGV[base + 5] .. '|' .. tostring(seq + k)
+    sequenced[#sequenced + 1] = {#metas, k}
     delayed_args[level] = delayed_args[level] or {}
     local d = delayed_args[level]
     d[#d + 1] = due
     d[#d + 1] = id
   else
-    metas[#metas + 1] = ARGV[base + 5]
     ready_ids[level] = ready_ids[level] or {}
     local r = ready_ids[level]
     r[#r + 1] = id
     ready_now = ready_now + 1
+  end
+end
+
+-- Write: one command per structure (per slice), not per task.
+if #sequenced > 0 then
+  local seq = redis.call('INCRBY', KEYS[5], #fresh) - #fresh
+  for _, e in ipairs(sequenced) do
+    metas[e[1]] = metas[e[1]] .. '|' .. tostring(seq + e[2])
   end
 end
 for idem, _ in pairs(new_owner) do
