@@ -197,6 +197,21 @@ class DeadLetter(_Model):
 
 class Results(_Model):
     ttl_seconds: int = Field(default=86400, ge=1, le=31536000)
+    idempotency_ttl_seconds: int | None = Field(default=None, ge=1, le=31536000)
+
+    @model_validator(mode="after")
+    def _idempotency_within_results(self) -> Results:
+        if (
+            self.idempotency_ttl_seconds is not None
+            and self.idempotency_ttl_seconds > self.ttl_seconds
+        ):
+            raise _cross_field(
+                "idempotencyTtlSeconds",
+                "must be <= ttlSeconds ({idem} > {ttl})",
+                idem=self.idempotency_ttl_seconds,
+                ttl=self.ttl_seconds,
+            )
+        return self
 
 
 class Lease(_Model):
@@ -317,6 +332,7 @@ class TaskQueueSpec(_Model):
     lease: Lease = Lease()
     max_backlog: int | None = Field(default=None, ge=1)
     max_payload_bytes: int = Field(default=1048576, ge=1, le=67108864)
+    max_result_bytes: int = Field(default=1048576, ge=1, le=67108864)
     worker: Worker
     autoscaling: Autoscaling = Autoscaling()
     replicas: int | None = Field(default=None, ge=0, le=1000)
@@ -348,9 +364,11 @@ class TaskQueueSpec(_Model):
                 lease_seconds=self.lease.duration_seconds,
                 heartbeat_seconds=self.lease.heartbeat_seconds,
                 result_ttl_seconds=self.results.ttl_seconds,
+                idempotency_ttl_seconds=self.results.idempotency_ttl_seconds,
                 dead_letter_retention_seconds=self.dead_letter.retention_seconds,
                 max_backlog=self.max_backlog,
                 max_payload_bytes=self.max_payload_bytes,
+                max_result_bytes=self.max_result_bytes,
                 rate_limit=(
                     None
                     if self.rate_limit is None

@@ -15,12 +15,12 @@ from kubeq.protocol import Client, InvalidTask, QueueKeys
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--delay", "1e300"), "delay must be a number of seconds up to"),
-        (("--delay", "inf"), "delay must be a number of seconds up to"),
-        (("--delay", "nan"), "delay must be a number of seconds up to"),
+        (("--delay", "1e300"), "delay must be a finite number of seconds"),
+        (("--delay", "inf"), "delay must be a finite number of seconds"),
+        (("--delay", "nan"), "delay must be a finite number of seconds"),
         (("--max-attempts", str(10**30)), "max_attempts must be an integer from 1 to 1000"),
         (("--max-attempts", "1001"), "max_attempts must be an integer from 1 to 1000"),
-        (("--eta", "9999-12-31T00:00:00"), "eta must be"),
+        (("--eta", "9999-12-31T00:00:00"), "eta_ms must be"),
     ],
 )
 def test_submit_refuses_out_of_range_numbers(

@@ -46,7 +46,7 @@ def _ops(**kw: object) -> QueueOps:
 
 def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
     ops = _ops()
-    tid, level, due, key, record = ops.encode_task(
+    tid, level, delay_ms, eta_ms, key, meta_head, record, chosen = ops.encode_task(
         TaskRequest(
             type="we.ird",
             payload={"é": [1, 2.5, None], 'q"uote': "x"},
@@ -68,7 +68,7 @@ def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
         "idempotency_key": "k",
         "payload": {"é": [1, 2.5, None], 'q"uote': "x"},
     }
-    assert (level, due, key) == (3, 3500, "k")
+    assert (level, delay_ms, eta_ms, key, meta_head, chosen) == (3, 2500, 0, "k", "low|5|3500", 0)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
         (TaskRequest(type="x", payload="a" * 2000), PayloadTooLarge, "limit"),
         (TaskRequest(type="x", payload="é" * 600), PayloadTooLarge, "1202 bytes"),
         (TaskRequest(type="x", priority="urgent"), UnknownPriority, "levels are high, default"),
-        (TaskRequest(type="x", delay=-1), InvalidTask, "negative"),
+        (TaskRequest(type="x", delay=-1), InvalidTask, "finite number of seconds"),
         (TaskRequest(type=""), InvalidTask, "task type must be 1-200 characters"),
         (TaskRequest(type="x", max_attempts=0), InvalidTask, "max_attempts"),
         (TaskRequest(type="x", idempotency_key=""), InvalidTask, "idempotency key"),
@@ -142,7 +142,7 @@ def test_failure_retries_until_attempts_run_out_or_the_error_is_permanent(
 
 def test_a_result_that_is_not_json_is_refused_before_it_reaches_redis() -> None:
     with pytest.raises(PayloadNotJSON):
-        QueueOps.completion(_claimed(1), object(), 0)
+        _ops().completion(_claimed(1), object(), 0)
 
 
 @pytest.mark.parametrize(
@@ -193,4 +193,4 @@ def test_task_types_follow_the_safe_pattern(bad: str) -> None:
 
 @pytest.mark.parametrize("good", ["t", "telemetry.ingest", "images/resize:v2", "a_b-c+d@e"])
 def test_task_types_of_the_safe_pattern_are_accepted(good: str) -> None:
-    assert _ops().encode_task(TaskRequest(type=good), now=0)[4]
+    assert _ops().encode_task(TaskRequest(type=good), now=0)[6]

@@ -180,26 +180,63 @@ def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any)
 
 
 def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | None:
-    """The kubeq error for a redis-py exception, or None when it is not a known kind."""
+    """The kubeq error for a redis-py exception; None only for what is not Redis's.
+
+    Every error reply becomes a KubeqError: a caller never meets a raw redis-py error.
+    """
     text = str(exc)
     if isinstance(exc, redis.exceptions.NoPermissionError) or (
         isinstance(exc, redis.exceptions.ResponseError)
         # Inside a script, Redis 7 reports an ACL refusal as ERR, not NOPERM.
         and (text.startswith("NOPERM") or "The user executing the script can't" in text)
     ):
-        return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
+        return errors.PermissionDenied(f"{where} denied this ACL user (NOPERM): {text}")
     if isinstance(exc, redis.exceptions.AuthenticationError) or (
         isinstance(exc, redis.exceptions.ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
     ):
         return errors.AuthenticationFailed(f"{where} refused the credentials: {text}")
-    if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("QUEUEFULL"):
-        _, backlog, limit, fresh = text.split()
+    # redis-py strips the code of the replies it maps to its own classes.
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return errors.PermissionDenied(f"{where} denied this ACL user: NOPERM {text}")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return errors.RedisOutOfMemory(
+            f"{where} is out of memory (maxmemory reached); nothing was written: OOM {text}"
+        )
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return errors.ConnectionFailed(f"{where} is a read-only replica (failover?): {text}")
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return _reply_error(text, where)
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+        return errors.ConnectionFailed(f"{where} is unreachable: {text or type(exc).__name__}")
+    if isinstance(exc, redis.exceptions.RedisError):
+        return errors.ProtocolError(f"{where} failed: {type(exc).__name__}: {text}")
+    return None
+
+
+def _reply_error(text: str, where: str) -> errors.KubeqError:
+    """An error reply from Redis or from one of kubeq's scripts, by its leading code."""
+    # Redis prefixes a script's own error replies with nothing, its runtime errors with
+    # "ERR user_script..." or "ERR Error running script"; codes may follow either.
+    code, _, rest = text.partition(" ")
+    if code == "NOPERM" or "NOPERM" in text.split(":")[0]:
+        return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
+    if code == "OOM" or text.startswith("-OOM") or " OOM " in f" {text} ":
+        return errors.RedisOutOfMemory(
+            f"{where} is out of memory (maxmemory reached); nothing was written: {text}"
+        )
+    if code == "QUEUEFULL":
+        backlog, limit, fresh = rest.split()
         return errors.QueueFull(
             f"queue is full: backlog {backlog} + {fresh} new tasks would exceed maxBacklog {limit}"
         )
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
-        return errors.ConnectionFailed(f"{where} is unreachable: {text or type(exc).__name__}")
-    return None
+    if code == "TASKEXISTS":
+        return errors.TaskExists(
+            f"task id {rest} is already in use (pending, running, dead or finished): "
+            "choose a new id, or use an idempotency key to make a resubmit return it"
+        )
+    if code in ("BADBATCH", "BADSETTLE", "BADSUBMIT", "PROTOCOL"):
+        return errors.ScriptError(f"{where} refused a protocol call: {text}")
+    return errors.ScriptError(f"{where} answered an error: {text}")
 
 
 @contextlib.contextmanager
