@@ -106,3 +106,80 @@ def in_process(payload: int, ctx: TaskContext) -> int:
     import os
 
     return payload * 2 + 0 * os.getpid()
+
+
+# -- handlers that break the contract in every way a handler can (issue 9 item 4, 10 item 7)
+
+#: runs per task id of the hostile handlers below (in-process workers only)
+RUNS: dict[str, int] = {}
+
+
+def _count(ctx: TaskContext) -> None:
+    RUNS[ctx.task_id] = RUNS.get(ctx.task_id, 0) + 1
+
+
+@app.task("raises_cancelled")
+async def raises_cancelled(payload: Any, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise asyncio.CancelledError("the handler's own CancelledError")
+
+
+@app.task("raises_base")
+async def raises_base(kind: str, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise {"exit": SystemExit, "interrupt": KeyboardInterrupt, "genexit": GeneratorExit}[kind]()
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ is broken")
+
+
+@app.task("unprintable")
+async def unprintable(payload: Any, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise Unprintable()
+
+
+@app.task("too_deep")
+async def too_deep(payload: Any, ctx: TaskContext) -> Any:
+    _count(ctx)
+    out: list[Any] = []
+    for _ in range(100_000):
+        out = [out]
+    return out
+
+
+@app.task("lone_surrogate")
+async def lone_surrogate(payload: Any, ctx: TaskContext) -> str:
+    _count(ctx)
+    return "bad \udc80 text"
+
+
+class Strict(BaseModel):
+    value: int
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Strict:
+        raise LookupError("a validator that raises something other than ValidationError")
+
+
+@app.task("validator_raises", payload_model=Strict)
+async def validator_raises(payload: Strict, ctx: TaskContext) -> None:
+    _count(ctx)
+
+
+@app.task("bad_retry_delay")
+async def bad_retry_delay(delay: str, ctx: TaskContext) -> None:
+    _count(ctx)
+    exc = Retry()
+    exc.delay = float(delay)  # set after construction: the constructor cannot catch it
+    raise exc
+
+
+@app.task("sync_raises_base")
+def sync_raises_base(kind: str, ctx: TaskContext) -> None:
+    raise {"exit": SystemExit, "interrupt": KeyboardInterrupt}[kind]()

@@ -53,7 +53,7 @@ def runner() -> TaskRunner:
 def test_a_decorated_handler_stays_callable_and_registers_once() -> None:
     app = App("t")
 
-    @app.task("double", max_attempts=2)
+    @app.task("double", max_attempts=2, executor="thread")
     def double(payload: int, ctx: TaskContext) -> int:
         return payload * 2
 
@@ -61,6 +61,12 @@ def test_a_decorated_handler_stays_callable_and_registers_once() -> None:
     assert double(3, ctx) == 6
     assert app.tasks["double"] is double
     assert double.options.executor == "thread"
+    # Sync handlers default to a child process, which imports them by name.
+    assert kubeq_test_apps.sync_sleep.options.executor == "process"
+    with pytest.raises(TypeError, match="module level"):
+
+        @app.task("local_sync")
+        def local_sync(payload: int, ctx: TaskContext) -> None: ...
     with pytest.raises(ValueError, match="already registered"):
         app.task("double")(lambda p, c: None)
     with pytest.raises(TypeError, match="plain function"):
@@ -82,11 +88,12 @@ def test_submit_shortcuts_use_the_bound_queue(redis_url: str) -> None:
     try:
         tid = ingest.submit(kubeq_test_apps.Reading(sensor="a", value=1.0), priority="high")
         task = app.client().status(tid)
+        # The handler's max_attempts is the worker's to apply, not copied into the record.
         assert (task.type, task.payload, task.priority, task.max_attempts) == (
             "ingest",
             {"sensor": "a", "value": 1.0},
             "high",
-            2,
+            cfg.max_attempts,
         )
     finally:
         app.close()
@@ -122,8 +129,9 @@ async def test_outcomes_map_exceptions_to_settlements(runner: TaskRunner) -> Non
     cancelled = runner.cancelled(claimed("x"))
     assert (cancelled.settlement.action, cancelled.event) == ("cancel", "cancelled")
     assert runner.released(claimed("x")).settlement.action == "release"
-    with pytest.raises(ValueError, match="negative"):
-        Retry(delay=-1)
+    for bad in (-1, float("inf"), float("nan"), "1"):
+        with pytest.raises(ValueError, match="finite number"):
+            Retry(delay=bad)  # type: ignore[arg-type]
 
 
 def test_breaker_opens_backs_off_with_jitter_and_probes_once() -> None:

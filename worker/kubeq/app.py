@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,30 @@ class TaskContext:
     type: str
     logger: logging.Logger = field(default=log, repr=False)
     last_progress: Any = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def stopped(self) -> bool:
+        """True once the worker stopped this attempt (timeout, cancel, lost lease, drain).
+
+        Only `executor="thread"` handlers need it: a thread cannot be killed, so a thread
+        handler checks this between steps and returns. Async handlers are cancelled and
+        process handlers killed instead.
+        """
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def fields(self) -> dict[str, Any]:
+        """What a child process needs to rebuild this context."""
+        return {
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "queue": self.queue,
+            "priority": self.priority,
+            "type": self.type,
+        }
 
     def progress(self, value: Any) -> None:
         """Best effort progress report: kept on the context and logged at DEBUG."""
@@ -91,11 +116,9 @@ class TaskHandle(Generic[P, R]):
         return f"<kubeq task {self.name!r} of app {self.app.name!r}>"
 
     def _submit_args(self, payload: Any, opts: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
-        if opts.get("max_attempts") is None and self.options.max_attempts is not None:
-            opts["max_attempts"] = self.options.max_attempts
-        return {"payload": payload, **opts}
+        # The handler's max_attempts is not copied into the record: the worker applies it
+        # whatever the submit path (precedence: per-task override > handler > queue).
+        return {"payload": json_payload(payload), **opts}
 
     def submit(self, payload: Any = None, *, client: Client | None = None, **opts: Any) -> str:
         """Enqueue one task; options as `Client.submit` (priority, delay, eta_ms, ...)."""
@@ -166,9 +189,16 @@ class App:
                     f"{task_name}: async handlers run on the event loop; "
                     f"executor={executor!r} needs a plain function"
                 )
+            # Sync handlers run in child processes the worker can kill; threads only when
+            # asked for (a thread cannot be stopped, only told to stop: ctx.stopped()).
             kind: Literal["loop", "thread", "process"] = (
-                "loop" if is_async else "thread" if executor == "auto" else executor
+                "loop" if is_async else "process" if executor == "auto" else executor
             )
+            if kind == "process" and "<locals>" in getattr(fn, "__qualname__", ""):
+                raise TypeError(
+                    f"{task_name}: a sync handler runs in a child process that imports it by "
+                    "name, so it must be defined at module level (or pass executor='thread')"
+                )
             options = TaskOptions(
                 task_name,
                 max_attempts,
@@ -226,6 +256,13 @@ class App:
             await c.close()
 
 
+def json_payload(payload: Any) -> Any:
+    """A pydantic model becomes its JSON-mode dump; anything else is left as it is."""
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    return payload
+
+
 def load_app(ref: str) -> App:
     """Import `module:attribute` (attribute defaults to `app`) and check it is an App."""
     module_name, _, attr = ref.partition(":")
@@ -236,12 +273,3 @@ def load_app(ref: str) -> App:
     if not isinstance(obj, App):
         raise TypeError(f"{ref} is a {type(obj).__name__}, not a kubeq App")
     return obj
-
-
-def run_in_process(module: str, qualname: str, payload: Any, ctx: TaskContext) -> Any:
-    """Entry point of a handler in a process pool: the child imports it by name."""
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    fn = obj.fn if isinstance(obj, TaskHandle) else obj
-    return fn(payload, ctx)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class Retry(Exception):
     """Retry this task (counting the attempt); after `delay` seconds if given, else backoff.
@@ -11,10 +14,19 @@ class Retry(Exception):
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         super().__init__(message)
-        if delay is not None and delay < 0:
-            raise ValueError(f"Retry delay must not be negative, got {delay}")
+        if delay is not None and not (isinstance(delay, int | float) and 0 <= delay < math.inf):
+            raise ValueError(f"Retry delay must be a finite number >= 0, got {delay!r}")
         self.delay = delay
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps `delay` across a process boundary
+        return (_rebuild_retry, (str(self), self.delay))
 
 
 class Permanent(Exception):
     """This task can never succeed: dead-letter it now, whatever attempts remain."""
+
+
+def _rebuild_retry(message: str, delay: float | None) -> Retry:
+    exc = Retry(message)
+    exc.delay = delay
+    return exc

@@ -1,10 +1,24 @@
 """Running one handler, and the ONE place its outcome becomes a protocol Settlement.
 
+The contract (DESIGN.md invariant 15): `TaskRunner.execute` turns anything a handler does
+into that attempt's outcome and never raises, with one exception: when the worker itself
+stopped the job (`job.stop` set before it cancelled), CancelledError propagates and the
+runtime decides (cancelled, released on drain, dropped when the lease was lost). A handler
+that raises CancelledError, SystemExit, KeyboardInterrupt or GeneratorExit on its own has
+failed an attempt like any other exception, so a release (which refunds the attempt) can
+only come from the worker, and no handler can loop run -> release -> run.
+
 success -> complete; Retry / a `retry_on` class -> retry with backoff (dead once attempts
 run out); Permanent / a `permanent` class / anything outside `retry_on` -> dead; timeout ->
-retry with reason timeout; unknown type, invalid payload, result not JSON, malformed
-record -> dead with that reason. Cancellation is not decided here: the runtime knows why
-it stopped a handler and asks for `cancelled()` or `released()`.
+retry with reason timeout; unknown type, invalid payload (whatever the validator raised),
+result that cannot be stored, malformed record -> dead with that reason. Building an
+outcome cannot fail either: a builder that raises falls back to a minimal failure that
+always encodes (`fallback`).
+
+Executors: async handlers run on the event loop; sync handlers (and executor="process")
+run in supervised child processes that are killed when the worker stops them
+(children.py); executor="thread" runs in a thread that can only be asked to stop
+(`ctx.stopped()`).
 """
 
 from __future__ import annotations
@@ -12,25 +26,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import multiprocessing
-import os
+import math
 import random
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from kubeq.app import App, TaskContext, TaskHandle, run_in_process
+from kubeq.app import App, TaskContext, TaskHandle
 from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
-from kubeq.protocol.errors import PayloadNotJSON
+from kubeq.worker.children import ChildPool, StartMethod
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
+MAX_MESSAGE = 2000
+#: the longest delay a Retry(delay=...) may ask for; longer ones are capped
+MAX_RETRY_DELAY = 7 * 24 * 3600.0
 
 
 @dataclass(slots=True)
@@ -41,15 +57,77 @@ class Outcome:
     task_type: str
     attempt: int
     reason: str | None = None  # dead-letter reason label, or why a retry happens
-    failed: bool = False  # the handler raised
+    failed: bool = False  # the attempt failed (handler raised, timed out, bad input)
     duration: float | None = None  # seconds the handler ran
 
 
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Valid UTF-8 whatever the input (lone surrogates escaped), at most `limit` chars."""
+    return text[-limit:].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe(fn: Callable[[], Any], fallback: str) -> str:
+    try:
+        return str(fn())
+    except BaseException:  # an exception whose __str__ raises must not escape
+        return fallback
+
+
 def task_error(exc: BaseException) -> TaskError:
-    tb = "".join(traceback.format_exception(exc))
+    """The stored error of an exception; never raises, always encodes."""
+    remote = getattr(exc, "__kubeq_remote__", None)  # raised in a child process
+    if isinstance(remote, tuple) and len(remote) == 3:
+        name, message, tb = (str(x) for x in remote)
+    else:
+        name = _safe(lambda: type(exc).__qualname__, "BaseException")
+        message = _safe(lambda: str(exc), f"<unprintable {name}>")
+        tb = _safe(lambda: "".join(traceback.format_exception(exc)), f"{name}: {message}")
     return TaskError(
-        type=type(exc).__qualname__, message=str(exc)[:2000], traceback=tb[-MAX_TRACEBACK:]
+        type=clean_text(name, 200),
+        message=clean_text(message[:MAX_MESSAGE], MAX_MESSAGE),
+        traceback=clean_text(tb, MAX_TRACEBACK),
     )
+
+
+def retry_delay(requested: object) -> float | None:
+    """The delay a Retry asked for, or None (use the queue's backoff) when unusable.
+
+    The ONE place a handler's retry delay is interpreted: inf, nan, negatives and
+    non-numbers fall back to the backoff; a huge delay is capped at MAX_RETRY_DELAY.
+    """
+    if requested is None or isinstance(requested, bool):
+        return None
+    try:
+        d = float(requested)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(d) or d < 0:
+        return None
+    return min(d, MAX_RETRY_DELAY)
+
+
+def effective_max_attempts(record: int, queue_default: int, handler: int | None) -> int:
+    """Precedence: per-task override > handler > queue.
+
+    The record carries the queue default unless the producer gave max_attempts; a record
+    value that differs from the queue default is taken as a per-task override. (Until the
+    record marks explicit values, an override equal to the queue default is read as "not
+    given" and the handler's value applies.)
+    """
+    if record != queue_default or handler is None:
+        return record
+    return handler
+
+
+def _encodes(s: Settlement) -> None:
+    """Raise now, for this task alone, what Redis would refuse for the whole batch."""
+    s.outcome.encode("utf-8")
+
+
+# -- the runner ----------------------------------------------------------------------------
 
 
 class TaskRunner:
@@ -64,7 +142,10 @@ class TaskRunner:
         rng: random.Random | None = None,
         default_timeout: float | None = None,
         thread_pool_size: int = 16,
-        process_pool_size: int = 0,
+        process_pool_size: int = 16,
+        start_method: StartMethod = "spawn",
+        child_max_tasks: int = 0,
+        child_max_rss_bytes: int = 0,
     ) -> None:
         self.app = app
         self.ops = ops
@@ -74,33 +155,55 @@ class TaskRunner:
         self.rng = rng or random.Random()
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
-        self._process_pool_size = process_pool_size or os.cpu_count() or 1
-        self._processes: ProcessPoolExecutor | None = None
-
-    def _process_pool(self) -> Executor:
-        if self._processes is None:
-            # spawn, not fork: forking a process that runs threads and an event loop is unsafe.
-            self._processes = ProcessPoolExecutor(
-                self._process_pool_size, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._processes
+        self._thread_slots = asyncio.Semaphore(thread_pool_size)
+        modules = sorted({h.__module__ for h in app.tasks.values() if h.options.executor == "process"})
+        self.children = ChildPool(
+            process_pool_size,
+            preload=modules,
+            start_method=start_method,
+            max_tasks=child_max_tasks,
+            max_rss_bytes=child_max_rss_bytes,
+        )
 
     def shutdown(self) -> None:
-        """Without waiting: a sync handler that ignored its stop must not hold up exit."""
+        """Without waiting for threads; child processes are killed (none may outlive us)."""
+        self.children.shutdown()
         self.threads.shutdown(wait=False, cancel_futures=True)
-        if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
+
+    def max_attempts(self, claimed: ClaimedTask, handle: TaskHandle[..., Any] | None) -> int:
+        handler = handle.options.max_attempts if handle is not None else None
+        return effective_max_attempts(
+            claimed.task.max_attempts, self.ops.config.max_attempts, handler
+        )
 
     # -- running -------------------------------------------------------------------------
 
-    async def execute(self, claimed: ClaimedTask) -> Outcome:
-        """Run the task's handler to an outcome. CancelledError propagates to the caller."""
+    async def execute(
+        self, claimed: ClaimedTask, stopped: Callable[[], object] = lambda: None
+    ) -> Outcome:
+        """Run the task's handler to an outcome; never raises, except CancelledError when
+        `stopped()` says the worker itself stopped this job."""
+        started = time.perf_counter()
+        try:
+            return await self._execute(claimed, stopped)
+        except asyncio.CancelledError as exc:
+            if stopped():
+                raise
+            out = self.on_exception(claimed, None, exc)  # the handler's own CancelledError
+        except BaseException as exc:  # a bug between us and the handler: still an attempt
+            out = self.on_exception(claimed, None, exc)
+        out.duration = time.perf_counter() - started
+        return out
+
+    async def _execute(self, claimed: ClaimedTask, stopped: Callable[[], object]) -> Outcome:
         task = claimed.task
         handle = self.app.tasks.get(task.type)
         if handle is None:
             err = TaskError(
                 type="UnknownTaskType",
-                message=f"no handler for task type {task.type!r} in app {self.app.name!r}",
+                message=clean_text(
+                    f"no handler for task type {task.type!r} in app {self.app.name!r}", 500
+                ),
             )
             return self._failure(claimed, err, permanent=True, reason="unknown_task_type")
         opts = handle.options
@@ -108,50 +211,78 @@ class TaskRunner:
         if opts.payload_model is not None:
             try:
                 payload = opts.payload_model.model_validate(payload)
-            except ValidationError as exc:
-                err = TaskError(type="InvalidPayload", message=str(exc)[:2000])
-                return self._failure(claimed, err, permanent=True, reason="invalid_payload")
+            except Exception as exc:  # ValidationError, or whatever a validator raised
+                e = task_error(exc)
+                err = TaskError(type="InvalidPayload", message=e.message, traceback=e.traceback)
+                return self._failure(
+                    claimed, err, permanent=True, reason="invalid_payload", failed=True
+                )
         ctx = TaskContext(
-            task.id, task.attempts, task.max_attempts, self.queue, task.priority, task.type
+            task.id,
+            task.attempts,
+            self.max_attempts(claimed, handle),
+            self.queue,
+            task.priority,
+            task.type,
         )
         timeout = opts.timeout or self.default_timeout
-        started = time.perf_counter()
+        run = _Run()
         try:
-            if timeout is None:
-                result = await self._invoke(handle, payload, ctx)
+            ok, value = await self._run_handler(handle, payload, ctx, timeout, run)
+        except TimeoutError as exc:
+            ctx.stop()
+            if run.scope is None or not run.scope.expired():
+                ok, value = False, exc  # the handler's own TimeoutError
             else:
-                async with asyncio.timeout(timeout) as scope:
-                    result = await self._invoke(handle, payload, ctx)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            duration = time.perf_counter() - started
-            if timeout is not None and isinstance(exc, TimeoutError) and scope.expired():
                 err = TaskError(type="Timeout", message=f"handler exceeded its {timeout}s timeout")
-                out = self._failure(claimed, err, reason="timeout")
-            else:
-                out = self.on_exception(claimed, handle, exc)
-            out.duration = duration
-            return out
-        out = self.on_success(claimed, result)
-        out.duration = time.perf_counter() - started
+                out = self._failure(claimed, err, reason="timeout", failed=True)
+                out.duration = run.elapsed()
+                return out
+        except asyncio.CancelledError as exc:
+            ctx.stop()
+            if stopped():
+                raise
+            ok, value = False, exc
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
+            ok, value = False, exc
+        out = self.on_success(claimed, value) if ok else self.on_exception(claimed, handle, value)
+        out.duration = run.elapsed()
         return out
 
-    async def _invoke(self, handle: TaskHandle[..., Any], payload: Any, ctx: TaskContext) -> Any:
+    async def _run_handler(
+        self,
+        handle: TaskHandle[..., Any],
+        payload: Any,
+        ctx: TaskContext,
+        timeout: float | None,
+        run: _Run,
+    ) -> tuple[bool, Any]:
+        """(True, result) or (False, what a child reported); the timeout starts only once
+        the handler starts: waiting for a free child or thread is not the task's time."""
         kind = handle.options.executor
-        if kind == "loop":
-            return await handle.fn(payload, ctx)
-        loop = asyncio.get_running_loop()
+        if kind == "process":
+            async with self.children.child() as child:  # killed if anything escapes
+                async with run.start(timeout):
+                    return await self.children.call(
+                        child, handle.__module__, handle.__qualname__, payload, ctx.fields()
+                    )
         if kind == "thread":
-            return await loop.run_in_executor(
-                self.threads, functools.partial(handle.fn, payload, ctx)
-            )
-        return await loop.run_in_executor(
-            self._process_pool(),
-            run_in_process,
-            handle.__module__,
-            handle.__qualname__,
-            payload,
-            ctx,
-        )
+            await self._thread_slots.acquire()
+            loop = asyncio.get_running_loop()
+            try:
+                fut = loop.run_in_executor(
+                    self.threads, functools.partial(_call, handle.fn, payload, ctx)
+                )
+            except BaseException:
+                self._thread_slots.release()
+                raise
+            # The slot is the thread's until it returns, whether or not we still wait.
+            fut.add_done_callback(lambda _: self._thread_slots.release())
+            async with run.start(timeout):
+                result: tuple[bool, Any] = await asyncio.shield(fut)
+                return result
+        async with run.start(timeout):
+            return True, await handle.fn(payload, ctx)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -163,32 +294,43 @@ class TaskRunner:
         reason: str | None = None,
         failed: bool = False,
     ) -> Outcome:
+        _encodes(settlement)
         t = claimed.task
         return Outcome(settlement, event, t.priority, t.type, t.attempts, reason, failed)
 
     def on_success(self, claimed: ClaimedTask, result: Any) -> Outcome:
-        if isinstance(result, BaseModel):
-            result = result.model_dump(mode="json")
         try:
+            if isinstance(result, BaseModel):
+                result = result.model_dump(mode="json")
             s = self.ops.completion(claimed, result, self.clock())
-        except PayloadNotJSON as exc:
-            err = TaskError(type="ResultNotJSON", message=str(exc))
-            return self._failure(claimed, err, permanent=True, reason="result_not_json")
-        return self._outcome(claimed, s, "completed")
+            return self._outcome(claimed, s, "completed")
+        except Exception as exc:  # not JSON, too deep, too large, not UTF-8, ...
+            reason = "result_too_large" if type(exc).__name__ == "ResultTooLarge" else None
+            err = task_error(exc)
+            err = TaskError(type="ResultNotStored", message=err.message, traceback=None)
+            return self._failure(
+                claimed, err, permanent=True, reason=reason or "result_not_json", failed=True
+            )
 
     def on_exception(
-        self, claimed: ClaimedTask, handle: TaskHandle[..., Any], exc: BaseException
+        self, claimed: ClaimedTask, handle: TaskHandle[..., Any] | None, exc: BaseException
     ) -> Outcome:
-        opts = handle.options
         err = task_error(exc)
-        if isinstance(exc, Permanent) or (
-            not isinstance(exc, Retry)
-            and (isinstance(exc, opts.permanent) or not isinstance(exc, opts.retry_on))
-        ):
+        if handle is None:  # the worker's own failure around the handler: retry it
+            return self._failure(claimed, err, failed=True, reason="worker_error")
+        opts = handle.options
+        try:
+            permanent = isinstance(exc, Permanent) or (
+                not isinstance(exc, Retry)
+                and (isinstance(exc, opts.permanent) or not isinstance(exc, opts.retry_on))
+            )
+        except BaseException:  # a hostile __instancecheck__
+            permanent = True
+        if permanent:
             return self._failure(
                 claimed, err, permanent=True, reason="permanent_error", failed=True
             )
-        delay = exc.delay if isinstance(exc, Retry) else None
+        delay = getattr(exc, "delay", None) if isinstance(exc, Retry) else None
         return self._failure(claimed, err, failed=True, delay=delay)
 
     def _failure(
@@ -199,16 +341,56 @@ class TaskRunner:
         permanent: bool = False,
         reason: str | None = None,
         failed: bool = False,
-        delay: float | None = None,
+        delay: object = None,
+        ctx: TaskContext | None = None,
+    ) -> Outcome:
+        try:
+            return self._build_failure(claimed, err, permanent, reason, failed, delay)
+        except Exception as exc:
+            return self.fallback(claimed, exc)
+
+    def _build_failure(
+        self,
+        claimed: ClaimedTask,
+        err: TaskError,
+        permanent: bool,
+        reason: str | None,
+        failed: bool,
+        delay: object,
     ) -> Outcome:
         now = self.clock()
-        s = self.ops.failure(claimed, err, now, self.rng, permanent=permanent, reason=reason)
+        handle = self.app.tasks.get(claimed.task.type)
+        effective = self.max_attempts(claimed, handle)
+        policy_view = claimed
+        if effective != claimed.task.max_attempts:
+            policy_view = claimed.model_copy(
+                update={"task": claimed.task.model_copy(update={"max_attempts": effective})}
+            )
+        s = self.ops.failure(policy_view, err, now, self.rng, permanent=permanent, reason=reason)
         if s.action == "retry":
-            if delay is not None:
-                s = dataclasses.replace(s, due_ms=now + int(delay * 1000))
+            s = self.with_retry_delay(s, now, retry_delay(delay))
             return self._outcome(claimed, s, "retried", reason, failed)
         label = reason or ("permanent_error" if permanent else "attempts_exhausted")
+        if not permanent and s.action == "dead" and reason in (None, "timeout", "worker_error"):
+            label = "attempts_exhausted" if reason is None else reason
         return self._outcome(claimed, s, "dead", label, failed)
+
+    @staticmethod
+    def with_retry_delay(s: Settlement, now_ms: int, delay: float | None) -> Settlement:
+        """The ONE place a retry's delay becomes part of its settlement."""
+        if delay is None:
+            return s
+        return dataclasses.replace(s, due_ms=now_ms + int(delay * 1000))
+
+    def fallback(self, claimed: ClaimedTask, exc: BaseException) -> Outcome:
+        """The minimal outcome when building the real one failed: plain ASCII, cannot fail
+        to encode. A retry with backoff (the attempt counts) or dead once out of attempts."""
+        name = _safe(lambda: type(exc).__name__, "Exception").encode("ascii", "replace").decode()
+        err = TaskError(type="OutcomeError", message=f"the task's outcome could not be stored ({name})")
+        s = self.ops.failure(claimed, err, self.clock(), self.rng, reason="outcome_error")
+        event: Event = "retried" if s.action == "retry" else "dead"
+        t = claimed.task
+        return Outcome(s, event, t.priority, t.type, t.attempts, "outcome_error", True)
 
     def cancelled(self, claimed: ClaimedTask, reason: str = "cancel requested") -> Outcome:
         s = self.ops.completion(claimed, None, self.clock(), status="cancelled", reason=reason)
@@ -222,3 +404,29 @@ class TaskRunner:
         priority = levels[m.level_index - 1] if 0 < m.level_index <= len(levels) else "unknown"
         s = self.ops.dead_letter_malformed(m, self.worker_id, self.clock())
         return Outcome(s, "dead", priority, "unknown", m.attempts, "malformed_record")
+
+
+def _call(fn: Callable[..., Any], payload: Any, ctx: TaskContext) -> tuple[bool, Any]:
+    """A handler call in a thread: its exception (any BaseException) becomes a value."""
+    try:
+        return True, fn(payload, ctx)
+    except BaseException as exc:
+        return False, exc
+
+
+class _Run:
+    """When the handler started and its timeout scope (None until it starts)."""
+
+    __slots__ = ("scope", "started")
+
+    def __init__(self) -> None:
+        self.scope: asyncio.Timeout | None = None
+        self.started: float | None = None
+
+    def start(self, timeout: float | None) -> asyncio.Timeout:
+        self.started = time.perf_counter()
+        self.scope = asyncio.timeout(timeout)
+        return self.scope
+
+    def elapsed(self) -> float | None:
+        return None if self.started is None else time.perf_counter() - self.started

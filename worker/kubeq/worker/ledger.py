@@ -23,6 +23,7 @@ class Ledger:
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self._held: dict[str, tuple[str, int, int]] = {}
+        self._settling: dict[str, int] = {}  # task id -> token of a settle not yet confirmed
         self._retry_due: list[int] = []  # heap: due times (ms) of retries we scheduled
 
     def hold(self, task_id: str, token: int, level_index: int) -> None:
@@ -33,6 +34,18 @@ class Ledger:
         held = self._held.get(task_id)
         if held is not None and held[1] == token:
             del self._held[task_id]
+        if self._settling.get(task_id) == token:
+            del self._settling[task_id]
+
+    def settling(self, task_id: str, token: int) -> None:
+        """A settlement for this lease is queued or in flight."""
+        self._settling[task_id] = token
+
+    def is_settling(self, task_id: str, token: int) -> bool:
+        return self._settling.get(task_id) == token
+
+    def pending_settles(self) -> int:
+        return len(self._settling)
 
     def held(self) -> list[tuple[str, int, int]]:
         return list(self._held.values())

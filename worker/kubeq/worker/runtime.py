@@ -61,7 +61,10 @@ class Worker:
             clock=client.clock,
             default_timeout=s.task_timeout,
             thread_pool_size=s.thread_pool_size or s.concurrency,
-            process_pool_size=s.process_pool_size,
+            process_pool_size=s.process_pool_size or s.concurrency,
+            start_method=s.child_start_method,
+            child_max_tasks=s.child_max_tasks,
+            child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
         )
         self.ledger = Ledger(self.metrics)
         self.batcher = SettleBatcher(
@@ -215,29 +218,48 @@ class Worker:
         ct = job.claimed
         out: Outcome | None = None
         try:
-            out = await self.runner.execute(ct)
-        except asyncio.CancelledError:
-            if job.stop == "cancel":
-                out = self.runner.cancelled(ct)
-            elif job.stop != "lost":
-                out = self.runner.released(ct)  # drain, or the worker is going away
-        except Exception:
-            log.exception("task %s: the worker failed running it", ct.id)
-            out = self.runner.released(ct)
+            try:
+                out = await self.runner.execute(ct, lambda: job.stop)
+            except asyncio.CancelledError:
+                if job.stop is None:  # not ours: cannot happen, execute says; be safe
+                    job.stop = "release" if self.draining or self.closed else None
+            out = self._settle_as(job, out)
+        except BaseException as exc:  # one crashing thing here must not strand the task
+            log.exception("task %s: the worker failed finishing it", ct.id)
+            out = None if job.stop == "lost" else self.runner.fallback(ct, exc)
         finally:
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
             self.metrics.in_flight.set(len(self._running))
             self._slot_freed.set()
-        if job.stop == "lost" or out is None:
+        if out is None:
             self.ledger.drop(ct.id, ct.token)  # never settle what we know we lost
             return
+        series = self.metrics.series(out.priority, out.task_type)
         if out.duration is not None:
-            series = self.metrics.series(out.priority, out.task_type)
             series.duration.observe(out.duration)
-            if out.failed:
-                series.failed.inc()
+        if out.failed:
+            series.failed.inc()
+        self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
+
+    def _settle_as(self, job: Job, out: Outcome | None) -> Outcome | None:
+        """What ends this job: the handler's outcome unless the worker stopped it.
+
+        Only the worker's own stop releases (drain) or cancels; a lost lease is dropped.
+        A handler that finished anyway (completed) keeps its result, except after a lost
+        lease, whose settle fencing would refuse.
+        """
+        stop = job.stop
+        if stop == "lost":
+            return None
+        if out is not None and (stop is None or out.event == "completed"):
+            return out
+        if stop == "cancel":
+            return self.runner.cancelled(job.claimed)
+        if stop == "release":
+            return self.runner.released(job.claimed)
+        return out if out is not None else self.runner.fallback(job.claimed, RuntimeError())
 
     async def heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_seconds
@@ -257,6 +279,10 @@ class Worker:
         reply = await self.client.heartbeat(self.id, held, self.info())
         self.breaker.record_success()
         for tid in reply.lost:
+            if self.ledger.is_settling(tid, sent[tid]):
+                # Settled (or being settled) since we read the ledger: the settle's own
+                # reply says whether it applied; this is no lost lease.
+                continue
             self.ledger.drop(tid, sent[tid])
             self.metrics.leases_lost.inc()
             job = self._running.get(tid)

@@ -44,8 +44,17 @@ class WorkerSettings(BaseSettings):
     queue_config: QueueConfig | None = None
     #: default per-task timeout in seconds for handlers that set none (None: no limit)
     task_timeout: float | None = Field(default=None, gt=0)
-    thread_pool_size: int = Field(default=0, ge=0)  # 0: concurrency
-    process_pool_size: int = Field(default=0, ge=0)  # 0: CPU count
+    #: threads for executor="thread" handlers (0: concurrency)
+    thread_pool_size: int = Field(default=0, ge=0)
+    #: child processes for sync / executor="process" handlers (0: concurrency)
+    process_pool_size: int = Field(default=0, ge=0, le=1000)
+    #: how child processes start: spawn (fresh interpreter) or forkserver (forked from a
+    #: clean server process; faster to replace)
+    child_start_method: Literal["spawn", "forkserver"] = "forkserver"
+    #: recycle a child process after this many tasks (0: never)
+    child_max_tasks: int = Field(default=0, ge=0)
+    #: recycle a child process once its RSS passes this many MiB after a task (0: never)
+    child_max_rss_mb: int = Field(default=0, ge=0)
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_backoff_base_seconds: float = Field(default=0.1, gt=0)
     breaker_backoff_max_seconds: float = Field(default=5.0, gt=0)

@@ -1,0 +1,92 @@
+"""The handler contract (issue 9 item 4, issue 10 item 7): whatever a handler does ends as
+that attempt's outcome, for that task alone. Only the worker itself releases a task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kubeq_test_apps
+import pytest
+from support import queue_config, until
+
+from kubeq.protocol import Client, QueueConfig, TaskStatus
+from kubeq.worker import WorkerSettings, serve
+
+
+@contextlib.asynccontextmanager
+async def worker(redis_url: str, config: QueueConfig, **settings: Any) -> AsyncIterator[None]:
+    ws = WorkerSettings(
+        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0, **settings
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+@pytest.fixture
+def config() -> QueueConfig:
+    return queue_config(max_attempts=2)
+
+
+@pytest.fixture
+def client(redis_url: str, config: QueueConfig) -> Any:
+    with Client.from_url(redis_url, config.name, config=config) as c:
+        yield c
+
+
+HOSTILE = [
+    ("raises_cancelled", None, "CancelledError"),
+    ("raises_base", "exit", "SystemExit"),
+    ("raises_base", "interrupt", "KeyboardInterrupt"),
+    ("raises_base", "genexit", "GeneratorExit"),
+    ("unprintable", None, "Unprintable"),
+    ("too_deep", None, None),
+    ("lone_surrogate", None, None),
+    ("validator_raises", {"value": 1}, None),
+    ("bad_retry_delay", "inf", "Retry"),
+    ("bad_retry_delay", "nan", "Retry"),
+    ("bad_retry_delay", "-1", "Retry"),
+]
+
+
+async def test_anything_a_handler_does_is_a_failed_attempt_never_a_release(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = {f"{t}:{p}": client.submit(t, p) for t, p, _ in HOSTILE}
+    async with worker(redis_url, config):
+        await until(
+            lambda: all(client.status(i).status.terminal for i in ids.values()),
+            20,
+            "every hostile task to end",
+        )
+    counters = client.stats().counters
+    assert counters.get("released", 0) == 0
+    for (name, _, err_type), tid in zip(HOSTILE, ids.values(), strict=True):
+        st = client.status(tid)
+        assert st.status == TaskStatus.DEAD, (name, st)
+        assert st.error is not None, name
+        if err_type is not None:
+            assert st.error.type == err_type, (name, st.error)
+        runs = kubeq_test_apps.RUNS.get(tid, 0)
+        # bounded: a run per attempt, attempts never above max (validator: never ran)
+        assert runs <= 2 and st.attempts <= 2, (name, runs, st.attempts)
+
+
+async def test_sync_handler_raising_system_exit_fails_its_task(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = [client.submit("sync_raises_base", k) for k in ("exit", "interrupt")]
+    ok = client.submit("echo", 1)
+    async with worker(redis_url, config):
+        await until(
+            lambda: all(client.status(i).status.terminal for i in [*ids, ok]), 30, "tasks end"
+        )
+    assert [client.status(i).error.type for i in ids] == ["SystemExit", "KeyboardInterrupt"]  # type: ignore[union-attr]
+    assert client.status(ok).status == TaskStatus.COMPLETED

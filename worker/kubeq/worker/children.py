@@ -1,0 +1,280 @@
+"""Supervised child processes for sync handlers: a handler the worker stops is killed.
+
+One task at a time per child. The worker waits for a free, ready child before the task's
+timeout starts (time spent waiting for a child or for its imports does not count), then
+sends the call over a pipe and awaits the reply on the event loop. Whatever stops the wait
+(timeout, cancel, lost lease, drain deadline, worker exit) kills that child with SIGKILL,
+so the handler's code is no longer running and its slot is free; a fresh child is started
+on demand. A child that dies mid-task (os.abort(), a segfault, os._exit) fails that task
+with `ChildCrashed` and is replaced; the other children run on. Children are recycled
+after `max_tasks` tasks or when their RSS passes `max_rss_bytes` (Celery's
+max-tasks/max-memory per child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+import traceback
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+log = logging.getLogger("kubeq.worker.children")
+StartMethod = Literal["spawn", "forkserver"]
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+READY_TIMEOUT = 60.0
+
+
+class ChildCrashed(Exception):
+    """The child process running the handler died before it answered."""
+
+
+class RemoteError(Exception):
+    """A handler's exception that could not be sent back as itself (not picklable)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+# -- the child's side ----------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the worker dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _text(fn: Any, fallback: str) -> str:
+    try:
+        return str(fn())
+    except BaseException:
+        return fallback
+
+
+def describe(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """(pickled exception or None, type name, message, traceback): never raises."""
+    name = _text(lambda: type(exc).__qualname__, "BaseException")
+    message = _text(lambda: str(exc), f"<unprintable {name}>")
+    tb = _text(lambda: "".join(traceback.format_exception(exc)), f"{name}: {message}")
+    try:
+        raw: bytes | None = pickle.dumps(exc)
+        pickle.loads(raw)  # some exceptions pickle but cannot be rebuilt
+    except BaseException:
+        raw = None
+    return raw, name, message, tb
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return getattr(obj, "fn", obj)  # a TaskHandle runs its function
+
+
+def child_main(conn: Connection, preload: list[str]) -> None:
+    """Loop: receive (module, qualname, payload, ctx fields), run, answer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
+    _die_with_parent()
+    from kubeq.app import TaskContext
+
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # reported with the first task that needs it
+            log.warning("child could not preload %s: %r", name, exc)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            module, qualname, payload, fields = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            result = _resolve(module, qualname)(payload, TaskContext(**fields))
+            reply: tuple[Any, ...] = ("ok", result)
+            conn.send(reply)
+        except BaseException as exc:
+            # The handler raised, or its result cannot be pickled (send pickles first, so a
+            # failed send wrote nothing).
+            conn.send(("raise", *describe(exc)))
+
+
+# -- the worker's side ---------------------------------------------------------------------
+
+
+class Child:
+    def __init__(self, mp: Any, preload: list[str]) -> None:
+        ours, theirs = mp.Pipe(duplex=True)
+        self.proc = mp.Process(
+            target=child_main, args=(theirs, preload), name="kubeq-handler", daemon=False
+        )
+        self.proc.start()
+        theirs.close()
+        self.conn: Connection = ours
+        self.tasks = 0
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid or 0)
+
+    async def receive(self) -> Any:
+        """The next message, awaited on the loop; ChildCrashed on EOF."""
+        loop = asyncio.get_running_loop()
+        fd = self.conn.fileno()
+        if not self.conn.poll():
+            readable = loop.create_future()
+            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise ChildCrashed(self.death()) from None
+
+    def death(self) -> str:
+        self.proc.join(1.0)
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return f"the handler's process died of {signal.Signals(-code).name}"
+        return f"the handler's process exited with code {code}"
+
+    def rss_bytes(self) -> int:
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        self.proc.join(2.0)
+        if self.proc.exitcode is None:  # ignored its EOF: make sure
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.proc.join(1.0)
+
+
+class ChildPool:
+    def __init__(
+        self,
+        size: int,
+        *,
+        preload: list[str] | None = None,
+        start_method: StartMethod = "spawn",
+        max_tasks: int = 0,
+        max_rss_bytes: int = 0,
+    ) -> None:
+        self.size = size
+        self.preload = preload or []
+        self.mp = multiprocessing.get_context(start_method)
+        self.max_tasks = max_tasks
+        self.max_rss_bytes = max_rss_bytes
+        self._idle: list[Child] = []
+        self._busy: set[Child] = set()
+        self._sem = asyncio.Semaphore(size)
+        self.started = 0  # children started, for tests and metrics
+        self.recycled = 0
+        self.closed = False
+
+    @contextlib.asynccontextmanager
+    async def child(self) -> AsyncIterator[Child]:
+        """A ready child for one task; killed if the `with` body ends with any exception."""
+        async with self._sem:
+            child = await self._ready_child()
+            self._busy.add(child)
+            try:
+                yield child
+            except BaseException:
+                self._busy.discard(child)
+                child.kill()
+                raise
+            self._busy.discard(child)
+            self._put_back(child)
+
+    async def call(
+        self, child: Child, module: str, qualname: str, payload: Any, fields: Any
+    ) -> tuple[bool, Any]:
+        """Run one handler call in `child`: (True, result) or (False, what it raised).
+
+        A handler's exception is returned, not raised: it must not kill a healthy child.
+        """
+        child.conn.send((module, qualname, payload, fields))
+        kind, *rest = await child.receive()
+        child.tasks += 1
+        if kind == "ok":
+            return True, rest[0]
+        raw, name, message, tb = rest
+        exc: BaseException | None = None
+        if raw is not None:
+            with contextlib.suppress(BaseException):
+                exc = pickle.loads(raw)
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(name, message)
+        with contextlib.suppress(BaseException):
+            exc.__kubeq_remote__ = (name, message, tb)  # type: ignore[attr-defined]
+        return False, exc
+
+    async def _ready_child(self) -> Child:
+        while self._idle:
+            child = self._idle.pop()
+            if child.proc.is_alive():
+                return child
+            child.close()
+        child = Child(self.mp, self.preload)
+        self.started += 1
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                kind, _ = await child.receive()
+        except BaseException:
+            child.kill()
+            raise
+        child.ready = kind == "ready"
+        return child
+
+    def _put_back(self, child: Child) -> None:
+        if self.closed:
+            child.kill()
+            return
+        if (self.max_tasks and child.tasks >= self.max_tasks) or (
+            self.max_rss_bytes and child.rss_bytes() > self.max_rss_bytes
+        ):
+            self.recycled += 1
+            log.info("recycling handler process %d after %d tasks", child.pid, child.tasks)
+            child.close()  # EOF: it exits by itself after its last task
+            return
+        self._idle.append(child)
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in (*self._idle, *self._busy)]
+
+    def shutdown(self) -> None:
+        """Kill every child now: a handler still running must not outlive the worker."""
+        self.closed = True
+        deadline = time.monotonic() + 5
+        for child in [*self._idle, *self._busy]:
+            child.kill()
+            if time.monotonic() > deadline:
+                break
+        self._idle.clear()
+        self._busy.clear()
