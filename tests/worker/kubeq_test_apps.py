@@ -183,3 +183,53 @@ async def bad_retry_delay(delay: str, ctx: TaskContext) -> None:
 @app.task("sync_raises_base")
 def sync_raises_base(kind: str, ctx: TaskContext) -> None:
     raise {"exit": SystemExit, "interrupt": KeyboardInterrupt}[kind]()
+
+
+# -- sync handlers the worker must be able to stop (issue 10 items 1 and 8) ------------------
+
+
+def _side_effect_after(payload: dict[str, Any]) -> str:
+    time.sleep(payload["seconds"])
+    with open(payload["marker"], "a") as f:  # the side effect a stopped handler must not do
+        f.write("ran to the end\n")
+    return "done"
+
+
+@app.task("sync_side_effect", timeout=0.3)
+def sync_side_effect(payload: dict[str, Any], ctx: TaskContext) -> str:
+    return _side_effect_after(payload)
+
+
+@app.task("sync_slow")
+def sync_slow(payload: dict[str, Any], ctx: TaskContext) -> str:
+    return _side_effect_after(payload)
+
+
+@app.task("sync_quick", timeout=0.5)
+def sync_quick(seconds: float, ctx: TaskContext) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task("sync_crash")
+def sync_crash(how: str, ctx: TaskContext) -> None:
+    import ctypes
+    import os
+
+    if how == "abort":
+        os.abort()
+    if how == "segfault":
+        ctypes.string_at(0)
+    os._exit(3)
+
+
+@app.task("thread_cooperative", executor="thread", timeout=0.2)
+def thread_cooperative(payload: dict[str, Any], ctx: TaskContext) -> str:
+    deadline = time.monotonic() + payload["seconds"]
+    while time.monotonic() < deadline:
+        if ctx.stopped():
+            return "stopped"
+        time.sleep(0.01)
+    with open(payload["marker"], "a") as f:
+        f.write("ran to the end\n")
+    return "done"

@@ -83,7 +83,7 @@ def test_submit_shortcuts_use_the_bound_queue(redis_url: str) -> None:
     app = App("t").connect(redis_url, cfg.name, config=cfg)
 
     @app.task("ingest", max_attempts=2)
-    def ingest(payload: Any, ctx: TaskContext) -> None: ...
+    async def ingest(payload: Any, ctx: TaskContext) -> None: ...
 
     try:
         tid = ingest.submit(kubeq_test_apps.Reading(sensor="a", value=1.0), priority="high")
