@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
+import sys
 
 from kubeq.app import App, load_app
 from kubeq.protocol import AsyncClient, KubeqError
@@ -89,6 +91,11 @@ def run_worker(settings: WorkerSettings) -> int:
     if not settings.app:
         log.error("no app to run: set KUBEQ_APP (or --app) to 'package.module:attribute'")
         return 2
+    # Like celery and rq: the directory the worker starts in is importable (`python -m`
+    # does this by itself; the `kubeq` script does not). Child processes inherit sys.path.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         app = load_app(settings.app)
     except (ImportError, AttributeError, TypeError) as exc:

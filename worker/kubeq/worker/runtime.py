@@ -15,7 +15,8 @@ from collections.abc import Awaitable
 
 from kubeq.app import App
 from kubeq.metrics import WorkerMetrics
-from kubeq.protocol import AsyncClient, ClaimedTask, WorkerInfo, system_clock
+from kubeq.protocol import AsyncClient, ClaimedTask, QueueKeys, WorkerInfo, system_clock
+from kubeq.protocol.ops import Command, Op, Pipeline
 from kubeq.worker.batcher import TRANSIENT, SettleBatcher
 from kubeq.worker.breaker import CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
@@ -26,6 +27,16 @@ from kubeq.worker.settings import WorkerSettings
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
+
+
+def deregister_op(keys: QueueKeys, worker_id: str) -> Op:
+    """Remove one worker from the registry (belongs in QueueOps; see the worker notes)."""
+    yield Pipeline(
+        (
+            Command(("ZREM", keys.workers, worker_id)),
+            Command(("HDEL", keys.worker_info, worker_id)),
+        )
+    )
 
 
 class Worker:
@@ -297,6 +308,10 @@ class Worker:
             job = self._running.get(tid)
             if job is not None and job.claimed.token == sent[tid]:
                 job.halt("cancel")
+
+    async def deregister(self) -> None:
+        """Leave the worker registry on a clean exit (`kubeq workers` shows no ghost)."""
+        await self.client.run(deregister_op(self.client.ops.keys, self.id))
 
     def stop_claiming(self) -> None:
         """The first step of a drain: no new claims, not ready, draining in WorkerInfo."""

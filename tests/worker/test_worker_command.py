@@ -1,0 +1,96 @@
+"""`kubeq worker` as a real process: it exits promptly after a drain even with a stuck
+sync handler, leaves no handler process behind, and imports the app from the current
+directory as celery and rq do (issue 10 items 1 and 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import HERE, REPO, wait_until
+
+from kubeq.protocol import Client, QueueConfig, TaskStatus
+from kubeq.redis_server import free_port
+
+pytestmark = pytest.mark.slow
+KUBEQ = str(Path(sys.executable).parent / "kubeq")
+
+APP = '''
+import time
+from kubeq import App
+
+app = App("cwd-app")
+
+
+@app.task("hang")
+def hang(seconds, ctx):
+    time.sleep(seconds)
+    return "woke"
+'''
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
+    redis_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cwd_app.py").write_text(APP)
+    config = QueueConfig(name=f"cmd{os.getpid()}", lease_seconds=2, heartbeat_seconds=0.5)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("KUBEQ_")
+    }
+    env.update(KUBEQ_QUEUE_CONFIG=config.model_dump_json(), KUBEQ_GRACE_SECONDS="0.5")
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [KUBEQ, "--redis-url", redis_url, "worker", "--app", "cwd_app:app", "--queue",
+         config.name, "--metrics-port", str(free_port())],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        with Client.from_url(redis_url, config.name, config=config) as client:
+            tid = client.submit("hang", 120)
+            wait_until(
+                lambda: proc.poll() is None and client.status(tid).status == TaskStatus.RUNNING,
+                30,
+                "the handler to start (the app imported from the cwd)",
+            )
+            handlers = children_of(proc.pid)
+            assert handlers, "the sync handler runs in a child process"
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            assert proc.wait(15) == 0
+            took = time.monotonic() - t0
+            assert took < 5, f"exit took {took:.1f}s after SIGTERM (grace 0.5s)"
+            st = client.status(tid)
+            assert (st.status, st.attempts) == (TaskStatus.PENDING, 0)  # released
+            assert client.workers() == []  # deregistered on exit
+        for pid in handlers:
+            wait_until(lambda p=pid: not Path(f"/proc/{p}").exists()
+                       or "Z" in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3],
+                       5, f"handler process {pid} gone")  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    text = (tmp_path / "worker.log").read_text()
+    assert "stopped" in text, text[-3000:]
+
+
+_ = (HERE, REPO)
