@@ -1,9 +1,13 @@
 """The worker's HTTP endpoints on metrics_port: /metrics, /healthz, /readyz.
 
-/healthz answers "is the event loop alive": a monitor measures how late a short sleep
-wakes up; a loop blocked by a CPU-bound handler shows as lag (and the probe itself times
-out while it is blocked). /readyz answers "should this pod count as serving": Redis
-answered recently, the circuit breaker is not open, and the worker is not draining.
+/healthz (liveness) answers "can this worker still make progress": the event loop is
+alive (a monitor measures how late a short sleep wakes up; a loop blocked by a CPU-bound
+handler shows as lag) and the worker is not stalled: no task started or settled for
+`stall_seconds` while work waits for it (every slot held while the queue has a backlog,
+or settles pending that keep failing). A restart is what helps then. /readyz answers
+"should this pod count as serving": Redis answered recently, the circuit breaker is
+closed, settles are not failing, and the worker is not draining. `verdict` decides both
+from plain inputs (pure; time is a parameter).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -23,6 +28,50 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from kubeq.metrics import WorkerMetrics
 
 TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class HealthInputs:
+    now: float  # monotonic seconds
+    draining: bool
+    breaker_closed: bool
+    last_redis_ok: float
+    settle_failing_since: float | None
+    last_progress: float  # a task started, a settle applied, or idle with free slots
+    slots_full: bool
+    settles_pending: int
+    work_waiting: bool  # the last backlog probe saw ready tasks
+    stall_seconds: float
+    ready_window: float
+    loop_healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    live: bool
+    ready: bool
+    reason: str  # why not ready (or not live); "ok" otherwise
+
+
+def verdict(h: HealthInputs) -> Verdict:
+    stalled_for = h.now - h.last_progress
+    waiting = h.settles_pending > 0 or (h.slots_full and h.work_waiting)
+    live, why_dead = True, ""
+    if not h.loop_healthy:
+        live, why_dead = False, "event loop blocked"
+    elif waiting and stalled_for > h.stall_seconds:
+        what = "settles failing" if h.settles_pending else "every slot stuck while work waits"
+        live, why_dead = False, f"no progress for {stalled_for:.0f}s ({what})"
+    if h.draining:
+        return Verdict(live, False, "draining")
+    if not h.breaker_closed:
+        return Verdict(live, False, "redis unavailable")
+    silent = h.now - h.last_redis_ok
+    if silent > h.ready_window:
+        return Verdict(live, False, f"no reply from Redis for {silent:.0f}s")
+    if h.settle_failing_since is not None:
+        return Verdict(live, False, f"settles failing for {h.now - h.settle_failing_since:.0f}s")
+    return Verdict(live, True, why_dead or "ok")
 
 
 class LoopLag:
@@ -80,9 +129,11 @@ class HealthServer:
         host: str,
         port: int,
         lag: LoopLag | None = None,
+        live: Callable[[bool], tuple[bool, str]] | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.live = live
         self.host = host
         self.port = port
         self.lag = lag or LoopLag()
@@ -96,8 +147,10 @@ class HealthServer:
         if path == "/metrics":
             status, body, ctype = 200, self.metrics.expose(), CONTENT_TYPE_LATEST
         elif path == "/healthz":
-            ok = self.lag.healthy()
-            status, body, ctype = _json(ok, {"ok": ok, "loop_lag_seconds": round(self.lag.lag, 4)})
+            loop_ok = self.lag.healthy()
+            ok, why = self.live(loop_ok) if self.live else (loop_ok, "ok")
+            body_json = {"ok": ok, "reason": why, "loop_lag_seconds": round(self.lag.lag, 4)}
+            status, body, ctype = _json(ok, body_json)
         elif path == "/readyz":
             ok, why = self.ready()
             status, body, ctype = _json(ok, {"ready": ok, "reason": why})

@@ -64,7 +64,11 @@ async def serve(
         health = None
         if settings.metrics_port:
             health = HealthServer(
-                worker.metrics, worker.readiness, settings.metrics_host, settings.metrics_port
+                worker.metrics,
+                worker.readiness,
+                settings.metrics_host,
+                settings.metrics_port,
+                live=worker.liveness,
             )
             await health.start()
         log.info(

@@ -20,10 +20,11 @@ from kubeq.protocol.ops import Command, Op, Pipeline
 from kubeq.worker.batcher import TRANSIENT, SettleBatcher
 from kubeq.worker.breaker import CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
+from kubeq.worker.health import HealthInputs, Verdict, verdict
 from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
 from kubeq.worker.maintenance import Maintenance
-from kubeq.worker.settings import WorkerSettings
+from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
@@ -95,6 +96,15 @@ class Worker:
         self._running: dict[str, Job] = {}
         self._slot_freed = asyncio.Event()
         self._idle_task: asyncio.Future[object] | None = None
+        self._progress = time.monotonic()  # a task started, or idle with free slots
+        self.work_waiting = False  # the last backlog probe (taken only when stalled)
+        timeouts = [h.options.timeout or self.runner.default_timeout for h in app.tasks.values()]
+        longest = max((t for t in timeouts if t), default=0.0)
+        self.stall_seconds = max(s.liveness_stall_seconds, 2 * longest)
+        socket_timeout = getattr(
+            getattr(client.redis, "connection_pool", None), "connection_kwargs", {}
+        ).get("socket_timeout")
+        self.idle_wait = idle_wait_cap(s.idle_wait_seconds, socket_timeout)
 
     # -- state seen from outside ---------------------------------------------------------
 
@@ -117,15 +127,34 @@ class Worker:
     def claiming(self) -> bool:
         return not (self.draining or self.closed)
 
+    def health(self, loop_healthy: bool = True) -> Verdict:
+        return verdict(
+            HealthInputs(
+                now=time.monotonic(),
+                draining=self.draining,
+                breaker_closed=self.breaker.state == "closed",
+                last_redis_ok=self.breaker.last_success,
+                settle_failing_since=self.batcher.failing_since,
+                last_progress=self.last_progress(),
+                slots_full=len(self._running) >= self.concurrency,
+                settles_pending=len(self.batcher),
+                work_waiting=self.work_waiting,
+                stall_seconds=self.stall_seconds,
+                ready_window=self.settings.ready_window_seconds,
+                loop_healthy=loop_healthy,
+            )
+        )
+
     def readiness(self) -> tuple[bool, str]:
-        if self.draining:
-            return False, "draining"
-        if self.breaker.state != "closed":
-            return False, "redis unavailable"
-        silent = time.monotonic() - self.breaker.last_success
-        if silent > self.settings.ready_window_seconds:
-            return False, f"no reply from Redis for {silent:.0f}s"
-        return True, "ok"
+        v = self.health()
+        return v.ready, v.reason
+
+    def liveness(self, loop_healthy: bool) -> tuple[bool, str]:
+        v = self.health(loop_healthy)
+        return v.live, v.reason if not v.live else "ok"
+
+    def last_progress(self) -> float:
+        return max(self._progress, self.batcher.last_applied)
 
     # -- loops -------------------------------------------------------------------------
 
@@ -163,7 +192,7 @@ class Worker:
             except Exception as exc:
                 self._redis_failed("claim", exc)
                 if not isinstance(exc, TRANSIENT):
-                    await self._idle(self.settings.idle_wait_seconds, blpop=False)
+                    await self._idle(self.idle_wait, blpop=False)
                 continue
             self.breaker.record_success()
             for m in claim.malformed:
@@ -186,13 +215,14 @@ class Worker:
                 self._start(ct, now)
             if len(claim.tasks) + len(claim.malformed) >= n:
                 continue  # a full batch: more is likely waiting
+            self._progress = time.monotonic()  # idle with free slots is no stall
             if claim.rate_wait_ms > 0:
                 await self._idle(min(self._idle_timeout(), claim.rate_wait_ms / 1000), blpop=False)
             else:
                 await self._idle(self._idle_timeout(), blpop=True)
 
     def _idle_timeout(self) -> float:
-        return self.ledger.idle_timeout(self.settings.idle_wait_seconds, system_clock())
+        return self.ledger.idle_timeout(self.idle_wait, system_clock())
 
     async def _idle(self, timeout: float, *, blpop: bool) -> None:
         """Block until work is signalled or `timeout`; drain interrupts it."""
@@ -218,6 +248,7 @@ class Worker:
         if stale is not None:  # re-claimed: our older lease on it must be gone
             stale.halt("lost")
         self.ledger.hold(tid, ct.token, ct.level_index)
+        self._progress = time.monotonic()
         job = self._running[tid] = Job(ct)
         series = self.metrics.series(ct.task.priority, ct.task.type)
         series.claimed.inc()
@@ -278,11 +309,21 @@ class Worker:
             await self.breaker.wait()
             try:
                 await self.heartbeat()
+                await self.probe_backlog()
             except Exception as exc:
                 self._redis_failed("heartbeat", exc)
                 await asyncio.sleep(min(interval, 0.5))
                 continue
             await asyncio.sleep(interval)
+
+    async def probe_backlog(self) -> None:
+        """Does work wait while every slot is held? Asked only once progress has stalled
+        for half the window, so a busy healthy worker never pays for it."""
+        full = len(self._running) >= self.concurrency
+        if not full or time.monotonic() - self.last_progress() < self.stall_seconds / 2:
+            self.work_waiting = False
+            return
+        self.work_waiting = (await self.client.stats()).ready > 0
 
     async def heartbeat(self) -> None:
         held = self.ledger.held()

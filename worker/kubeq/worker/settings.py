@@ -60,6 +60,9 @@ class WorkerSettings(BaseSettings):
     breaker_backoff_max_seconds: float = Field(default=5.0, gt=0)
     #: /readyz fails when no Redis call succeeded for this long
     ready_window_seconds: float = Field(default=15.0, gt=0)
+    #: /healthz fails after this long without progress while work waits (raised to twice
+    #: the longest handler timeout, so a handler within its timeout is never "stuck")
+    liveness_stall_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
@@ -83,3 +86,11 @@ class WorkerSettings(BaseSettings):
             tls_ca_file=self.redis_tls_ca_file,
         )
         return url, {}
+
+
+def idle_wait_cap(idle_wait: float, socket_timeout: float | None) -> float:
+    """The idle BLPOP block, always shorter than the connection's socket timeout: a block
+    that outlasts it ends in a client-side timeout, logged as a false "unreachable"."""
+    if socket_timeout is None or socket_timeout <= 0:
+        return idle_wait
+    return min(idle_wait, max(socket_timeout * 0.8, socket_timeout - 1.0))
