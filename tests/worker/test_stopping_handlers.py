@@ -119,12 +119,11 @@ async def test_a_crashing_sync_handler_fails_its_task_and_the_pool_lives_on(
     crash = client.submit("sync_crash", how, max_attempts=2)
     after = [client.submit("in_process", i) for i in range(4)]
     async with worker(redis_url, config, concurrency=2):
-        await until(
-            lambda: all(status(client, t).terminal for t in [crash, *after]), 30, "all end"
-        )
+        await until(lambda: all(status(client, t).terminal for t in [crash, *after]), 30, "all end")
     st = client.status(crash)
     assert (st.status, st.attempts, st.reason) == (TaskStatus.DEAD, 2, "attempts_exhausted")
-    assert st.error is not None and st.error.type == "ChildCrashed"
+    assert st.error is not None
+    assert st.error.type == "ChildCrashed"
     want = {"abort": "SIGABRT", "segfault": "SIGSEGV", "exit": "code 3"}[how]
     assert want in st.error.message
     assert [client.result(t) for t in after] == [0, 2, 4, 6]

@@ -20,7 +20,7 @@ from kubeq.redis_server import free_port
 pytestmark = pytest.mark.slow
 KUBEQ = str(Path(sys.executable).parent / "kubeq")
 
-APP = '''
+APP = """
 import time
 from kubeq import App
 
@@ -31,7 +31,7 @@ app = App("cwd-app")
 def hang(seconds, ctx):
     time.sleep(seconds)
     return "woke"
-'''
+"""
 
 
 def children_of(pid: int) -> list[int]:
@@ -53,7 +53,9 @@ def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
     (tmp_path / "cwd_app.py").write_text(APP)
     config = QueueConfig(name=f"cmd{os.getpid()}", lease_seconds=2, heartbeat_seconds=0.5)
     env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("KUBEQ_")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH",) and not k.startswith("KUBEQ_")
     }
     env.update(KUBEQ_QUEUE_CONFIG=config.model_dump_json(), KUBEQ_GRACE_SECONDS="0.5")
     log = (tmp_path / "worker.log").open("wb")

@@ -28,22 +28,22 @@ from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 
 
 def inputs(**kw: Any) -> HealthInputs:
-    base: dict[str, Any] = dict(
-        now=1000.0, draining=False, breaker_closed=True, last_redis_ok=999.0,
-        settle_failing_since=None, last_progress=999.0, slots_full=False,
-        settles_pending=0, work_waiting=False, stall_seconds=60.0, ready_window=15.0,
-        loop_healthy=True,
-    )  # fmt: skip
+    base: dict[str, Any] = {
+        "now": 1000.0, "draining": False, "breaker_closed": True, "last_redis_ok": 999.0,
+        "settle_failing_since": None, "last_progress": 999.0, "slots_full": False,
+        "settles_pending": 0, "work_waiting": False, "stall_seconds": 60.0,
+        "ready_window": 15.0, "loop_healthy": True,
+    }  # fmt: skip
     return HealthInputs(**{**base, **kw})
 
 
 def test_liveness_fails_only_when_no_progress_is_possible_for_the_stall_window() -> None:
     assert verdict(inputs()).live
-    stuck = dict(last_progress=1000.0 - 61, slots_full=True, work_waiting=True)
+    stuck = {"last_progress": 1000.0 - 61, "slots_full": True, "work_waiting": True}
     assert not verdict(inputs(**stuck)).live  # every slot stuck while work waits
     assert verdict(inputs(**{**stuck, "work_waiting": False})).live  # long tasks, no backlog
     assert verdict(inputs(**{**stuck, "last_progress": 1000.0 - 59})).live  # not yet
-    failing = dict(last_progress=1000.0 - 61, settles_pending=3, settle_failing_since=900.0)
+    failing = {"last_progress": 1000.0 - 61, "settles_pending": 3, "settle_failing_since": 900.0}
     assert not verdict(inputs(**failing)).live  # settles failing for minutes
     assert not verdict(inputs(loop_healthy=False)).live
 
@@ -111,7 +111,8 @@ async def test_one_refused_settlement_does_not_drop_its_batch() -> None:
     settler = FlakySettler(poisoned={"t7"})
     seen = await run_batch(settler, ids)
     assert sorted(settler.applied) == sorted(set(ids) - {"t7"})
-    assert seen["t7"] is None and all(seen[t] for t in ids if t != "t7")
+    assert seen["t7"] is None
+    assert all(seen[t] for t in ids if t != "t7")
 
 
 async def test_out_of_memory_on_settle_is_transient_and_retried() -> None:
@@ -124,7 +125,8 @@ def test_a_lost_report_for_a_lease_being_settled_is_not_a_lost_lease() -> None:
     ledger = Ledger(WorkerMetrics("default/q"))
     ledger.hold("t1", 5, 1)
     ledger.settling("t1", 5)
-    assert ledger.is_settling("t1", 5) and not ledger.is_settling("t1", 6)
+    assert ledger.is_settling("t1", 5)
+    assert not ledger.is_settling("t1", 6)
     ledger.drop("t1", 5)
     assert not ledger.is_settling("t1", 5)
 

@@ -67,6 +67,7 @@ def test_a_decorated_handler_stays_callable_and_registers_once() -> None:
 
         @app.task("local_sync")
         def local_sync(payload: int, ctx: TaskContext) -> None: ...
+
     with pytest.raises(ValueError, match="already registered"):
         app.task("double")(lambda p, c: None)
     with pytest.raises(TypeError, match="plain function"):

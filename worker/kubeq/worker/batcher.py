@@ -34,11 +34,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.OutOfMemoryError,  # Redis refuses writes until memory frees up
     OSError,
     # The protocol's own out-of-memory error, once it has one.
-    *(
-        (getattr(protocol_errors, "RedisOutOfMemory"),)
-        if hasattr(protocol_errors, "RedisOutOfMemory")
-        else ()
-    ),
+    *((protocol_errors.RedisOutOfMemory,) if hasattr(protocol_errors, "RedisOutOfMemory") else ()),
 )
 
 

@@ -70,7 +70,7 @@ def describe(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     tb = _text(lambda: "".join(traceback.format_exception(exc)), f"{name}: {message}")
     try:
         raw: bytes | None = pickle.dumps(exc)
-        pickle.loads(raw)  # some exceptions pickle but cannot be rebuilt
+        pickle.loads(pickle.dumps(exc))  # some exceptions pickle but cannot be rebuilt
     except BaseException:
         raw = None
     return raw, name, message, tb
@@ -134,8 +134,13 @@ class Child:
         loop = asyncio.get_running_loop()
         fd = self.conn.fileno()
         if not self.conn.poll():
-            readable = loop.create_future()
-            loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(fd, wake)
             try:
                 await readable
             finally:

@@ -39,6 +39,7 @@ async def farewell(worker: Worker) -> None:
     except Exception as exc:
         log.debug("final heartbeat or deregister failed: %r", exc)
 
+
 async def drain(
     worker: Worker, grace: float, hurry: asyncio.Event, claimer: asyncio.Task[None] | None = None
 ) -> None:

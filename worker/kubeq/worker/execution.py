@@ -156,7 +156,9 @@ class TaskRunner:
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
         self._thread_slots = asyncio.Semaphore(thread_pool_size)
-        modules = sorted({h.__module__ for h in app.tasks.values() if h.options.executor == "process"})
+        modules = sorted(
+            {h.__module__ for h in app.tasks.values() if h.options.executor == "process"}
+        )
         self.children = ChildPool(
             process_pool_size,
             preload=modules,
@@ -261,11 +263,11 @@ class TaskRunner:
         the handler starts: waiting for a free child or thread is not the task's time."""
         kind = handle.options.executor
         if kind == "process":
-            async with self.children.child() as child:  # killed if anything escapes
-                async with run.start(timeout):
-                    return await self.children.call(
-                        child, handle.__module__, handle.__qualname__, payload, ctx.fields()
-                    )
+            # The child is killed if anything escapes; the scope starts once it is ready.
+            async with self.children.child() as child, run.start(timeout):
+                return await self.children.call(
+                    child, handle.__module__, handle.__qualname__, payload, ctx.fields()
+                )
         if kind == "thread":
             await self._thread_slots.acquire()
             loop = asyncio.get_running_loop()
@@ -386,7 +388,9 @@ class TaskRunner:
         """The minimal outcome when building the real one failed: plain ASCII, cannot fail
         to encode. A retry with backoff (the attempt counts) or dead once out of attempts."""
         name = _safe(lambda: type(exc).__name__, "Exception").encode("ascii", "replace").decode()
-        err = TaskError(type="OutcomeError", message=f"the task's outcome could not be stored ({name})")
+        err = TaskError(
+            type="OutcomeError", message=f"the task's outcome could not be stored ({name})"
+        )
         s = self.ops.failure(claimed, err, self.clock(), self.rng, reason="outcome_error")
         event: Event = "retried" if s.action == "retry" else "dead"
         t = claimed.task
