@@ -233,3 +233,16 @@ def thread_cooperative(payload: dict[str, Any], ctx: TaskContext) -> str:
     with open(payload["marker"], "a") as f:
         f.write("ran to the end\n")
     return "done"
+
+
+# -- a handler's own policy, whatever the submit path (issue 10 item 2) ----------------------
+
+
+@app.task("capped", max_attempts=1)
+async def capped(payload: Any, ctx: TaskContext) -> None:
+    raise ValueError(f"attempt {ctx.attempt} of {ctx.max_attempts}")
+
+
+@app.task("generous", max_attempts=4)
+async def generous(payload: Any, ctx: TaskContext) -> None:
+    raise ValueError(f"attempt {ctx.attempt} of {ctx.max_attempts}")

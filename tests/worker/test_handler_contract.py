@@ -91,3 +91,22 @@ async def test_sync_handler_raising_system_exit_fails_its_task(
         )
     assert [client.status(i).error.type for i in ids] == ["SystemExit", "KeyboardInterrupt"]  # type: ignore[union-attr]
     assert client.status(ok).status == TaskStatus.COMPLETED
+
+
+async def test_a_handlers_max_attempts_applies_whatever_the_submit_path(
+    redis_url: str, client: Client
+) -> None:
+    # Queue default 3; submitted with the plain client (not the handle), as the CLI does.
+    config = queue_config(name=client.config.name, max_attempts=3)
+    with Client.from_url(redis_url, config.name, config=config) as c:
+        capped, generous = c.submit("capped"), c.submit("generous")
+        override = c.submit("generous", max_attempts=2)  # per-task override wins
+        default = c.submit("always_fails")  # no handler policy: the queue's
+    ids = [capped, generous, override, default]
+    async with worker(redis_url, config):
+        await until(lambda: all(client.status(i).status.terminal for i in ids), 20, "all end")
+    attempts = [client.status(i).attempts for i in ids]
+    assert attempts == [1, 4, 2, 3]
+    err = client.status(generous).error
+    assert err is not None
+    assert err.message == "attempt 4 of 4"  # ctx.max_attempts is the effective value
