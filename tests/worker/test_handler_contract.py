@@ -110,3 +110,20 @@ async def test_a_handlers_max_attempts_applies_whatever_the_submit_path(
     err = client.status(generous).error
     assert err is not None
     assert err.message == "attempt 4 of 4"  # ctx.max_attempts is the effective value
+
+
+async def test_a_worker_picks_up_a_config_published_after_it_started(redis_url: str) -> None:
+    published = queue_config(priorities=[{"name": "urgent"}, {"name": "default"}])
+    ws = WorkerSettings(redis_url=redis_url, queue=published.name, metrics_port=0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))  # nothing published yet
+    try:
+        with Client.from_url(redis_url, published.name, config=published) as c:
+            await asyncio.sleep(0.5)  # serving the default levels by now
+            tid = c.submit("echo", "hi", priority="urgent")  # a level the defaults lack
+            c.publish_config()
+            await until(lambda: c.status(tid).status.terminal, 20, "served on the new config")
+            assert c.result(tid) == "hi"
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0

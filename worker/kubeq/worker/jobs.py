@@ -51,7 +51,9 @@ async def cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> N
         log.warning("%d worker loops did not stop", len(pending))
 
 
-async def first_done(main: Awaitable[object], other: Awaitable[object], timeout: float) -> bool:
+async def first_done(
+    main: Awaitable[object], other: Awaitable[object], timeout: float | None
+) -> bool:
     """Await `main` until `other` completes or `timeout`; True when `main` finished."""
     a, b = asyncio.ensure_future(main), asyncio.ensure_future(other)
     try:

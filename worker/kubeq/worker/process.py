@@ -15,6 +15,7 @@ from kubeq.protocol.connection import redacted
 from kubeq.worker.batcher import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
+from kubeq.worker.jobs import first_done
 from kubeq.worker.logs import configure_logging
 from kubeq.worker.runtime import Worker
 from kubeq.worker.settings import WorkerSettings
@@ -53,40 +54,69 @@ async def serve(
     stop: asyncio.Event | None = None,
     hurry: asyncio.Event | None = None,
 ) -> int:
-    """Run a worker on the current loop until `stop` is set (then drain); an exit code."""
+    """Run a worker on the current loop until `stop` is set (then drain); an exit code.
+
+    Without an inline queue config the worker serves the published one (or the defaults
+    while none is published) and, when a config is published or changed later, drains and
+    serves again on the new one, in the same process.
+    """
     stop = stop or asyncio.Event()
     hurry = hurry or asyncio.Event()
-    client = await connect(settings, stop)
-    if client is None:
-        return 0
+    current: list[Worker] = []
+    health: HealthServer | None = None
     try:
-        worker = Worker(settings, app, client)
-        health = None
-        if settings.metrics_port:
-            health = HealthServer(
-                worker.metrics,
-                worker.readiness,
-                settings.metrics_host,
-                settings.metrics_port,
-                live=worker.liveness,
-            )
-            await health.start()
-        log.info(
-            "worker %s serving %s with %d slots (lease %.1fs)",
-            worker.id,
-            worker.config.full_name,
-            worker.concurrency,
-            worker.config.lease_seconds,
-        )
-        try:
-            await serve_worker(worker, stop, hurry)
-        finally:
-            if health is not None:
-                await health.stop()
-        log.info("worker %s stopped", worker.id)
+        while not stop.is_set():
+            client = await connect(settings, stop)
+            if client is None:
+                return 0
+            try:
+                worker = Worker(settings, app, client)
+                current[:] = [worker]
+                if health is None and settings.metrics_port:
+                    health = HealthServer(
+                        worker.metrics,
+                        lambda: current[0].readiness(),
+                        settings.metrics_host,
+                        settings.metrics_port,
+                        live=lambda loop_ok: current[0].liveness(loop_ok),
+                    )
+                    await health.start()
+                elif health is not None:
+                    health.metrics = worker.metrics
+                log.info(
+                    "worker %s serving %s with %d slots (lease %.1fs)",
+                    worker.id,
+                    worker.config.full_name,
+                    worker.concurrency,
+                    worker.config.lease_seconds,
+                )
+                changed = await _serve_until_changed(worker, stop, hurry)
+                log.info("worker %s stopped", worker.id)
+            finally:
+                await client.close()
+            if not changed:
+                return 0
+            log.info("the queue's published config changed: serving it now")
         return 0
     finally:
-        await client.close()
+        if health is not None:
+            await health.stop()
+
+
+async def _serve_until_changed(worker: Worker, stop: asyncio.Event, hurry: asyncio.Event) -> bool:
+    """Serve until `stop` or a newly published config; True for the latter."""
+    until = asyncio.Event()
+
+    async def watch() -> None:
+        await first_done(stop.wait(), worker.config_changed.wait(), timeout=None)
+        until.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await serve_worker(worker, until, hurry)
+    finally:
+        watcher.cancel()
+    return worker.config_changed.is_set() and not stop.is_set()
 
 
 def run_worker(settings: WorkerSettings) -> int:

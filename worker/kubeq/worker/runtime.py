@@ -15,7 +15,14 @@ from collections.abc import Awaitable
 
 from kubeq.app import App
 from kubeq.metrics import WorkerMetrics
-from kubeq.protocol import AsyncClient, ClaimedTask, QueueKeys, WorkerInfo, system_clock
+from kubeq.protocol import (
+    AsyncClient,
+    ClaimedTask,
+    QueueConfig,
+    QueueKeys,
+    WorkerInfo,
+    system_clock,
+)
 from kubeq.protocol.ops import Command, Op, Pipeline
 from kubeq.worker.batcher import TRANSIENT, SettleBatcher
 from kubeq.worker.breaker import CircuitBreaker
@@ -28,6 +35,10 @@ from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
+
+
+def get_op(key: str) -> Op:
+    return (yield Command(("GET", key)))
 
 
 def deregister_op(keys: QueueKeys, worker_id: str) -> Op:
@@ -97,6 +108,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._idle_task: asyncio.Future[object] | None = None
         self._progress = time.monotonic()  # a task started, or idle with free slots
+        #: set when the queue's published config differs from the one served (watched only
+        #: without an inline config: an inline config is the pod's for life)
+        self.config_changed = asyncio.Event()
         self.work_waiting = False  # the last backlog probe (taken only when stalled)
         timeouts = [h.options.timeout or self.runner.default_timeout for h in app.tasks.values()]
         longest = max((t for t in timeouts if t), default=0.0)
@@ -161,11 +175,33 @@ class Worker:
     def start(self) -> list[asyncio.Task[None]]:
         self.batcher.start()
         loop = asyncio.get_running_loop()
-        return [
+        tasks = [
             loop.create_task(self.claim_loop(), name="kubeq-claim"),
             loop.create_task(self.heartbeat_loop(), name="kubeq-heartbeat"),
             loop.create_task(self.maintenance.run(), name="kubeq-maintenance"),
         ]
+        if self.settings.queue_config is None:
+            tasks.append(loop.create_task(self.watch_config(), name="kubeq-config"))
+        return tasks
+
+    async def watch_config(self) -> None:
+        interval = min(max(self.config.heartbeat_seconds, 0.2), 2.0)  # one GET per interval
+        warned = False
+        while not self.closed and not self.config_changed.is_set():
+            await asyncio.sleep(interval)
+            try:
+                raw = await self.client.run(get_op(self.client.ops.keys.config))
+                if raw is None:
+                    continue
+                published = QueueConfig.model_validate_json(raw)
+            except Exception as exc:  # unreachable, or an invalid published config
+                if not warned:
+                    log.warning("cannot read the queue's published config: %s", exc)
+                    warned = True
+                continue
+            if published != self.config and published.full_name == self.config.full_name:
+                log.info("queue %s has a new published config", self.config.full_name)
+                self.config_changed.set()
 
     def _redis_failed(self, what: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
