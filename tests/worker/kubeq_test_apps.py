@@ -246,3 +246,10 @@ async def capped(payload: Any, ctx: TaskContext) -> None:
 @app.task("generous", max_attempts=4)
 async def generous(payload: Any, ctx: TaskContext) -> None:
     raise ValueError(f"attempt {ctx.attempt} of {ctx.max_attempts}")
+
+
+@app.task("child_pid")
+def child_pid(payload: Any, ctx: TaskContext) -> int:
+    import os
+
+    return os.getpid()

@@ -139,3 +139,29 @@ async def test_a_thread_handler_is_told_to_stop_and_its_result_discarded(
         await asyncio.sleep(1.0)
     assert client.status(tid).reason == "timeout"
     assert not marker.exists()
+
+
+async def test_child_processes_are_recycled_after_max_tasks(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = [client.submit("child_pid") for _ in range(6)]
+    async with worker(redis_url, config, concurrency=1, child_max_tasks=2):
+        await until(lambda: all(status(client, t).terminal for t in ids), 20, "all done")
+    pids = [client.result(t) for t in ids]
+    assert len(set(pids)) == 3, pids  # two tasks per child
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+
+
+async def test_a_worker_drains_and_exits_after_max_tasks(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = [client.submit("echo", i) for i in range(10)]
+    ws = WorkerSettings(
+        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0,
+        max_tasks=4, concurrency=1,
+    )  # fmt: skip
+    code = await asyncio.wait_for(serve(ws, kubeq_test_apps.app), 20)  # no stop: it exits
+    assert code == 0
+    done = [t for t in ids if status(client, t) == TaskStatus.COMPLETED]
+    assert len(done) == 4
+    assert client.workers() == []

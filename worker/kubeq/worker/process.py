@@ -15,7 +15,6 @@ from kubeq.protocol.connection import redacted
 from kubeq.worker.batcher import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
-from kubeq.worker.jobs import first_done
 from kubeq.worker.logs import configure_logging
 from kubeq.worker.runtime import Worker
 from kubeq.worker.settings import WorkerSettings
@@ -108,7 +107,13 @@ async def _serve_until_changed(worker: Worker, stop: asyncio.Event, hurry: async
     until = asyncio.Event()
 
     async def watch() -> None:
-        await first_done(stop.wait(), worker.config_changed.wait(), timeout=None)
+        await asyncio.wait(
+            [
+                asyncio.ensure_future(e.wait())
+                for e in (stop, worker.config_changed, worker.recycle)
+            ],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         until.set()
 
     watcher = asyncio.create_task(watch())
@@ -116,7 +121,7 @@ async def _serve_until_changed(worker: Worker, stop: asyncio.Event, hurry: async
         await serve_worker(worker, until, hurry)
     finally:
         watcher.cancel()
-    return worker.config_changed.is_set() and not stop.is_set()
+    return worker.config_changed.is_set() and not (stop.is_set() or worker.recycle.is_set())
 
 
 def run_worker(settings: WorkerSettings) -> int:

@@ -37,6 +37,14 @@ log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
 
 
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def get_op(key: str) -> Op:
     return (yield Command(("GET", key)))
 
@@ -111,6 +119,9 @@ class Worker:
         #: set when the queue's published config differs from the one served (watched only
         #: without an inline config: an inline config is the pod's for life)
         self.config_changed = asyncio.Event()
+        #: set when this process should drain and exit to be replaced (max tasks / RSS)
+        self.recycle = asyncio.Event()
+        self._finished = 0
         self.work_waiting = False  # the last backlog probe (taken only when stalled)
         timeouts = [h.options.timeout or self.runner.default_timeout for h in app.tasks.values()]
         longest = max((t for t in timeouts if t), default=0.0)
@@ -320,6 +331,24 @@ class Worker:
             series.failed.inc()
         self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
+        self._count_for_recycling()
+
+    def _count_for_recycling(self) -> None:
+        self._finished += 1
+        s = self.settings
+        if self.recycle.is_set():
+            return
+        why = ""
+        if s.max_tasks and self._finished >= s.max_tasks:
+            why = f"{self._finished} tasks run (max_tasks {s.max_tasks})"
+        elif s.max_rss_mb and self._finished % 16 == 0:
+            rss = rss_bytes() / 2**20
+            if rss > s.max_rss_mb:
+                why = f"RSS {rss:.0f} MiB above max_rss_mb {s.max_rss_mb}"
+        if why:
+            log.info("recycling this worker: %s; draining, then exiting", why)
+            self.recycle.set()
+            self.stop_claiming()
 
     def _settle_as(self, job: Job, out: Outcome | None) -> Outcome | None:
         """What ends this job: the handler's outcome unless the worker stopped it.

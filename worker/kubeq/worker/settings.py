@@ -51,6 +51,10 @@ class WorkerSettings(BaseSettings):
     #: how child processes start: spawn (fresh interpreter) or forkserver (forked from a
     #: clean server process; faster to replace)
     child_start_method: Literal["spawn", "forkserver"] = "forkserver"
+    #: drain and exit (for a restart) after this many tasks (0: never)
+    max_tasks: int = Field(default=0, ge=0)
+    #: drain and exit (for a restart) once this process's RSS passes this many MiB
+    max_rss_mb: int = Field(default=0, ge=0)
     #: recycle a child process after this many tasks (0: never)
     child_max_tasks: int = Field(default=0, ge=0)
     #: recycle a child process once its RSS passes this many MiB after a task (0: never)
