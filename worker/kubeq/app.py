@@ -17,12 +17,13 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel
 
+from kubeq.middleware import Chain, Middleware
 from kubeq.protocol import AsyncClient, Client, QueueConfig
 
 ExecutorKind = Literal["auto", "thread", "process"]
@@ -44,6 +45,8 @@ class TaskContext:
     type: str
     logger: logging.Logger = field(default=log, repr=False)
     last_progress: Any = None
+    #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def stopped(self) -> bool:
@@ -118,7 +121,9 @@ class TaskHandle(Generic[P, R]):
     def _submit_args(self, payload: Any, opts: dict[str, Any]) -> dict[str, Any]:
         # The handler's max_attempts is not copied into the record: the worker applies it
         # whatever the submit path (precedence: per-task override > handler > queue).
-        return {"payload": json_payload(payload), **opts}
+        payload = json_payload(payload)
+        self.app.middleware.on_submit(self.name, payload, opts)
+        return {"payload": payload, **opts}
 
     def submit(self, payload: Any = None, *, client: Client | None = None, **opts: Any) -> str:
         """Enqueue one task; options as `Client.submit` (priority, delay, eta_ms, ...)."""
@@ -133,9 +138,16 @@ class TaskHandle(Generic[P, R]):
 
 
 class App:
-    def __init__(self, name: str = "kubeq", *, default_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "kubeq",
+        *,
+        default_timeout: float | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self.name = name
         self.default_timeout = default_timeout
+        self.middleware = Chain(middleware)
         self.tasks: dict[str, TaskHandle[..., Any]] = {}
         self._target: tuple[str, str, str, QueueConfig | None] | None = None
         self._client: Client | None = None
@@ -143,6 +155,10 @@ class App:
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Append one middleware (see kubeq.middleware for the hooks and their order)."""
+        self.middleware.items.append(middleware)
 
     @overload
     def task(self, name: Callable[P, R]) -> TaskHandle[P, R]: ...

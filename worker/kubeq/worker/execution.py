@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -180,14 +180,17 @@ class TaskRunner:
 
     # -- running -------------------------------------------------------------------------
 
-    async def execute(
-        self, claimed: ClaimedTask, stopped: Callable[[], object] = lambda: None
-    ) -> Outcome:
+    async def execute(self, claimed: ClaimedTask, job: Attempt | None = None) -> Outcome:
         """Run the task's handler to an outcome; never raises, except CancelledError when
-        `stopped()` says the worker itself stopped this job."""
+        `job.stop` says the worker itself stopped this job. Sets `job.ctx`."""
+        holder = job if job is not None else _Detached()
+
+        def stopped() -> object:
+            return holder.stop
+
         started = time.perf_counter()
         try:
-            return await self._execute(claimed, stopped)
+            return await self._execute(claimed, stopped, holder)
         except asyncio.CancelledError as exc:
             if stopped():
                 raise
@@ -197,7 +200,9 @@ class TaskRunner:
         out.duration = time.perf_counter() - started
         return out
 
-    async def _execute(self, claimed: ClaimedTask, stopped: Callable[[], object]) -> Outcome:
+    async def _execute(
+        self, claimed: ClaimedTask, stopped: Callable[[], object], job: Attempt
+    ) -> Outcome:
         task = claimed.task
         handle = self.app.tasks.get(task.type)
         if handle is None:
@@ -228,6 +233,10 @@ class TaskRunner:
             task.type,
         )
         timeout = opts.timeout or self.default_timeout
+        job.ctx = ctx
+        hooks = self.app.middleware
+        if hooks:
+            hooks.before_task(ctx, payload)
         run = _Run()
         try:
             ok, value = await self._run_handler(handle, payload, ctx, timeout, run)
@@ -237,6 +246,8 @@ class TaskRunner:
                 ok, value = False, exc  # the handler's own TimeoutError
             else:
                 err = TaskError(type="Timeout", message=f"handler exceeded its {timeout}s timeout")
+                if hooks:
+                    hooks.on_failure(ctx, exc)
                 out = self._failure(claimed, err, reason="timeout", failed=True)
                 out.duration = run.elapsed()
                 return out
@@ -247,6 +258,8 @@ class TaskRunner:
             ok, value = False, exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
             ok, value = False, exc
+        if not ok and hooks:
+            hooks.on_failure(ctx, value)
         out = self.on_success(claimed, value) if ok else self.on_exception(claimed, handle, value)
         out.duration = run.elapsed()
         return out
@@ -416,6 +429,21 @@ def _call(fn: Callable[..., Any], payload: Any, ctx: TaskContext) -> tuple[bool,
         return True, fn(payload, ctx)
     except BaseException as exc:
         return False, exc
+
+
+class Attempt(Protocol):
+    """What the runtime and the runner share about one running attempt (a Job)."""
+
+    stop: Any  # set by the worker BEFORE it cancels: why it stopped the attempt
+    ctx: TaskContext | None
+
+
+class _Detached:
+    __slots__ = ("ctx", "stop")
+
+    def __init__(self) -> None:
+        self.stop: Any = None
+        self.ctx: TaskContext | None = None
 
 
 class _Run:

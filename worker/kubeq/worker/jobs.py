@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable
 from typing import Literal
 
+from kubeq.app import TaskContext
 from kubeq.protocol import ClaimedTask
 
 log = logging.getLogger("kubeq.worker")
@@ -25,12 +26,13 @@ def new_worker_id() -> str:
 
 
 class Job:
-    __slots__ = ("claimed", "stop", "task")
+    __slots__ = ("claimed", "ctx", "stop", "task")
 
     def __init__(self, claimed: ClaimedTask) -> None:
         self.claimed = claimed
         self.stop: Stop | None = None
         self.task: asyncio.Task[None] | None = None
+        self.ctx: TaskContext | None = None  # set once the handler is about to run
 
     def halt(self, why: Stop) -> None:
         if self.stop is None:

@@ -7,6 +7,7 @@ lease this worker still owns (see ledger.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Awaitable
 
 from kubeq.app import App
 from kubeq.metrics import WorkerMetrics
+from kubeq.middleware import TaskEnd
 from kubeq.protocol import (
     AsyncClient,
     ClaimedTask,
@@ -35,6 +37,15 @@ from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
+
+
+def task_end(out: Outcome | None) -> TaskEnd:
+    if out is None:
+        return TaskEnd("lost", "lease lost", None)
+    error = None
+    if out.failed:
+        error = json.loads(out.settlement.outcome).get("error", {}).get("type")
+    return TaskEnd(out.event, out.reason, out.duration, error)
 
 
 def rss_bytes() -> int:
@@ -308,7 +319,7 @@ class Worker:
         out: Outcome | None = None
         try:
             try:
-                out = await self.runner.execute(ct, lambda: job.stop)
+                out = await self.runner.execute(ct, job)
             except asyncio.CancelledError:
                 if job.stop is None:  # not ours: cannot happen, execute says; be safe
                     job.stop = "release" if self.draining or self.closed else None
@@ -321,6 +332,8 @@ class Worker:
                 del self._running[ct.id]
             self.metrics.in_flight.set(len(self._running))
             self._slot_freed.set()
+        if job.ctx is not None and self.app.middleware:
+            self.app.middleware.after_task(job.ctx, task_end(out))
         if out is None:
             self.ledger.drop(ct.id, ct.token)  # never settle what we know we lost
             return
