@@ -20,30 +20,23 @@ DEAD_REASONS = frozenset(
         "malformed_record",
         "result_not_json",
         "timeout",
+        "result_too_large",
+        "outcome_error",
+        "worker_error",
     }
 )
 UNKNOWN = "unknown"
 _TASK = ("queue", "priority", "task_type")
+# Dense between 0.1 and 10 s, where most handlers and queue waits live: a quantile is
+# interpolated inside one bucket, so a bucket 1-5 s wide puts p50 anywhere within it.
 DURATION_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    120,
-    300,
-    600,
-)
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5, 10, 15, 20, 30, 60, 120, 300, 600,
+)  # fmt: skip
+WAIT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5,
+    6, 7.5, 10, 15, 20, 30, 60, 120, 300, 900, 3600,
+)  # fmt: skip
 
 
 class TaskSeries:
@@ -86,7 +79,11 @@ class WorkerMetrics:
 
         self.claimed = counter("kubeq_tasks_claimed_total", "Tasks claimed by this worker")
         self.completed = counter("kubeq_tasks_completed_total", "Tasks completed successfully")
-        self.failed = counter("kubeq_tasks_failed_total", "Handler attempts that raised")
+        self.failed = counter(
+            "kubeq_tasks_failed_total",
+            "Failed attempts: the handler raised, timed out or crashed, or its input or "
+            "result was refused",
+        )
         self.retried = counter("kubeq_tasks_retried_total", "Tasks scheduled for another attempt")
         self.dead = counter(
             "kubeq_tasks_dead_lettered_total", "Tasks moved to the dead letters", (*_TASK, "reason")

@@ -311,6 +311,7 @@ class TaskRunner:
     ) -> Outcome:
         _encodes(settlement)
         t = claimed.task
+        failed = failed or event in ("retried", "dead")  # every failure counts as one
         return Outcome(settlement, event, t.priority, t.type, t.attempts, reason, failed)
 
     def on_success(self, claimed: ClaimedTask, result: Any) -> Outcome:
@@ -420,7 +421,7 @@ class TaskRunner:
         levels = self.ops.levels
         priority = levels[m.level_index - 1] if 0 < m.level_index <= len(levels) else "unknown"
         s = self.ops.dead_letter_malformed(m, self.worker_id, self.clock())
-        return Outcome(s, "dead", priority, "unknown", m.attempts, "malformed_record")
+        return Outcome(s, "dead", priority, "unknown", m.attempts, "malformed_record", True)
 
 
 def _call(fn: Callable[..., Any], payload: Any, ctx: TaskContext) -> tuple[bool, Any]:

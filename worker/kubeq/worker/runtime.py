@@ -267,6 +267,8 @@ class Worker:
                         "attempt": m.attempts,
                     },
                 )
+                self.metrics.series(out.priority, out.task_type).failed.inc()
+                self.ledger.settling(m.task_id, m.token)
                 self.batcher.add(out)
             now = system_clock()
             for ct in claim.tasks:
