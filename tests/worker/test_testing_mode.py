@@ -53,7 +53,7 @@ async def test_arun_task_runs_on_the_current_loop() -> None:
     assert r.result == {"slept": 0.01, "attempt": 1}
 
 
-def test_the_redis_fixture_is_a_private_server(kubeq_redis_url: str) -> None:  # noqa: F811
+def test_the_redis_fixture_is_a_private_server(kubeq_redis_url: str) -> None:
     assert not kubeq_redis_url.endswith(":6379/0")
     with Client.from_url(kubeq_redis_url, "fx") as c:
         c.ping()
