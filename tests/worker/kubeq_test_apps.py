@@ -253,3 +253,15 @@ def child_pid(payload: Any, ctx: TaskContext) -> int:
     import os
 
     return os.getpid()
+
+
+@app.task("swallows_cancel")
+async def swallows_cancel(times: int, ctx: TaskContext) -> str:
+    swallowed = 0
+    while True:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1
+            if swallowed >= times:
+                raise

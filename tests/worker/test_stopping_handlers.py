@@ -165,3 +165,20 @@ async def test_a_worker_drains_and_exits_after_max_tasks(
     done = [t for t in ids if status(client, t) == TaskStatus.COMPLETED]
     assert len(done) == 4
     assert client.workers() == []
+
+
+async def test_an_async_handler_that_swallows_cancellation_is_cancelled_again(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    drained, cancelled = client.submit("swallows_cancel", 3), client.submit("swallows_cancel", 3)
+    t0 = time.monotonic()
+    async with worker(redis_url, config, grace_seconds=0.2):
+        await until(
+            lambda: all(status(client, t) == TaskStatus.RUNNING for t in (drained, cancelled)),
+            what="running",
+        )
+        client.cancel(cancelled)
+        await until(lambda: status(client, cancelled) == TaskStatus.CANCELLED, 10, "cancelled")
+    assert time.monotonic() - t0 < 8
+    st = client.status(drained)
+    assert (st.status, st.attempts) == (TaskStatus.PENDING, 0)  # released on drain

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kubeq.worker.jobs import first_done
+from kubeq.worker.jobs import cancel_all, first_done
 from kubeq.worker.runtime import Worker
 
 log = logging.getLogger("kubeq.worker")
@@ -55,7 +55,8 @@ async def drain(
         job.halt("release")
     if left:
         log.info("releasing %d unfinished tasks", len(left))
-        await asyncio.wait([j.task for j in left if j.task is not None], timeout=5)
+        # cancel_all cancels again until done: a handler may swallow one cancellation.
+        await cancel_all([j.task for j in left if j.task is not None], timeout=5)
     # Even in a hurry: releasing is a settle too. Bounded, for a Redis that is down.
     if not await worker.batcher.flush(timeout=3 if hurry.is_set() else 10):
         log.warning("%d settlements not flushed; their leases will expire", len(worker.batcher))

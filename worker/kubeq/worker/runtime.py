@@ -387,6 +387,7 @@ class Worker:
         interval = self.config.heartbeat_seconds
         while not self.closed:
             await self.breaker.wait()
+            self.recancel()
             try:
                 await self.heartbeat()
                 await self.probe_backlog()
@@ -395,6 +396,13 @@ class Worker:
                 await asyncio.sleep(min(interval, 0.5))
                 continue
             await asyncio.sleep(interval)
+
+    def recancel(self) -> None:
+        """Cancel again every job the worker stopped that still runs: an async handler
+        that swallowed one CancelledError gets another at each heartbeat."""
+        for job in self._running.values():
+            if job.stop is not None and job.task is not None and not job.task.done():
+                job.task.cancel()
 
     async def probe_backlog(self) -> None:
         """Does work wait while every slot is held? Asked only once progress has stalled
