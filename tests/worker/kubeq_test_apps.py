@@ -265,3 +265,11 @@ async def swallows_cancel(times: int, ctx: TaskContext) -> str:
             swallowed += 1
             if swallowed >= times:
                 raise
+
+
+@app.task("fan_out")
+async def fan_out(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
+    ids = [await ctx.submit("echo", Reading(sensor="s", value=1))]
+    ids += await ctx.submit_many([{"type": "echo", "payload": i} for i in range(2)])
+    ids.append(await ctx.submit("echo", "elsewhere", queue=payload["other"]))
+    return ids

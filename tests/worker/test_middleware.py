@@ -96,3 +96,39 @@ def test_on_submit_sees_and_may_change_the_options(redis_url: str) -> None:
         assert app.client().status(tid).priority == "high"
     finally:
         app.close()
+
+
+async def test_ctx_submit_fans_out_on_the_workers_connection(
+    redis_url: str, recorder: Recorder
+) -> None:
+    config = queue_config(max_attempts=2)
+    other = queue_config()
+    with (
+        Client.from_url(redis_url, config.name, config=config) as c,
+        Client.from_url(redis_url, other.name, config=other) as o,
+    ):
+        o.publish_config()
+        tid = c.submit("fan_out", {"other": other.name})
+        ws = WorkerSettings(
+            redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))
+        try:
+            await until(lambda: c.status(tid).status.terminal, 20, "fan_out ends")
+            here1, here2, here3, there = c.result(tid)
+            await until(
+                lambda: all(c.status(i).status.terminal for i in (here1, here2, here3)),
+                20,
+                "children end",
+            )
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 30) == 0
+        assert [c.result(i) for i in (here1, here2, here3)] == [
+            {"sensor": "s", "value": 1.0},
+            0,
+            1,
+        ]
+        assert o.status(there).payload == "elsewhere"  # waits on the other queue
+    assert sum(1 for e in recorder.events if e[0] == "submit") == 4

@@ -48,6 +48,26 @@ class TaskContext:
     #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
     state: dict[str, Any] = field(default_factory=dict, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
+
+    async def submit(
+        self, task_type: str, payload: Any = None, *, queue: str | None = None, **opts: Any
+    ) -> str:
+        """Submit a task from an async handler, on the worker's own connection: to this
+        queue (with its config) or to another by name ("name" or "namespace/name")."""
+        return str(await self._fanout_or_fail().submit(task_type, payload, queue=queue, **opts))
+
+    async def submit_many(self, tasks: Any, *, queue: str | None = None) -> list[str]:
+        """`submit` for many tasks (TaskRequest or dicts of its fields)."""
+        return list(await self._fanout_or_fail().submit_many(tasks, queue=queue))
+
+    def _fanout_or_fail(self) -> Any:
+        if self._fanout is None:
+            raise RuntimeError(
+                "ctx.submit is available to async handlers run by a worker; from a sync "
+                "handler (a child process or thread) use a Client of your own"
+            )
+        return self._fanout
 
     def stopped(self) -> bool:
         """True once the worker stopped this attempt (timeout, cancel, lost lease, drain).

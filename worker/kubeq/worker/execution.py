@@ -146,6 +146,7 @@ class TaskRunner:
         start_method: StartMethod = "spawn",
         child_max_tasks: int = 0,
         child_max_rss_bytes: int = 0,
+        fanout: Any = None,
     ) -> None:
         self.app = app
         self.ops = ops
@@ -154,6 +155,7 @@ class TaskRunner:
         self.clock = clock
         self.rng = rng or random.Random()
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
+        self.fanout = fanout  # ctx.submit for async handlers (kubeq.worker.fanout)
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
         self._thread_slots = asyncio.Semaphore(thread_pool_size)
         modules = sorted(
@@ -233,6 +235,8 @@ class TaskRunner:
             task.type,
         )
         timeout = opts.timeout or self.default_timeout
+        if opts.executor == "loop":
+            ctx._fanout = self.fanout
         job.ctx = ctx
         hooks = self.app.middleware
         if hooks:

@@ -29,6 +29,7 @@ from kubeq.protocol.ops import Command, Op, Pipeline
 from kubeq.worker.batcher import TRANSIENT, SettleBatcher
 from kubeq.worker.breaker import CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
+from kubeq.worker.fanout import FanOut
 from kubeq.worker.health import HealthInputs, Verdict, verdict
 from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
@@ -107,6 +108,7 @@ class Worker:
             start_method=s.child_start_method,
             child_max_tasks=s.child_max_tasks,
             child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
+            fanout=FanOut(client, app),
         )
         self.ledger = Ledger(self.metrics)
         self.batcher = SettleBatcher(
