@@ -31,7 +31,22 @@ app = App("cwd-app")
 def hang(seconds, ctx):
     time.sleep(seconds)
     return "woke"
+
+
+@app.task("hang_in_thread", executor="thread")
+def hang_in_thread(seconds, ctx):
+    time.sleep(seconds)  # never looks at ctx.stopped()
+    return "woke"
 """
+
+
+def descendants_of(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        out += kids
+        todo += kids
+    return out
 
 
 def children_of(pid: int) -> list[int]:
@@ -67,20 +82,27 @@ def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
     try:
         with Client.from_url(redis_url, config.name, config=config) as client:
             tid = client.submit("hang", 120)
+            in_thread = client.submit("hang_in_thread", 120)
             wait_until(
-                lambda: proc.poll() is None and client.status(tid).status == TaskStatus.RUNNING,
+                lambda: (
+                    proc.poll() is None
+                    and client.status(tid).status == TaskStatus.RUNNING
+                    and client.status(in_thread).status == TaskStatus.RUNNING
+                ),
                 30,
-                "the handler to start (the app imported from the cwd)",
+                "the handlers to start (the app imported from the cwd)",
             )
-            handlers = children_of(proc.pid)
+            time.sleep(0.3)  # the child that runs `hang` is forked by now
+            handlers = descendants_of(proc.pid)
             assert handlers, "the sync handler runs in a child process"
             proc.send_signal(signal.SIGTERM)
             t0 = time.monotonic()
             assert proc.wait(15) == 0
             took = time.monotonic() - t0
             assert took < 5, f"exit took {took:.1f}s after SIGTERM (grace 0.5s)"
-            st = client.status(tid)
-            assert (st.status, st.attempts) == (TaskStatus.PENDING, 0)  # released
+            for t in (tid, in_thread):
+                st = client.status(t)
+                assert (st.status, st.attempts) == (TaskStatus.PENDING, 0)  # released
             assert client.workers() == []  # deregistered on exit
         for pid in handlers:
             wait_until(lambda p=pid: not Path(f"/proc/{p}").exists()

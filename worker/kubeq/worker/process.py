@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sys
+import threading
 
 from kubeq.app import App, load_app
 from kubeq.protocol import AsyncClient, KubeqError
@@ -140,7 +141,15 @@ def run_worker(settings: WorkerSettings) -> int:
     except (ImportError, AttributeError, TypeError) as exc:
         log.error("cannot load app %s: %s", settings.app, exc)
         return 2
-    return asyncio.run(_main(settings, app))
+    code = asyncio.run(_main(settings, app))
+    stuck = [t for t in threading.enumerate() if t.name.startswith("kubeq-task") and t.is_alive()]
+    if stuck:
+        # An executor="thread" handler that ignored ctx.stopped(): the interpreter would
+        # join its thread at exit and hang there. Nothing of ours is left to finish.
+        log.warning("%d handler threads still running at exit; exiting without them", len(stuck))
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 async def _main(settings: WorkerSettings, app: App) -> int:
