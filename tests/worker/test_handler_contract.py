@@ -127,3 +127,31 @@ async def test_a_worker_picks_up_a_config_published_after_it_started(redis_url: 
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_no_outcome_can_be_built_the_lease_expires_and_the_reaper_ends_it(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    from kubeq.protocol import AsyncClient
+    from kubeq.worker.runtime import Worker
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("outcome builders are broken")
+
+    tid = client.submit("echo", 1)
+    ws = WorkerSettings(redis_url=redis_url, queue=config.name, queue_config=config)
+    ac = await AsyncClient.from_url(redis_url, config.name, config=config)
+    w = Worker(ws, kubeq_test_apps.app, ac)
+    w.runner.ops = type(ac.ops)(config)  # the runner's own ops, then break its builders
+    w.runner.ops.completion = broken  # type: ignore[method-assign]
+    w.runner.ops.failure = broken  # type: ignore[method-assign]
+    tasks = w.start()
+    try:
+        # Not stranded "running" under live heartbeats: the reaper ends it (2 attempts).
+        await until(lambda: client.status(tid).status.terminal, 20, "the reaper ends it")
+        st = client.status(tid)
+        assert (st.status, st.attempts) == (TaskStatus.DEAD, 2)
+        assert w.in_flight == 0
+    finally:
+        await w.close(tasks)
+        await ac.close()

@@ -296,6 +296,8 @@ class Worker:
             await asyncio.wait((waiter,))
         finally:
             self._idle_task = None
+            if not waiter.done():  # we were cancelled: so is the wait
+                waiter.cancel()
         if waiter.cancelled() or not blpop:
             return
         exc = waiter.exception()
@@ -330,12 +332,27 @@ class Worker:
             out = self._settle_as(job, out)
         except BaseException as exc:  # one crashing thing here must not strand the task
             log.exception("task %s: the worker failed finishing it", ct.id)
-            out = None if job.stop == "lost" else self.runner.fallback(ct, exc)
+            out = None
+            if job.stop != "lost":
+                try:
+                    out = self.runner.fallback(ct, exc)
+                except Exception:
+                    log.exception("task %s: no outcome can be built; its lease will expire", ct.id)
         finally:
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
             self.metrics.in_flight.set(len(self._running))
             self._slot_freed.set()
+        try:
+            self._finish(job, out)
+        except Exception:
+            # Without a settle the lease must not be kept alive: dropping it lets it expire,
+            # and the reaper returns the task (counting the attempt), so nothing is stranded.
+            log.exception("task %s: settling failed; its lease will expire", ct.id)
+            self.ledger.drop(ct.id, ct.token)
+
+    def _finish(self, job: Job, out: Outcome | None) -> None:
+        ct = job.claimed
         if job.ctx is not None and self.app.middleware:
             self.app.middleware.after_task(job.ctx, task_end(out))
         if out is None:
@@ -349,23 +366,6 @@ class Worker:
         self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
         self._count_for_recycling()
-
-    def _count_for_recycling(self) -> None:
-        self._finished += 1
-        s = self.settings
-        if self.recycle.is_set():
-            return
-        why = ""
-        if s.max_tasks and self._finished >= s.max_tasks:
-            why = f"{self._finished} tasks run (max_tasks {s.max_tasks})"
-        elif s.max_rss_mb and self._finished % 16 == 0:
-            rss = rss_bytes() / 2**20
-            if rss > s.max_rss_mb:
-                why = f"RSS {rss:.0f} MiB above max_rss_mb {s.max_rss_mb}"
-        if why:
-            log.info("recycling this worker: %s; draining, then exiting", why)
-            self.recycle.set()
-            self.stop_claiming()
 
     def _settle_as(self, job: Job, out: Outcome | None) -> Outcome | None:
         """What ends this job: the handler's outcome unless the worker stopped it.
