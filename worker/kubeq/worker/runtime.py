@@ -367,6 +367,23 @@ class Worker:
         self.batcher.add(out)
         self._count_for_recycling()
 
+    def _count_for_recycling(self) -> None:
+        self._finished += 1
+        s = self.settings
+        if self.recycle.is_set():
+            return
+        why = ""
+        if s.max_tasks and self._finished >= s.max_tasks:
+            why = f"{self._finished} tasks run (max_tasks {s.max_tasks})"
+        elif s.max_rss_mb and self._finished % 16 == 0:
+            rss = rss_bytes() / 2**20
+            if rss > s.max_rss_mb:
+                why = f"RSS {rss:.0f} MiB above max_rss_mb {s.max_rss_mb}"
+        if why:
+            log.info("recycling this worker: %s; draining, then exiting", why)
+            self.recycle.set()
+            self.stop_claiming()
+
     def _settle_as(self, job: Job, out: Outcome | None) -> Outcome | None:
         """What ends this job: the handler's outcome unless the worker stopped it.
 
