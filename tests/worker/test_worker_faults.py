@@ -128,9 +128,11 @@ def test_a_paused_worker_cannot_complete_a_task_another_worker_took_over(
     # from a heartbeat first that its lease is lost (it abandons the task): both are fine,
     # which one comes first is the scheduler's choice.
     wait_until(
-        lambda: metric(a.metrics(), "kubeq_settles_refused_total")
-        + metric(a.metrics(), "kubeq_leases_lost_total")
-        >= 1,
+        lambda: (
+            metric(a.metrics(), "kubeq_settles_refused_total")
+            + metric(a.metrics(), "kubeq_leases_lost_total")
+            >= 1
+        ),
         10,
         "A's late settle refused or its lease known lost",
     )

@@ -105,7 +105,7 @@ async def arun_task(
             run.error = err
             run.errors.append(err)
             if out.event == "retried":
-                run.delays.append(max(0, out.settlement.due_ms - _NOW) / 1000)
+                run.delays.append((out.retry_in_ms or 0) / 1000)
                 continue
             run.status, run.reason = "dead", out.reason
             return run

@@ -59,6 +59,8 @@ class Outcome:
     reason: str | None = None  # dead-letter reason label, or why a retry happens
     failed: bool = False  # the attempt failed (handler raised, timed out, bad input)
     duration: float | None = None  # seconds the handler ran
+    #: a retry: after how many ms (by this worker's reckoning) it comes due again
+    retry_in_ms: int | None = None
 
 
 # -- pure helpers --------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class TaskRunner:
         *,
         queue: str,
         worker_id: str,
-        clock: Callable[[], int],
+        clock: Callable[[], int] | None,
         rng: random.Random | None = None,
         default_timeout: float | None = None,
         thread_pool_size: int = 16,
@@ -152,7 +154,9 @@ class TaskRunner:
         self.ops = ops
         self.queue = queue
         self.worker_id = worker_id
-        self.clock = clock
+        # The client's clock may become None (Redis's own clock inside the scripts); the
+        # times an outcome records then come from this host's clock.
+        self.clock: Callable[[], int] = clock or _epoch_ms
         self.rng = rng or random.Random()
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.fanout = fanout  # ctx.submit for async handlers (kubeq.worker.fanout)
@@ -389,7 +393,9 @@ class TaskRunner:
         s = self.ops.failure(policy_view, err, now, self.rng, permanent=permanent, reason=reason)
         if s.action == "retry":
             s = self.with_retry_delay(s, now, retry_delay(delay))
-            return self._outcome(claimed, s, "retried", reason, failed)
+            out = self._outcome(claimed, s, "retried", reason, failed)
+            out.retry_in_ms = self.retry_in_ms(s, now)
+            return out
         label = reason or ("permanent_error" if permanent else "attempts_exhausted")
         if not permanent and s.action == "dead" and reason in (None, "timeout", "worker_error"):
             label = "attempts_exhausted" if reason is None else reason
@@ -402,6 +408,11 @@ class TaskRunner:
             return s
         return dataclasses.replace(s, due_ms=now_ms + int(delay * 1000))
 
+    @staticmethod
+    def retry_in_ms(s: Settlement, now_ms: int) -> int:
+        """How long until a retry settlement comes due (the one place that reads it)."""
+        return max(0, int(s.due_ms) - now_ms)
+
     def fallback(self, claimed: ClaimedTask, exc: BaseException) -> Outcome:
         """The minimal outcome when building the real one failed: plain ASCII, cannot fail
         to encode. A retry with backoff (the attempt counts) or dead once out of attempts."""
@@ -409,10 +420,14 @@ class TaskRunner:
         err = TaskError(
             type="OutcomeError", message=f"the task's outcome could not be stored ({name})"
         )
-        s = self.ops.failure(claimed, err, self.clock(), self.rng, reason="outcome_error")
+        now = self.clock()
+        s = self.ops.failure(claimed, err, now, self.rng, reason="outcome_error")
         event: Event = "retried" if s.action == "retry" else "dead"
         t = claimed.task
-        return Outcome(s, event, t.priority, t.type, t.attempts, "outcome_error", True)
+        out = Outcome(s, event, t.priority, t.type, t.attempts, "outcome_error", True)
+        if event == "retried":
+            out.retry_in_ms = self.retry_in_ms(s, now)
+        return out
 
     def cancelled(self, claimed: ClaimedTask, reason: str = "cancel requested") -> Outcome:
         s = self.ops.completion(claimed, None, self.clock(), status="cancelled", reason=reason)
@@ -426,6 +441,10 @@ class TaskRunner:
         priority = levels[m.level_index - 1] if 0 < m.level_index <= len(levels) else "unknown"
         s = self.ops.dead_letter_malformed(m, self.worker_id, self.clock())
         return Outcome(s, "dead", priority, "unknown", m.attempts, "malformed_record", True)
+
+
+def _epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _call(fn: Callable[..., Any], payload: Any, ctx: TaskContext) -> tuple[bool, Any]:

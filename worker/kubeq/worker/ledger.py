@@ -12,6 +12,7 @@ import heapq
 import logging
 
 from kubeq.metrics import WorkerMetrics
+from kubeq.protocol import system_clock
 from kubeq.worker.batcher import HasSettlement
 from kubeq.worker.execution import Outcome
 
@@ -62,6 +63,7 @@ class Ledger:
 
     def settled(self, batch: list[HasSettlement], results: list[bool | None]) -> None:
         m = self.metrics
+        now_ms = system_clock()
         debug = tlog.isEnabledFor(logging.DEBUG)
         for item, ok in zip(batch, results, strict=True):
             assert isinstance(item, Outcome)
@@ -87,7 +89,7 @@ class Ledger:
                     tlog.debug("task %s completed", s.task_id, extra=self.fields(item, "completed"))
                 continue
             if item.event == "retried" and len(self._retry_due) < MAX_RETRY_TIMES:
-                heapq.heappush(self._retry_due, s.due_ms)
+                heapq.heappush(self._retry_due, now_ms + (item.retry_in_ms or 0))
             tlog.info(
                 "task %s %s (%s)",
                 s.task_id,
