@@ -171,3 +171,9 @@ def test_version_and_unknown_command(kubeq: Kubeq) -> None:
     assert kubeq("--version").stdout.startswith("kubeq, version ")
     res = kubeq("frobnicate", code=2)
     assert "No such command 'frobnicate'" in res.stderr
+
+
+def test_worker_takes_several_queues(kubeq: Kubeq, runtime: list[Any]) -> None:
+    kubeq("worker", "--queue", "a", "-q", "b", code=3)
+    (settings,) = runtime
+    assert settings.queue == "a,b"  # WorkerSettings.queue_names() splits it again

@@ -155,3 +155,37 @@ async def test_no_outcome_can_be_built_the_lease_expires_and_the_reaper_ends_it(
     finally:
         await w.close(tasks)
         await ac.close()
+
+
+async def test_one_worker_serves_several_queues_each_with_its_share_of_slots(
+    redis_url: str,
+) -> None:
+    from kubeq.worker.process import split_slots
+
+    assert split_slots(16, 3) == [6, 5, 5]
+    assert split_slots(2, 2) == [1, 1]
+    a, b = queue_config(), queue_config()
+    with (
+        Client.from_url(redis_url, a.name, config=a) as ca,
+        Client.from_url(redis_url, b.name, config=b) as cb,
+    ):
+        ca.publish_config()
+        cb.publish_config()
+        # Queue a is full of slow work; queue b must still be served (its own slots).
+        for _ in range(4):
+            ca.submit("sleep", {"seconds": 30})
+        quick = cb.submit("echo", "b")
+        ws = WorkerSettings(
+            redis_url=redis_url, queue=f"{a.name},{b.name}", concurrency=4, metrics_port=0,
+            grace_seconds=0.2,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))
+        try:
+            await until(lambda: cb.status(quick).status.terminal, 20, "queue b served")
+            assert cb.result(quick) == "b"
+            assert ca.stats().in_flight == 2  # a got its share (2 of 4 slots), not all
+            assert {w.concurrency for w in ca.workers() + cb.workers()} == {2}
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 30) == 0

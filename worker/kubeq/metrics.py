@@ -62,14 +62,11 @@ class TaskSeries:
         self.wait = m.queue_wait.labels(m.queue, priority)
 
 
-class WorkerMetrics:
-    def __init__(
-        self, queue: str, known_types: Iterable[str] = (), registry: CollectorRegistry | None = None
-    ) -> None:
-        self.queue = queue
-        self.known_types = frozenset(known_types)
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+class Families:
+    """The metric families of one registry, shared by the queues a worker process serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = _TASK) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -104,24 +101,50 @@ class WorkerMetrics:
             registry=r,
         )
         q = ("queue",)
-        self.in_flight = Gauge(
-            "kubeq_tasks_in_flight", "Handlers running now", q, registry=r
-        ).labels(queue)
+        self.in_flight = Gauge("kubeq_tasks_in_flight", "Handlers running now", q, registry=r)
         self.concurrency = Gauge(
             "kubeq_worker_concurrency", "Task slots of this worker", q, registry=r
-        ).labels(queue)
+        )
         self.leases_lost = counter(
             "kubeq_leases_lost_total", "Leases lost while the handler ran", q
-        ).labels(queue)
+        )
         self.settles_refused = counter(
             "kubeq_settles_refused_total", "Late settles refused by fencing", q
-        ).labels(queue)
-        self.redis_errors = counter("kubeq_redis_errors_total", "Failed Redis calls", q).labels(
-            queue
         )
-        self.draining = Gauge("kubeq_worker_draining", "1 while draining", q, registry=r).labels(
-            queue
-        )
+        self.redis_errors = counter("kubeq_redis_errors_total", "Failed Redis calls", q)
+        self.draining = Gauge("kubeq_worker_draining", "1 while draining", q, registry=r)
+
+    def expose(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        out: Any = generate_latest(self.registry)
+        return bytes(out)
+
+
+class WorkerMetrics:
+    """One queue's view of the families: `queue` is bound into every series."""
+
+    def __init__(
+        self,
+        queue: str,
+        known_types: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+        *,
+        families: Families | None = None,
+    ) -> None:
+        self.queue = queue
+        self.known_types = frozenset(known_types)
+        f = self.families = families or Families(registry)
+        self.registry = f.registry
+        self.claimed, self.completed, self.failed = f.claimed, f.completed, f.failed
+        self.retried, self.dead, self.cancelled = f.retried, f.dead, f.cancelled
+        self.released, self.duration, self.queue_wait = f.released, f.duration, f.queue_wait
+        self.in_flight = f.in_flight.labels(queue)
+        self.concurrency = f.concurrency.labels(queue)
+        self.leases_lost = f.leases_lost.labels(queue)
+        self.settles_refused = f.settles_refused.labels(queue)
+        self.redis_errors = f.redis_errors.labels(queue)
+        self.draining = f.draining.labels(queue)
         self._series: dict[tuple[str, str], TaskSeries] = {}
 
     def task_type(self, task_type: str) -> str:
@@ -151,7 +174,4 @@ class WorkerMetrics:
         self.dead.labels(self.queue, priority, self.task_type(task_type), label).inc()
 
     def expose(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        out: Any = generate_latest(self.registry)
-        return bytes(out)
+        return self.families.expose()

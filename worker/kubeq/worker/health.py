@@ -25,7 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kubeq.metrics import WorkerMetrics
+from kubeq.metrics import Families, WorkerMetrics
 
 TICK = 0.5
 
@@ -124,7 +124,7 @@ class HealthServer:
 
     def __init__(
         self,
-        metrics: WorkerMetrics,
+        metrics: WorkerMetrics | Families,
         ready: Callable[[], tuple[bool, str]],
         host: str,
         port: int,

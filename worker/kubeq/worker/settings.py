@@ -21,6 +21,7 @@ class WorkerSettings(BaseSettings):
     redis_tls: bool = False  # turns redis:// into rediss://
     redis_tls_insecure_skip_verify: bool = False
     redis_tls_ca_file: str | None = None
+    #: the queue to serve, or several separated by commas ("a,b": one share of the slots each)
     queue: str = "default"
     namespace: str = "default"
     #: "package.module:attribute" of the App whose handlers this worker runs
@@ -68,8 +69,16 @@ class WorkerSettings(BaseSettings):
     #: the longest handler timeout, so a handler within its timeout is never "stuck")
     liveness_stall_seconds: float = Field(default=300.0, gt=0)
 
+    def queue_names(self) -> list[str]:
+        return list(dict.fromkeys(q.strip() for q in self.queue.split(",") if q.strip()))
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
+        names = self.queue_names()
+        if not names:
+            raise ValueError("no queue to serve")
+        if len(names) > self.concurrency:
+            raise ValueError(f"{len(names)} queues need a concurrency of at least {len(names)}")
         qc = self.queue_config
         if qc is not None and (qc.name, qc.namespace) != (self.queue, self.namespace):
             raise ValueError(
