@@ -180,6 +180,11 @@ class Child:
             self.proc.join(1.0)
 
 
+def _kill_when_started(fut: asyncio.Future[Child]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().kill()
+
+
 class ChildPool:
     def __init__(
         self,
@@ -250,7 +255,13 @@ class ChildPool:
             if child.proc.is_alive():
                 return child
             child.close()
-        child = Child(self.mp, self.preload)
+        # Off the loop: the first start also starts the forkserver, which imports the app.
+        starting = asyncio.ensure_future(asyncio.to_thread(Child, self.mp, self.preload))
+        try:
+            child = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_kill_when_started)  # no orphan child
+            raise
         self.started += 1
         try:
             async with asyncio.timeout(READY_TIMEOUT):
