@@ -273,3 +273,15 @@ async def fan_out(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
     ids += await ctx.submit_many([{"type": "echo", "payload": i} for i in range(2)])
     ids.append(await ctx.submit("echo", "elsewhere", queue=payload["other"]))
     return ids
+
+
+_LEAK: list[bytes] = []
+
+
+@app.task("leaky_child")
+def leaky_child(mb: int, ctx: TaskContext) -> int:
+    """Leaks `mb` MiB per task in its process, as a careless handler does."""
+    import os
+
+    _LEAK.append(os.urandom(mb * 1024 * 1024))
+    return os.getpid()

@@ -182,3 +182,27 @@ async def test_an_async_handler_that_swallows_cancellation_is_cancelled_again(
     assert time.monotonic() - t0 < 8
     st = client.status(drained)
     assert (st.status, st.attempts) == (TaskStatus.PENDING, 0)  # released on drain
+
+
+async def test_a_child_that_grows_past_its_rss_limit_is_replaced(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = [client.submit("leaky_child", 40) for _ in range(4)]
+    async with worker(redis_url, config, concurrency=1, child_max_rss_mb=60):
+        await until(lambda: all(status(client, t).terminal for t in ids), 30, "all done")
+    pids = [client.result(t) for t in ids]
+    # Each task leaves its child above 60 MiB (a child starts well below 40): replaced.
+    assert len(set(pids)) == 4, pids
+
+
+async def test_a_worker_past_max_rss_drains_and_exits(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    ids = [client.submit("echo", i) for i in range(40)]
+    ws = WorkerSettings(
+        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0,
+        max_rss_mb=1, concurrency=1,
+    )  # fmt: skip
+    assert await asyncio.wait_for(serve(ws, kubeq_test_apps.app), 20) == 0  # exits by itself
+    done = sum(status(client, t) == TaskStatus.COMPLETED for t in ids)
+    assert done == 16  # RSS is checked every 16 tasks; any process is above 1 MiB
