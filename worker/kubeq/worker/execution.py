@@ -330,8 +330,11 @@ class TaskRunner:
             return self._outcome(claimed, s, "completed")
         except Exception as exc:  # not JSON, too deep, too large, not UTF-8, ...
             reason = "result_too_large" if type(exc).__name__ == "ResultTooLarge" else None
-            err = task_error(exc)
-            err = TaskError(type="ResultNotStored", message=err.message, traceback=None)
+            e = task_error(exc)
+            err = TaskError(
+                type="ResultNotStored",
+                message=f"the result cannot be stored: {e.type}: {e.message}"[:MAX_MESSAGE],
+            )
             return self._failure(
                 claimed, err, permanent=True, reason=reason or "result_not_json", failed=True
             )
@@ -366,8 +369,8 @@ class TaskRunner:
         reason: str | None = None,
         failed: bool = False,
         delay: object = None,
-        ctx: TaskContext | None = None,
     ) -> Outcome:
+        """A failed attempt: retry or dead by the effective policy; never raises."""
         try:
             return self._build_failure(claimed, err, permanent, reason, failed, delay)
         except Exception as exc:
@@ -397,8 +400,6 @@ class TaskRunner:
             out.retry_in_ms = self.retry_in_ms(s, now)
             return out
         label = reason or ("permanent_error" if permanent else "attempts_exhausted")
-        if not permanent and s.action == "dead" and reason in (None, "timeout", "worker_error"):
-            label = "attempts_exhausted" if reason is None else reason
         return self._outcome(claimed, s, "dead", label, failed)
 
     @staticmethod
