@@ -139,8 +139,11 @@ class TaskHandle(Generic[P, R]):
         return f"<kubeq task {self.name!r} of app {self.app.name!r}>"
 
     def _submit_args(self, payload: Any, opts: dict[str, Any]) -> dict[str, Any]:
-        # The handler's max_attempts is not copied into the record: the worker applies it
-        # whatever the submit path (precedence: per-task override > handler > queue).
+        # The worker applies the handler's max_attempts whatever the submit path; through
+        # the handle the record carries it too, so the reaper (which judges tasks whose
+        # worker died, without the app) applies the same number.
+        if opts.get("max_attempts") is None and self.options.max_attempts is not None:
+            opts["max_attempts"] = self.options.max_attempts
         payload = json_payload(payload)
         self.app.middleware.on_submit(self.name, payload, opts)
         return {"payload": payload, **opts}
