@@ -33,6 +33,12 @@ def hang(seconds, ctx):
     return "woke"
 
 
+@app.task("says_hello")
+def says_hello(name, ctx):
+    ctx.logger.info("hello %s from the handler's process", name)
+    return "said"
+
+
 @app.task("hang_in_thread", executor="thread")
 def hang_in_thread(seconds, ctx):
     time.sleep(seconds)  # never looks at ctx.stopped()
@@ -81,6 +87,8 @@ def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
     )  # fmt: skip
     try:
         with Client.from_url(redis_url, config.name, config=config) as client:
+            hello = client.submit("says_hello", "kubeq")
+            wait_until(lambda: client.status(hello).status.terminal, 30, "hello")
             tid = client.submit("hang", 120)
             in_thread = client.submit("hang_in_thread", 120)
             wait_until(
@@ -115,6 +123,7 @@ def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
         log.close()
     text = (tmp_path / "worker.log").read_text()
     assert "stopped" in text, text[-3000:]
+    assert "hello kubeq from the handler's process" in text, text[-3000:]
 
 
 _ = (HERE, REPO)

@@ -83,10 +83,16 @@ def _resolve(module: str, qualname: str) -> Any:
     return getattr(obj, "fn", obj)  # a TaskHandle runs its function
 
 
-def child_main(conn: Connection, preload: list[str]) -> None:
+def child_main(
+    conn: Connection, preload: list[str], log_config: tuple[str, str] | None = None
+) -> None:
     """Loop: receive (module, qualname, payload, ctx fields), run, answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
     _die_with_parent()
+    if log_config is not None:  # a handler's logs look like the worker's, on its stderr
+        from kubeq.worker.logs import configure_logging
+
+        configure_logging(*log_config)
     from kubeq.app import TaskContext
 
     for name in preload:
@@ -114,10 +120,15 @@ def child_main(conn: Connection, preload: list[str]) -> None:
 
 
 class Child:
-    def __init__(self, mp: Any, preload: list[str]) -> None:
+    def __init__(
+        self, mp: Any, preload: list[str], log_config: tuple[str, str] | None = None
+    ) -> None:
         ours, theirs = mp.Pipe(duplex=True)
         self.proc = mp.Process(
-            target=child_main, args=(theirs, preload), name="kubeq-handler", daemon=False
+            target=child_main,
+            args=(theirs, preload, log_config),
+            name="kubeq-handler",
+            daemon=False,
         )
         self.proc.start()
         theirs.close()
@@ -194,8 +205,10 @@ class ChildPool:
         start_method: StartMethod = "spawn",
         max_tasks: int = 0,
         max_rss_bytes: int = 0,
+        log_config: tuple[str, str] | None = None,
     ) -> None:
         self.size = size
+        self.log_config = log_config
         self.preload = preload or []
         self.mp = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -256,7 +269,9 @@ class ChildPool:
                 return child
             child.close()
         # Off the loop: the first start also starts the forkserver, which imports the app.
-        starting = asyncio.ensure_future(asyncio.to_thread(Child, self.mp, self.preload))
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(Child, self.mp, self.preload, self.log_config)
+        )
         try:
             child = await asyncio.shield(starting)
         except asyncio.CancelledError:

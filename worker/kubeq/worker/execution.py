@@ -149,6 +149,7 @@ class TaskRunner:
         child_max_tasks: int = 0,
         child_max_rss_bytes: int = 0,
         fanout: Any = None,
+        log_config: tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self.ops = ops
@@ -171,6 +172,7 @@ class TaskRunner:
             start_method=start_method,
             max_tasks=child_max_tasks,
             max_rss_bytes=child_max_rss_bytes,
+            log_config=log_config,
         )
 
     def shutdown(self) -> None:

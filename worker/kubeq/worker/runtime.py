@@ -109,6 +109,7 @@ class Worker:
             child_max_tasks=s.child_max_tasks,
             child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
             fanout=FanOut(client, app),
+            log_config=(s.log_format, s.log_level),
         )
         self.ledger = Ledger(self.metrics)
         self.batcher = SettleBatcher(
