@@ -228,3 +228,29 @@ async def test_a_heartbeat_racing_a_settle_reports_no_lost_lease(redis_url: str)
         w.runner.shutdown()
     finally:
         await client.close()
+
+
+async def test_healthz_fails_when_settles_keep_failing_past_the_stall_window(
+    redis_url: str,
+) -> None:
+    config = queue_config()
+    with Client.from_url(redis_url, config.name, config=config) as client:
+        tid = client.submit("sleep", {"seconds": 0.3})
+        async with worker_on(redis_url, config, liveness_stall_seconds=0.3) as port:
+            await until(lambda: client.status(tid).status == TaskStatus.RUNNING, what="running")
+            client.redis.config_set("maxmemory", "1")  # the settle is refused: OOM
+            try:
+
+                async def dead() -> bool:
+                    status, body = await get(port, "/healthz")
+                    return status == 503 and "settles failing" in body["reason"]
+
+                await until(dead, 10, "healthz 503 while settles keep failing")
+            finally:
+                client.redis.config_set("maxmemory", "0")
+
+            async def alive() -> bool:
+                return (await get(port, "/healthz"))[0] == 200
+
+            await until(alive, 15, "healthz 200 once the settle applied")
+        assert client.status(tid).status == TaskStatus.COMPLETED

@@ -32,7 +32,7 @@ async def farewell(worker: Worker) -> None:
     (the entry then expires with the leases). Bounded, for a Redis that is down."""
     try:
         async with asyncio.timeout(2):
-            if len(worker.batcher):
+            if worker.ledger.pending_settles():
                 await worker.heartbeat()
             else:
                 await worker.deregister()

@@ -176,7 +176,8 @@ class Worker:
                 settle_failing_since=self.batcher.failing_since,
                 last_progress=self.last_progress(),
                 slots_full=len(self._running) >= self.concurrency,
-                settles_pending=len(self.batcher),
+                # Queued or in flight (a batch being retried has left the queue).
+                settles_pending=self.ledger.pending_settles(),
                 work_waiting=self.work_waiting,
                 stall_seconds=self.stall_seconds,
                 ready_window=self.settings.ready_window_seconds,
