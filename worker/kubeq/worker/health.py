@@ -2,9 +2,9 @@
 
 /healthz (liveness) answers "can this worker still make progress": the event loop is
 alive (a monitor measures how late a short sleep wakes up; a loop blocked by a CPU-bound
-handler shows as lag) and the worker is not stalled: no task started or settled for
-`stall_seconds` while work waits for it (every slot held while the queue has a backlog,
-or settles pending that keep failing). A restart is what helps then. /readyz answers
+handler shows as lag) and the worker is not stalled: settles have not kept failing for `stall_seconds`, and it is
+not the case that every slot is held, the queue has a backlog, and no task started or
+settled for `stall_seconds`. A restart is what helps then. /readyz answers
 "should this pod count as serving": Redis answered recently, the circuit breaker is
 closed, settles are not failing, and the worker is not draining. `verdict` decides both
 from plain inputs (pure; time is a parameter).
@@ -36,10 +36,9 @@ class HealthInputs:
     draining: bool
     breaker_closed: bool
     last_redis_ok: float
-    settle_failing_since: float | None
-    last_progress: float  # a task started, a settle applied, or idle with free slots
+    settle_failing_since: float | None  # first failure of the settle being retried
+    last_progress: float  # a task started or a settle applied
     slots_full: bool
-    settles_pending: int
     work_waiting: bool  # the last backlog probe saw ready tasks
     stall_seconds: float
     ready_window: float
@@ -50,28 +49,33 @@ class HealthInputs:
 class Verdict:
     live: bool
     ready: bool
-    reason: str  # why not ready (or not live); "ok" otherwise
+    live_reason: str  # "ok", or why not live
+    ready_reason: str  # "ok", or why not ready
 
 
 def verdict(h: HealthInputs) -> Verdict:
+    live, live_reason = True, "ok"
     stalled_for = h.now - h.last_progress
-    waiting = h.settles_pending > 0 or (h.slots_full and h.work_waiting)
-    live, why_dead = True, ""
     if not h.loop_healthy:
-        live, why_dead = False, "event loop blocked"
-    elif waiting and stalled_for > h.stall_seconds:
-        what = "settles failing" if h.settles_pending else "every slot stuck while work waits"
-        live, why_dead = False, f"no progress for {stalled_for:.0f}s ({what})"
-    if h.draining:
-        return Verdict(live, False, "draining")
-    if not h.breaker_closed:
-        return Verdict(live, False, "redis unavailable")
+        live, live_reason = False, "event loop blocked"
+    elif h.settle_failing_since is not None and h.now - h.settle_failing_since > h.stall_seconds:
+        live, live_reason = False, f"settles failing for {h.now - h.settle_failing_since:.0f}s"
+    elif h.slots_full and h.work_waiting and stalled_for > h.stall_seconds:
+        live, live_reason = (
+            False,
+            (f"no progress for {stalled_for:.0f}s: every slot stuck while work waits"),
+        )
+    ready, ready_reason = True, "ok"
     silent = h.now - h.last_redis_ok
-    if silent > h.ready_window:
-        return Verdict(live, False, f"no reply from Redis for {silent:.0f}s")
-    if h.settle_failing_since is not None:
-        return Verdict(live, False, f"settles failing for {h.now - h.settle_failing_since:.0f}s")
-    return Verdict(live, True, why_dead or "ok")
+    if h.draining:
+        ready, ready_reason = False, "draining"
+    elif not h.breaker_closed:
+        ready, ready_reason = False, "redis unavailable"
+    elif silent > h.ready_window:
+        ready, ready_reason = False, f"no reply from Redis for {silent:.0f}s"
+    elif h.settle_failing_since is not None:
+        ready, ready_reason = False, f"settles failing for {h.now - h.settle_failing_since:.0f}s"
+    return Verdict(live, ready, live_reason, ready_reason)
 
 
 class LoopLag:

@@ -129,7 +129,7 @@ class Worker:
         self._running: dict[str, Job] = {}
         self._slot_freed = asyncio.Event()
         self._idle_task: asyncio.Future[object] | None = None
-        self._progress = time.monotonic()  # a task started, or idle with free slots
+        self._progress = time.monotonic()  # a task started (settles: batcher.last_applied)
         #: set when the queue's published config differs from the one served (watched only
         #: without an inline config: an inline config is the pod's for life)
         self.config_changed = asyncio.Event()
@@ -176,8 +176,6 @@ class Worker:
                 settle_failing_since=self.batcher.failing_since,
                 last_progress=self.last_progress(),
                 slots_full=len(self._running) >= self.concurrency,
-                # Queued or in flight (a batch being retried has left the queue).
-                settles_pending=self.ledger.pending_settles(),
                 work_waiting=self.work_waiting,
                 stall_seconds=self.stall_seconds,
                 ready_window=self.settings.ready_window_seconds,
@@ -187,11 +185,11 @@ class Worker:
 
     def readiness(self) -> tuple[bool, str]:
         v = self.health()
-        return v.ready, v.reason
+        return v.ready, v.ready_reason
 
     def liveness(self, loop_healthy: bool) -> tuple[bool, str]:
         v = self.health(loop_healthy)
-        return v.live, v.reason if not v.live else "ok"
+        return v.live, v.live_reason
 
     def last_progress(self) -> float:
         return max(self._progress, self.batcher.last_applied)
@@ -279,7 +277,6 @@ class Worker:
                 self._start(ct, now)
             if len(claim.tasks) + len(claim.malformed) >= n:
                 continue  # a full batch: more is likely waiting
-            self._progress = time.monotonic()  # idle with free slots is no stall
             if claim.rate_wait_ms > 0:
                 await self._idle(min(self._idle_timeout(), claim.rate_wait_ms / 1000), blpop=False)
             else:
