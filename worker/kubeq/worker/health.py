@@ -2,12 +2,12 @@
 
 /healthz (liveness) answers "can this worker still make progress": the event loop is
 alive (a monitor measures how late a short sleep wakes up; a loop blocked by a CPU-bound
-handler shows as lag) and the worker is not stalled: settles have not kept failing for `stall_seconds`, and it is
-not the case that every slot is held, the queue has a backlog, and no task started or
-settled for `stall_seconds`. A restart is what helps then. /readyz answers
-"should this pod count as serving": Redis answered recently, the circuit breaker is
-closed, settles are not failing, and the worker is not draining. `verdict` decides both
-from plain inputs (pure; time is a parameter).
+handler shows as lag) and the worker is not stalled: settles have not kept failing for
+`stall_seconds`, and it is not the case that every slot is held while the queue has a
+backlog and no task started or settled for `stall_seconds`. A restart is what helps
+then. /readyz answers "should this pod count as serving": Redis answered recently, the
+circuit breaker is closed, settles are not failing, and the worker is not draining.
+`verdict` decides both from plain inputs (pure; time is a parameter).
 """
 
 from __future__ import annotations
