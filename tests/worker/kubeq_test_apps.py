@@ -285,3 +285,10 @@ def leaky_child(mb: int, ctx: TaskContext) -> int:
 
     _LEAK.append(os.urandom(mb * 1024 * 1024))
     return os.getpid()
+
+
+@app.task("sync_unsendable", max_attempts=3)
+def sync_unsendable(payload: Any, ctx: TaskContext) -> Any:
+    import threading
+
+    return {"lock": threading.Lock()}  # cannot be pickled back to the worker

@@ -206,3 +206,15 @@ async def test_a_worker_past_max_rss_drains_and_exits(
     assert await asyncio.wait_for(serve(ws, kubeq_test_apps.app), 20) == 0  # exits by itself
     done = sum(status(client, t) == TaskStatus.COMPLETED for t in ids)
     assert done == 16  # RSS is checked every 16 tasks; any process is above 1 MiB
+
+
+async def test_a_child_result_that_cannot_be_sent_back_is_dead_at_once(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    tid = client.submit("sync_unsendable")
+    async with worker(redis_url, config):
+        await until(lambda: status(client, tid).terminal, 20, "ended")
+    st = client.status(tid)
+    assert (st.status, st.reason, st.attempts) == (TaskStatus.DEAD, "result_not_json", 1)
+    assert st.error is not None
+    assert "lock" in st.error.message

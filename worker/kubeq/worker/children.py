@@ -38,6 +38,10 @@ class ChildCrashed(Exception):
     """The child process running the handler died before it answered."""
 
 
+class ResultNotSendable(Exception):
+    """A handler in a child process returned a result that cannot be sent back (pickled)."""
+
+
 class RemoteError(Exception):
     """A handler's exception that could not be sent back as itself (not picklable)."""
 
@@ -108,12 +112,13 @@ def child_main(
             return
         try:
             result = _resolve(module, qualname)(payload, TaskContext(**fields))
-            reply: tuple[Any, ...] = ("ok", result)
-            conn.send(reply)
         except BaseException as exc:
-            # The handler raised, or its result cannot be pickled (send pickles first, so a
-            # failed send wrote nothing).
             conn.send(("raise", *describe(exc)))
+            continue
+        try:
+            conn.send(("ok", result))
+        except BaseException as exc:  # send pickles first: a failed send wrote nothing
+            conn.send(("unsendable", *describe(exc)))
 
 
 # -- the worker's side ---------------------------------------------------------------------
@@ -252,6 +257,8 @@ class ChildPool:
         if kind == "ok":
             return True, rest[0]
         raw, name, message, tb = rest
+        if kind == "unsendable":  # the handler returned, but its result cannot cross over
+            return False, ResultNotSendable(f"{name}: {message}")
         exc: BaseException | None = None
         if raw is not None:
             with contextlib.suppress(BaseException):

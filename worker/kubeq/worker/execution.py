@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from kubeq.app import App, TaskContext, TaskHandle
 from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
-from kubeq.worker.children import ChildPool, StartMethod
+from kubeq.worker.children import ChildPool, ResultNotSendable, StartMethod
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
@@ -270,7 +270,12 @@ class TaskRunner:
             ok, value = False, exc
         if not ok and hooks:
             hooks.on_failure(ctx, value)
-        out = self.on_success(claimed, value) if ok else self.on_exception(claimed, handle, value)
+        if ok:
+            out = self.on_success(claimed, value)
+        elif isinstance(value, ResultNotSendable):  # as a result that is not JSON: permanent
+            out = self.result_not_stored(claimed, value)
+        else:
+            out = self.on_exception(claimed, handle, value)
         out.duration = run.elapsed()
         return out
 
@@ -331,15 +336,19 @@ class TaskRunner:
             s = self.ops.completion(claimed, result, self.clock())
             return self._outcome(claimed, s, "completed")
         except Exception as exc:  # not JSON, too deep, too large, not UTF-8, ...
-            reason = "result_too_large" if type(exc).__name__ == "ResultTooLarge" else None
-            e = task_error(exc)
-            err = TaskError(
-                type="ResultNotStored",
-                message=f"the result cannot be stored: {e.type}: {e.message}"[:MAX_MESSAGE],
-            )
-            return self._failure(
-                claimed, err, permanent=True, reason=reason or "result_not_json", failed=True
-            )
+            return self.result_not_stored(claimed, exc)
+
+    def result_not_stored(self, claimed: ClaimedTask, exc: BaseException) -> Outcome:
+        """The handler returned, but its result cannot be stored: dead, never retried."""
+        reason = "result_too_large" if type(exc).__name__ == "ResultTooLarge" else None
+        e = task_error(exc)
+        err = TaskError(
+            type="ResultNotStored",
+            message=f"the result cannot be stored: {e.type}: {e.message}"[:MAX_MESSAGE],
+        )
+        return self._failure(
+            claimed, err, permanent=True, reason=reason or "result_not_json", failed=True
+        )
 
     def on_exception(
         self, claimed: ClaimedTask, handle: TaskHandle[..., Any] | None, exc: BaseException
