@@ -46,6 +46,16 @@ def hang_in_thread(seconds, ctx):
 """
 
 
+def _sleeping_in_hang(pid: int) -> bool:
+    """A process whose main thread sleeps (the `hang` handler), not the forkserver."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        children = children_of(pid)
+    except OSError:
+        return False
+    return "nanosleep" in wchan or ("hrtimer" in wchan and not children)
+
+
 def descendants_of(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -127,3 +137,44 @@ def test_kubeq_worker_imports_from_cwd_and_exits_promptly_with_a_stuck_handler(
 
 
 _ = (HERE, REPO)
+
+
+def test_a_sigkilled_worker_leaves_no_handler_process_running(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A handler outliving its worker would run on while the reaper hands its task to
+    # another worker: the same task twice, concurrently.
+    (tmp_path / "cwd_app.py").write_text(APP)
+    config = QueueConfig(name=f"kill{os.getpid()}", lease_seconds=2, heartbeat_seconds=0.5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEQ_")}
+    env.update(KUBEQ_QUEUE_CONFIG=config.model_dump_json())
+    proc = subprocess.Popen(
+        [KUBEQ, "--redis-url", redis_url, "worker", "--app", "cwd_app:app", "--queue",
+         config.name, "--metrics-port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with Client.from_url(redis_url, config.name, config=config) as client:
+            tid = client.submit("hang", 120)
+            wait_until(lambda: client.status(tid).status == TaskStatus.RUNNING, 30, "running")
+            # The handler runs in a grandchild (forked by the forkserver): find it.
+            handlers = wait_until(
+                lambda: [p for p in descendants_of(proc.pid) if _sleeping_in_hang(p)],
+                10,
+                "the handler process",
+            )
+            proc.kill()
+            proc.wait(10)
+
+            def gone(pid: int) -> bool:
+                try:
+                    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    return True
+                return state == "Z"
+
+            wait_until(lambda: all(gone(p) for p in handlers), 10, "handler processes gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -21,7 +21,9 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
@@ -54,10 +56,33 @@ class RemoteError(Exception):
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this child when the worker dies, even by SIGKILL."""
+    """Linux: SIGKILL this child when its parent dies (the worker, under spawn)."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _exit_with_worker(conn: Connection) -> None:
+    """Exit the moment the worker's end of the pipe closes, even mid-task.
+
+    Under forkserver the parent is the fork server, which lives on as long as any child
+    does, so PR_SET_PDEATHSIG alone would leave a handler running after its worker was
+    SIGKILLed, while the reaper hands the task to another worker. The worker never writes
+    while a task runs, so the only event on the pipe mid-task is its closing.
+    """
+    hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+    poller = select.poll()
+    poller.register(conn.fileno(), hangup)
+    while True:
+        for _, events in poller.poll():
+            if events & hangup:
+                os._exit(70)
+
+
+def _start_watchdog(conn: Connection) -> None:
+    threading.Thread(
+        target=_exit_with_worker, args=(conn,), name="kubeq-watchdog", daemon=True
+    ).start()
 
 
 def _text(fn: Any, fallback: str) -> str:
@@ -93,6 +118,7 @@ def child_main(
     """Loop: receive (module, qualname, payload, ctx fields), run, answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
     _die_with_parent()
+    _start_watchdog(conn)
     if log_config is not None:  # a handler's logs look like the worker's, on its stderr
         from kubeq.worker.logs import configure_logging
 
