@@ -178,3 +178,40 @@ def test_a_sigkilled_worker_leaves_no_handler_process_running(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_frozen_workers_handler_stops_before_its_lease_can_expire(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from support import WorkerProcess, queue_config
+
+    config = queue_config()  # lease 1 s: the children stop after 0.5 s without a ping
+    w = WorkerProcess(redis_url, config, tmp_path)
+    marker = tmp_path / "marker"
+    try:
+        w.wait_ready()
+        with Client.from_url(redis_url, config.name, config=config) as client:
+            tid = client.submit("sync_slow", {"seconds": 2.0, "marker": str(marker)})
+            handlers = wait_until(
+                lambda: [p for p in descendants_of(w.pid) if _sleeping_in_hang(p)],
+                20,
+                "the handler process",
+            )
+            w.signal(signal.SIGSTOP)  # frozen: no heartbeat, no ping
+            try:
+                time.sleep(0.9)  # < the 1 s lease: nobody else may have the task yet
+                assert all(not Path(f"/proc/{p}").exists() or _zombie(p) for p in handlers)
+                time.sleep(1.6)  # past the handler's natural end
+                assert not marker.exists(), "a frozen worker's handler ran on"
+            finally:
+                w.signal(signal.SIGCONT)
+            wait_until(lambda: client.status(tid).status.terminal, 20, "the task ends")
+    finally:
+        w.stop()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -62,26 +62,44 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _exit_with_worker(conn: Connection) -> None:
-    """Exit the moment the worker's end of the pipe closes, even mid-task.
+EXIT_WORKER_GONE = 70
+EXIT_WORKER_SILENT = 71
 
-    Under forkserver the parent is the fork server, which lives on as long as any child
-    does, so PR_SET_PDEATHSIG alone would leave a handler running after its worker was
-    SIGKILLed, while the reaper hands the task to another worker. The worker never writes
-    while a task runs, so the only event on the pipe mid-task is its closing.
+
+def _exit_with_worker(conn: Connection, keepalive: Connection, timeout: float | None) -> None:
+    """Exit the moment the worker is gone or frozen, even mid-task.
+
+    Gone: its end of the pipe closes. Under forkserver the child's parent is the fork
+    server, which outlives the worker while any child lives, so PR_SET_PDEATHSIG alone
+    would leave a handler running after its worker was SIGKILLed. Frozen (SIGSTOP, a
+    stalled host): its pings stop; after `timeout` (half a lease) the child exits, so the
+    handler is gone before the reaper can hand its task to another worker. The worker
+    never writes on `conn` while a task runs, so the only event there mid-task is EOF.
     """
     hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
     poller = select.poll()
     poller.register(conn.fileno(), hangup)
+    poller.register(keepalive.fileno(), select.POLLIN | hangup)
+    wait_ms = None if timeout is None else max(1, int(timeout * 1000))
     while True:
-        for _, events in poller.poll():
-            if events & hangup:
-                os._exit(70)
+        events = poller.poll(wait_ms)
+        if not events:
+            os._exit(EXIT_WORKER_SILENT)
+        for fd, ev in events:
+            if ev & hangup:
+                os._exit(EXIT_WORKER_GONE)
+            if fd == keepalive.fileno():
+                with contextlib.suppress(EOFError, OSError):
+                    while keepalive.poll():
+                        keepalive.recv_bytes()
 
 
-def _start_watchdog(conn: Connection) -> None:
+def _start_watchdog(conn: Connection, keepalive: Connection, timeout: float | None) -> None:
     threading.Thread(
-        target=_exit_with_worker, args=(conn,), name="kubeq-watchdog", daemon=True
+        target=_exit_with_worker,
+        args=(conn, keepalive, timeout),
+        name="kubeq-watchdog",
+        daemon=True,
     ).start()
 
 
@@ -113,12 +131,15 @@ def _resolve(module: str, qualname: str) -> Any:
 
 
 def child_main(
-    conn: Connection, preload: list[str], log_config: tuple[str, str] | None = None
+    conn: Connection,
+    preload: list[str],
+    log_config: tuple[str, str] | None = None,
+    keepalive: Connection | None = None,
+    keepalive_timeout: float | None = None,
 ) -> None:
     """Loop: receive (module, qualname, payload, ctx fields), run, answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
     _die_with_parent()
-    _start_watchdog(conn)
     if log_config is not None:  # a handler's logs look like the worker's, on its stderr
         from kubeq.worker.logs import configure_logging
 
@@ -130,6 +151,8 @@ def child_main(
             importlib.import_module(name)
         except BaseException as exc:  # reported with the first task that needs it
             log.warning("child could not preload %s: %r", name, exc)
+    if keepalive is not None:  # after the imports: those may take longer than a ping
+        _start_watchdog(conn, keepalive, keepalive_timeout)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -152,18 +175,25 @@ def child_main(
 
 class Child:
     def __init__(
-        self, mp: Any, preload: list[str], log_config: tuple[str, str] | None = None
+        self,
+        mp: Any,
+        preload: list[str],
+        log_config: tuple[str, str] | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         ours, theirs = mp.Pipe(duplex=True)
+        ka_read, ka_write = mp.Pipe(duplex=False)
         self.proc = mp.Process(
             target=child_main,
-            args=(theirs, preload, log_config),
+            args=(theirs, preload, log_config, ka_read, keepalive_timeout),
             name="kubeq-handler",
             daemon=False,
         )
         self.proc.start()
         theirs.close()
+        ka_read.close()
         self.conn: Connection = ours
+        self.keepalive: Connection = ka_write
         self.tasks = 0
         self.ready = False
 
@@ -192,9 +222,15 @@ class Child:
         except (EOFError, OSError):
             raise ChildCrashed(self.death()) from None
 
+    def ping(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.keepalive.send_bytes(b"")
+
     def death(self) -> str:
         self.proc.join(1.0)
         code = self.proc.exitcode
+        if code == EXIT_WORKER_SILENT:
+            return "the handler's process stopped: the worker did not answer for half a lease"
         if code is not None and code < 0:
             with contextlib.suppress(ValueError):
                 return f"the handler's process died of {signal.Signals(-code).name}"
@@ -215,6 +251,7 @@ class Child:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
+            self.keepalive.close()
         self.proc.join(2.0)
         if self.proc.exitcode is None:  # ignored its EOF: make sure
             with contextlib.suppress(ProcessLookupError, OSError):
@@ -237,9 +274,12 @@ class ChildPool:
         max_tasks: int = 0,
         max_rss_bytes: int = 0,
         log_config: tuple[str, str] | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         self.size = size
         self.log_config = log_config
+        #: children exit when not pinged for this long (None: no pings needed)
+        self.keepalive_timeout = keepalive_timeout
         self.preload = preload or []
         self.mp = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -303,7 +343,7 @@ class ChildPool:
             child.close()
         # Off the loop: the first start also starts the forkserver, which imports the app.
         starting = asyncio.ensure_future(
-            asyncio.to_thread(Child, self.mp, self.preload, self.log_config)
+            asyncio.to_thread(Child, self.mp, self.preload, self.log_config, self.keepalive_timeout)
         )
         try:
             child = await asyncio.shield(starting)
@@ -332,6 +372,11 @@ class ChildPool:
             child.close()  # EOF: it exits by itself after its last task
             return
         self._idle.append(child)
+
+    def ping(self) -> None:
+        """Tell every child the worker is alive (see _exit_with_worker)."""
+        for child in (*self._idle, *self._busy):
+            child.ping()
 
     def pids(self) -> list[int]:
         return [c.pid for c in (*self._idle, *self._busy)]

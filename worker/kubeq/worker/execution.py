@@ -150,6 +150,7 @@ class TaskRunner:
         child_max_rss_bytes: int = 0,
         fanout: Any = None,
         log_config: tuple[str, str] | None = None,
+        child_keepalive: float | None = None,
     ) -> None:
         self.app = app
         self.ops = ops
@@ -173,6 +174,7 @@ class TaskRunner:
             max_tasks=child_max_tasks,
             max_rss_bytes=child_max_rss_bytes,
             log_config=log_config,
+            keepalive_timeout=child_keepalive,
         )
 
     def shutdown(self) -> None:

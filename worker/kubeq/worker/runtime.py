@@ -110,6 +110,8 @@ class Worker:
             child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
             fanout=FanOut(client, app),
             log_config=(s.log_format, s.log_level),
+            # A frozen worker's children stop before its lease can expire.
+            child_keepalive=self.config.lease_seconds / 2,
         )
         self.ledger = Ledger(self.metrics)
         self.batcher = SettleBatcher(
@@ -206,7 +208,15 @@ class Worker:
         ]
         if self.settings.queue_config is None:
             tasks.append(loop.create_task(self.watch_config(), name="kubeq-config"))
+        tasks.append(loop.create_task(self.keepalive_loop(), name="kubeq-keepalive"))
         return tasks
+
+    async def keepalive_loop(self) -> None:
+        """Ping the child processes (no Redis involved): they exit when the pings stop."""
+        interval = min(1.0, self.config.lease_seconds / 8)
+        while not self.closed:
+            self.runner.children.ping()
+            await asyncio.sleep(interval)
 
     async def watch_config(self) -> None:
         interval = min(max(self.config.heartbeat_seconds, 0.2), 2.0)  # one GET per interval
