@@ -268,3 +268,18 @@ def test_histogram_buckets_are_dense_enough_for_quantiles_between_100ms_and_10s(
         # at most +50 % of its lower bound here (the old 1 -> 2.5 -> 5 s gave p50 2.4 s for
         # a true 1.48 s).
         assert all(b / a <= 1.5 for a, b in steps), steps
+
+
+class Later(Retry):
+    def __init__(self, seconds: float, why: str) -> None:
+        super().__init__(f"later: {why}", delay=seconds)
+        self.why = why
+
+
+def test_a_retry_crosses_a_process_boundary_whole() -> None:
+    import pickle
+
+    for exc in (Retry("plain", delay=2.5), Later(3, "busy")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc)
+        assert (str(back), back.delay, back.__dict__) == (str(exc), exc.delay, exc.__dict__)

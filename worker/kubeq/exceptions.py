@@ -18,15 +18,18 @@ class Retry(Exception):
             raise ValueError(f"Retry delay must be a finite number >= 0, got {delay!r}")
         self.delay = delay
 
-    def __reduce__(self) -> tuple[Any, ...]:  # keeps `delay` across a process boundary
-        return (_rebuild_retry, (str(self), self.delay))
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Across a process boundary (a handler in a child process): keep the class (also a
+        # subclass with its own __init__), the message, `delay` and any other attributes.
+        return (_rebuild_retry, (type(self), self.args, dict(self.__dict__)))
 
 
 class Permanent(Exception):
     """This task can never succeed: dead-letter it now, whatever attempts remain."""
 
 
-def _rebuild_retry(message: str, delay: float | None) -> Retry:
-    exc = Retry(message)
-    exc.delay = delay
+def _rebuild_retry(cls: type[Retry], args: tuple[Any, ...], state: dict[str, Any]) -> Retry:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
     return exc
