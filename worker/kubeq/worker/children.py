@@ -8,7 +8,8 @@ so the handler's code is no longer running and its slot is free; a fresh child i
 on demand. A child that dies mid-task (os.abort(), a segfault, os._exit) fails that task
 with `ChildCrashed` and is replaced; the other children run on. Children are recycled
 after `max_tasks` tasks or when their RSS passes `max_rss_bytes` (Celery's
-max-tasks/max-memory per child).
+max-tasks/max-memory per child). A child exits by itself when its worker dies or stops
+pinging it for `keepalive_timeout` (half a lease): see `_exit_with_worker`.
 """
 
 from __future__ import annotations
@@ -249,9 +250,9 @@ class Child:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.close()
-            self.keepalive.close()
+        for pipe in (self.conn, self.keepalive):
+            with contextlib.suppress(OSError):
+                pipe.close()
         self.proc.join(2.0)
         if self.proc.exitcode is None:  # ignored its EOF: make sure
             with contextlib.suppress(ProcessLookupError, OSError):
