@@ -186,3 +186,9 @@ def test_worker_takes_the_env_file_but_not_over_the_environment(
     assert (from_file.redis_url, from_file.queue) == ("redis://127.0.0.1:2222/0", "fromfile")
     # KUBEQ_QUEUE is set: the worker's own settings read it, so nothing is passed
     assert (under_env.redis_url, under_env.queue) == ("redis://127.0.0.1:2222/0", None)
+
+
+def test_worker_takes_several_queues(kubeq: Kubeq, runtime: list[Any]) -> None:
+    kubeq("worker", "--queue", "a", "-q", "b", code=3)
+    (settings,) = runtime
+    assert settings.queue == "a,b"  # WorkerSettings.queue_names() splits it again

@@ -106,3 +106,189 @@ def in_process(payload: int, ctx: TaskContext) -> int:
     import os
 
     return payload * 2 + 0 * os.getpid()
+
+
+# -- handlers that break the contract in every way a handler can (issue 9 item 4, 10 item 7)
+
+#: runs per task id of the hostile handlers below (in-process workers only)
+RUNS: dict[str, int] = {}
+
+
+def _count(ctx: TaskContext) -> None:
+    RUNS[ctx.task_id] = RUNS.get(ctx.task_id, 0) + 1
+
+
+@app.task("raises_cancelled")
+async def raises_cancelled(payload: Any, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise asyncio.CancelledError("the handler's own CancelledError")
+
+
+@app.task("raises_base")
+async def raises_base(kind: str, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise {"exit": SystemExit, "interrupt": KeyboardInterrupt, "genexit": GeneratorExit}[kind]()
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ is broken")
+
+
+@app.task("unprintable")
+async def unprintable(payload: Any, ctx: TaskContext) -> None:
+    _count(ctx)
+    raise Unprintable()
+
+
+@app.task("too_deep")
+async def too_deep(payload: Any, ctx: TaskContext) -> Any:
+    _count(ctx)
+    out: list[Any] = []
+    for _ in range(100_000):
+        out = [out]
+    return out
+
+
+@app.task("lone_surrogate")
+async def lone_surrogate(payload: Any, ctx: TaskContext) -> str:
+    _count(ctx)
+    return "bad \udc80 text"
+
+
+class Strict(BaseModel):
+    value: int
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Strict:
+        raise LookupError("a validator that raises something other than ValidationError")
+
+
+@app.task("validator_raises", payload_model=Strict)
+async def validator_raises(payload: Strict, ctx: TaskContext) -> None:
+    _count(ctx)
+
+
+@app.task("bad_retry_delay")
+async def bad_retry_delay(delay: str, ctx: TaskContext) -> None:
+    _count(ctx)
+    exc = Retry()
+    exc.delay = float(delay)  # set after construction: the constructor cannot catch it
+    raise exc
+
+
+@app.task("sync_raises_base")
+def sync_raises_base(kind: str, ctx: TaskContext) -> None:
+    raise {"exit": SystemExit, "interrupt": KeyboardInterrupt}[kind]()
+
+
+# -- sync handlers the worker must be able to stop (issue 10 items 1 and 8) ------------------
+
+
+def _side_effect_after(payload: dict[str, Any]) -> str:
+    time.sleep(payload["seconds"])
+    with open(payload["marker"], "a") as f:  # the side effect a stopped handler must not do
+        f.write("ran to the end\n")
+    return "done"
+
+
+@app.task("sync_side_effect", timeout=0.3)
+def sync_side_effect(payload: dict[str, Any], ctx: TaskContext) -> str:
+    return _side_effect_after(payload)
+
+
+@app.task("sync_slow")
+def sync_slow(payload: dict[str, Any], ctx: TaskContext) -> str:
+    return _side_effect_after(payload)
+
+
+@app.task("sync_quick", timeout=0.5)
+def sync_quick(seconds: float, ctx: TaskContext) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task("sync_crash")
+def sync_crash(how: str, ctx: TaskContext) -> None:
+    import ctypes
+    import os
+
+    if how == "abort":
+        os.abort()
+    if how == "segfault":
+        ctypes.string_at(0)
+    os._exit(3)
+
+
+@app.task("thread_cooperative", executor="thread", timeout=0.2)
+def thread_cooperative(payload: dict[str, Any], ctx: TaskContext) -> str:
+    deadline = time.monotonic() + payload["seconds"]
+    while time.monotonic() < deadline:
+        if ctx.stopped():
+            return "stopped"
+        time.sleep(0.01)
+    with open(payload["marker"], "a") as f:
+        f.write("ran to the end\n")
+    return "done"
+
+
+# -- a handler's own policy, whatever the submit path (issue 10 item 2) ----------------------
+
+
+@app.task("capped", max_attempts=1)
+async def capped(payload: Any, ctx: TaskContext) -> None:
+    raise ValueError(f"attempt {ctx.attempt} of {ctx.max_attempts}")
+
+
+@app.task("generous", max_attempts=4)
+async def generous(payload: Any, ctx: TaskContext) -> None:
+    raise ValueError(f"attempt {ctx.attempt} of {ctx.max_attempts}")
+
+
+@app.task("child_pid")
+def child_pid(payload: Any, ctx: TaskContext) -> int:
+    import os
+
+    return os.getpid()
+
+
+@app.task("swallows_cancel")
+async def swallows_cancel(times: int, ctx: TaskContext) -> str:
+    swallowed = 0
+    while True:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed += 1
+            if swallowed >= times:
+                raise
+
+
+@app.task("fan_out")
+async def fan_out(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
+    ids = [await ctx.submit("echo", Reading(sensor="s", value=1))]
+    ids += await ctx.submit_many([{"type": "echo", "payload": i} for i in range(2)])
+    ids.append(await ctx.submit("echo", "elsewhere", queue=payload["other"]))
+    return ids
+
+
+_LEAK: list[bytes] = []
+
+
+@app.task("leaky_child")
+def leaky_child(mb: int, ctx: TaskContext) -> int:
+    """Leaks `mb` MiB per task in its process, as a careless handler does."""
+    import os
+
+    _LEAK.append(os.urandom(mb * 1024 * 1024))
+    return os.getpid()
+
+
+@app.task("sync_unsendable", max_attempts=3)
+def sync_unsendable(payload: Any, ctx: TaskContext) -> Any:
+    import threading
+
+    return {"lock": threading.Lock()}  # cannot be pickled back to the worker

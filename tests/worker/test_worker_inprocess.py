@@ -164,6 +164,13 @@ async def test_handler_outcomes_become_settlements_and_metrics(
     assert metric(m, "kubeq_tasks_claimed_total", task_type="unknown") == 1
     assert metric(m, "kubeq_tasks_failed_total", task_type="always_fails") == 3
     assert metric(m, "kubeq_tasks_failed_total", task_type="flaky") == 1
+    # Every failure is a failure, not only "dead-lettered": timeouts, invalid payloads,
+    # unstorable results, unknown types, malformed records.
+    assert metric(m, "kubeq_tasks_failed_total", task_type="times_out") == 2
+    assert metric(m, "kubeq_tasks_failed_total", task_type="sync_times_out") == 1
+    assert metric(m, "kubeq_tasks_failed_total", task_type="validated") == 1
+    assert metric(m, "kubeq_tasks_failed_total", task_type="not_json") == 1
+    assert metric(m, "kubeq_tasks_failed_total", task_type="unknown") == 2
     assert metric(m, "kubeq_task_duration_seconds_count", task_type="echo") == 1
     assert metric(m, "kubeq_task_queue_wait_seconds_count", queue=q) >= len(ids)
     assert metric(m, "kubeq_tasks_in_flight", queue=q) == 0

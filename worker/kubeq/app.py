@@ -15,14 +15,17 @@ import asyncio
 import importlib
 import inspect
 import logging
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel
 
+from kubeq.middleware import Chain, Middleware
 from kubeq.protocol import AsyncClient, Client, QueueConfig
+from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE
 
 ExecutorKind = Literal["auto", "thread", "process"]
 P = ParamSpec("P")
@@ -43,6 +46,53 @@ class TaskContext:
     type: str
     logger: logging.Logger = field(default=log, repr=False)
     last_progress: Any = None
+    #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
+
+    async def submit(
+        self, task_type: str, payload: Any = None, *, queue: str | None = None, **opts: Any
+    ) -> str:
+        """Submit a task from an async handler, on the worker's own connection: to this
+        queue (with its config) or to another by name ("name" or "namespace/name")."""
+        return str(await self._fanout_or_fail().submit(task_type, payload, queue=queue, **opts))
+
+    async def submit_many(self, tasks: Any, *, queue: str | None = None) -> list[str]:
+        """`submit` for many tasks (TaskRequest or dicts of its fields)."""
+        return list(await self._fanout_or_fail().submit_many(tasks, queue=queue))
+
+    def _fanout_or_fail(self) -> Any:
+        if self._fanout is None:
+            raise RuntimeError(
+                "ctx.submit is available to async handlers run by a worker; from a sync "
+                "handler (a child process or thread) use a Client of your own"
+            )
+        return self._fanout
+
+    def stopped(self) -> bool:
+        """True once the worker stopped this attempt (timeout, cancel, lost lease, drain).
+
+        Only `executor="thread"` handlers need it: a thread cannot be killed, so a thread
+        handler checks this between steps and returns. Async handlers are cancelled and
+        process handlers killed instead.
+        """
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Mark this attempt stopped (the worker calls it; `stopped()` then says True)."""
+        self._stop.set()
+
+    def fields(self) -> dict[str, Any]:
+        """What a child process needs to rebuild this context."""
+        return {
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "queue": self.queue,
+            "priority": self.priority,
+            "type": self.type,
+        }
 
     def progress(self, value: Any) -> None:
         """Best effort progress report: kept on the context and logged at DEBUG."""
@@ -91,10 +141,13 @@ class TaskHandle(Generic[P, R]):
         return f"<kubeq task {self.name!r} of app {self.app.name!r}>"
 
     def _submit_args(self, payload: Any, opts: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
+        # The worker applies the handler's max_attempts whatever the submit path; through
+        # the handle the record carries it too, so the reaper (which judges tasks whose
+        # worker died, without the app) applies the same number.
         if opts.get("max_attempts") is None and self.options.max_attempts is not None:
             opts["max_attempts"] = self.options.max_attempts
+        payload = json_payload(payload)
+        self.app.middleware.on_submit(self.name, payload, opts)
         return {"payload": payload, **opts}
 
     def submit(self, payload: Any = None, *, client: Client | None = None, **opts: Any) -> str:
@@ -111,9 +164,16 @@ class TaskHandle(Generic[P, R]):
 
 
 class App:
-    def __init__(self, name: str = "kubeq", *, default_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "kubeq",
+        *,
+        default_timeout: float | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self.name = name
         self.default_timeout = default_timeout
+        self.middleware = Chain(middleware)
         self.tasks: dict[str, TaskHandle[..., Any]] = {}
         self._target: tuple[str, str, str, QueueConfig | None] | None = None
         self._client: Client | None = None
@@ -121,6 +181,10 @@ class App:
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Append one middleware (see kubeq.middleware for the hooks and their order)."""
+        self.middleware.items.append(middleware)
 
     @overload
     def task(self, name: Callable[P, R]) -> TaskHandle[P, R]: ...
@@ -159,6 +223,12 @@ class App:
 
         def register(fn: Callable[P, R]) -> TaskHandle[P, R]:
             task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if not TASK_TYPE_RE.match(task_name):
+                # Refused here, at import, rather than at the first submit.
+                raise ValueError(
+                    f"task type {task_name!r} does not follow the safe pattern "
+                    f"{TASK_TYPE_PATTERN} (docs/security.md): pass name=..."
+                )
             if task_name in self.tasks:
                 raise ValueError(f"task type {task_name!r} is already registered in {self.name}")
             is_async = inspect.iscoroutinefunction(fn)
@@ -167,9 +237,16 @@ class App:
                     f"{task_name}: async handlers run on the event loop; "
                     f"executor={executor!r} needs a plain function"
                 )
+            # Sync handlers run in child processes the worker can kill; threads only when
+            # asked for (a thread cannot be stopped, only told to stop: ctx.stopped()).
             kind: Literal["loop", "thread", "process"] = (
-                "loop" if is_async else "thread" if executor == "auto" else executor
+                "loop" if is_async else "process" if executor == "auto" else executor
             )
+            if kind == "process" and "<locals>" in getattr(fn, "__qualname__", ""):
+                raise TypeError(
+                    f"{task_name}: a sync handler runs in a child process that imports it by "
+                    "name, so it must be defined at module level (or pass executor='thread')"
+                )
             options = TaskOptions(
                 task_name,
                 max_attempts,
@@ -231,6 +308,13 @@ class App:
             await c.close()
 
 
+def json_payload(payload: Any) -> Any:
+    """A pydantic model becomes its JSON-mode dump; anything else is left as it is."""
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    return payload
+
+
 def load_app(ref: str) -> App:
     """Import `module:attribute` (attribute defaults to `app`) and check it is an App."""
     module_name, _, attr = ref.partition(":")
@@ -241,12 +325,3 @@ def load_app(ref: str) -> App:
     if not isinstance(obj, App):
         raise TypeError(f"{ref} is a {type(obj).__name__}, not a kubeq App")
     return obj
-
-
-def run_in_process(module: str, qualname: str, payload: Any, ctx: TaskContext) -> Any:
-    """Entry point of a handler in a process pool: the child imports it by name."""
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    fn = obj.fn if isinstance(obj, TaskHandle) else obj
-    return fn(payload, ctx)

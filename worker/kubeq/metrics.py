@@ -20,30 +20,20 @@ DEAD_REASONS = frozenset(
         "malformed_record",
         "result_not_json",
         "timeout",
+        "result_too_large",
+        "outcome_error",
+        "worker_error",
     }
 )
 UNKNOWN = "unknown"
 _TASK = ("queue", "priority", "task_type")
+# Dense between 0.1 and 10 s, where most handlers and queue waits live: a quantile is
+# interpolated inside one bucket, so a bucket 1-5 s wide puts p50 anywhere within it.
 DURATION_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    120,
-    300,
-    600,
-)
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5, 10, 15, 20, 30, 60, 120, 300, 600,
+)  # fmt: skip
+WAIT_BUCKETS = (*DURATION_BUCKETS, 900, 3600)
 
 
 class TaskSeries:
@@ -72,24 +62,22 @@ class TaskSeries:
         self.wait = m.queue_wait.labels(m.queue, priority)
 
 
-class WorkerMetrics:
-    def __init__(
-        self, queue: str, known_types: Iterable[str] = (), registry: CollectorRegistry | None = None
-    ) -> None:
-        self.queue = queue
-        self.known_types = frozenset(known_types)
-        # Label values come only from the queue's config and the app's registry, never from
-        # a task record (any producer writes those): `prime` names the priority levels.
-        self.known_priorities: frozenset[str] = frozenset()
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+class Families:
+    """The metric families of one registry, shared by the queues a worker process serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = _TASK) -> Counter:
             return Counter(name, doc, labels, registry=r)
 
         self.claimed = counter("kubeq_tasks_claimed_total", "Tasks claimed by this worker")
         self.completed = counter("kubeq_tasks_completed_total", "Tasks completed successfully")
-        self.failed = counter("kubeq_tasks_failed_total", "Handler attempts that raised")
+        self.failed = counter(
+            "kubeq_tasks_failed_total",
+            "Failed attempts: the handler raised, timed out or crashed, or its input or "
+            "result was refused",
+        )
         self.retried = counter("kubeq_tasks_retried_total", "Tasks scheduled for another attempt")
         self.dead = counter(
             "kubeq_tasks_dead_lettered_total", "Tasks moved to the dead letters", (*_TASK, "reason")
@@ -113,24 +101,53 @@ class WorkerMetrics:
             registry=r,
         )
         q = ("queue",)
-        self.in_flight = Gauge(
-            "kubeq_tasks_in_flight", "Handlers running now", q, registry=r
-        ).labels(queue)
+        self.in_flight = Gauge("kubeq_tasks_in_flight", "Handlers running now", q, registry=r)
         self.concurrency = Gauge(
             "kubeq_worker_concurrency", "Task slots of this worker", q, registry=r
-        ).labels(queue)
+        )
         self.leases_lost = counter(
             "kubeq_leases_lost_total", "Leases lost while the handler ran", q
-        ).labels(queue)
+        )
         self.settles_refused = counter(
             "kubeq_settles_refused_total", "Late settles refused by fencing", q
-        ).labels(queue)
-        self.redis_errors = counter("kubeq_redis_errors_total", "Failed Redis calls", q).labels(
-            queue
         )
-        self.draining = Gauge("kubeq_worker_draining", "1 while draining", q, registry=r).labels(
-            queue
-        )
+        self.redis_errors = counter("kubeq_redis_errors_total", "Failed Redis calls", q)
+        self.draining = Gauge("kubeq_worker_draining", "1 while draining", q, registry=r)
+
+    def expose(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        out: Any = generate_latest(self.registry)
+        return bytes(out)
+
+
+class WorkerMetrics:
+    """One queue's view of the families: `queue` is bound into every series."""
+
+    def __init__(
+        self,
+        queue: str,
+        known_types: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+        *,
+        families: Families | None = None,
+    ) -> None:
+        self.queue = queue
+        self.known_types = frozenset(known_types)
+        # Label values come only from the queue's config and the app's registry, never from
+        # a task record (any producer writes those): `prime` names the priority levels.
+        self.known_priorities: frozenset[str] = frozenset()
+        f = self.families = families or Families(registry)
+        self.registry = f.registry
+        self.claimed, self.completed, self.failed = f.claimed, f.completed, f.failed
+        self.retried, self.dead, self.cancelled = f.retried, f.dead, f.cancelled
+        self.released, self.duration, self.queue_wait = f.released, f.duration, f.queue_wait
+        self.in_flight = f.in_flight.labels(queue)
+        self.concurrency = f.concurrency.labels(queue)
+        self.leases_lost = f.leases_lost.labels(queue)
+        self.settles_refused = f.settles_refused.labels(queue)
+        self.redis_errors = f.redis_errors.labels(queue)
+        self.draining = f.draining.labels(queue)
         self._series: dict[tuple[str, str], TaskSeries] = {}
 
     def task_type(self, task_type: str) -> str:
@@ -165,7 +182,4 @@ class WorkerMetrics:
         self.dead.labels(*labels).inc()
 
     def expose(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        out: Any = generate_latest(self.registry)
-        return bytes(out)
+        return self.families.expose()

@@ -18,7 +18,13 @@ _GLOBAL_SETTINGS = ("redis_url", "queue", "namespace")
 @click.option("--app", metavar="MODULE:APP", help="The kubeq App with the task handlers.")
 # Also accepted after `worker` (as the operator's Deployment passes them); they win over
 # the global -q/-n.
-@click.option("--queue", "-q", "queue", help="Queue name.")
+@click.option(
+    "--queue",
+    "-q",
+    "queue",
+    multiple=True,
+    help="Queue name; repeat to serve several queues (each gets an even share of the slots).",
+)
 @click.option("--namespace", "-n", "namespace", help="Namespace of the queue.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
 @click.option(
@@ -43,7 +49,9 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
         runtime = importlib.import_module("kubeq.worker")
     except ImportError as exc:
         raise CliError(f"the worker runtime cannot be loaded: {exc}", ExitCode.FAILED) from None
-    settings: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if options.get("queue"):
+        options["queue"] = ",".join(options["queue"])
+    settings: dict[str, Any] = {k: v for k, v in options.items() if v not in (None, ())}
     # Global options count only when given on the command line (before or after `worker`)
     # or by .kubeq/env: otherwise WorkerSettings reads the same KUBEQ_* environment and
     # applies its own defaults.

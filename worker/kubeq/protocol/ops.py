@@ -18,7 +18,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubeq.protocol import errors
 from kubeq.protocol.backoff import retry_delay_ms
@@ -311,8 +311,11 @@ class QueueOps:
         return task_id, level, delay_ms, eta_ms, key, meta_head, record, int(req.id is not None)
 
     def _encode_payload(self, req: TaskRequest) -> str:
+        value = req.payload
+        if isinstance(value, BaseModel):  # a pydantic model travels as its JSON form
+            value = value.model_dump(mode="json")
         try:
-            payload = _dumps(req.payload)
+            payload = _dumps(value)
         except RecursionError:
             raise self._too_deep(req) from None
         except (TypeError, ValueError) as exc:
@@ -321,7 +324,7 @@ class QueueOps:
             ) from None
         # Walk the structure only when the text has enough brackets to be too deep.
         if payload.count("[") + payload.count("{") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(
-            req.payload, MAX_PAYLOAD_DEPTH
+            value, MAX_PAYLOAD_DEPTH
         ):
             raise self._too_deep(req)
         try:

@@ -14,12 +14,14 @@ from kubeq.worker import WorkerSettings, run_worker
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kubeq.worker")
     p.add_argument("--app", help="package.module:attribute of the App")
-    p.add_argument("--queue")
+    p.add_argument("--queue", action="append", help="repeat to serve several queues")
     p.add_argument("--namespace")
     p.add_argument("--concurrency", type=int)
     p.add_argument("--redis-url")
     p.add_argument("--metrics-port", type=int)
     given: dict[str, Any] = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    if "queue" in given:
+        given["queue"] = ",".join(given["queue"])
     try:
         settings = WorkerSettings(**given)
     except ValidationError as exc:

@@ -1,20 +1,25 @@
 """Settle batching: finished tasks share one settle call, sent within ~1 ms or when full.
 
-A batch that fails on a connection error is retried (behind the circuit breaker) until
-Redis answers: the settle script is fenced, so a retry of a batch that did apply, or of a
-task whose lease was lost meanwhile, is refused rather than applied twice.
+A batch that fails on a connection error or because Redis is out of memory is retried
+(behind the circuit breaker) until Redis takes it: the settle script is fenced, so a retry
+of a batch that did apply, or of a task whose lease was lost meanwhile, is refused rather
+than applied twice. A batch that Redis rejects outright is split in halves and resent, so
+one settlement Redis cannot take is dropped alone (its lease expires and the reaper acts)
+and never takes the rest of its batch with it. `failing_since` tells readiness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import redis.exceptions
 
 from kubeq.protocol import ConnectionFailed, Settlement
+from kubeq.protocol import errors as protocol_errors
 from kubeq.worker.breaker import CircuitBreaker
 
 log = logging.getLogger("kubeq.worker.batcher")
@@ -26,7 +31,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,  # Redis refuses writes until memory frees up
     OSError,
+    protocol_errors.RedisOutOfMemory,
 )
 
 
@@ -66,6 +73,9 @@ class SettleBatcher:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        #: monotonic time of the first failure of the settle now being retried, else None
+        self.failing_since: float | None = None
+        self.last_applied = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -123,16 +133,24 @@ class SettleBatcher:
             except TRANSIENT as exc:
                 self.on_error()
                 self.breaker.record_failure()
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 log.warning("settle of %d tasks failed, will retry: %s", len(batch), exc)
                 continue
             except Exception:
-                # Not an outage: retrying cannot help. The leases expire and the reaper
-                # returns these tasks, so dropping the batch loses nothing.
+                # Not an outage: retrying the same batch cannot help. Halve it until the
+                # settlement Redis refuses stands alone; only that one is dropped.
                 self.on_error()
+                if len(batch) > 1:
+                    mid = len(batch) // 2
+                    return [*await self._send(batch[:mid]), *await self._send(batch[mid:])]
                 log.exception(
-                    "settle of %d tasks was rejected; their leases will expire", len(batch)
+                    "settle of task %s was rejected; its lease will expire",
+                    settlements[0].task_id,
                 )
-                return [None] * len(batch)
+                return [None]
             self.breaker.record_success()
+            self.failing_since = None
+            self.last_applied = time.monotonic()
             return list(applied)
         return [None] * len(batch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kubeq.worker.jobs import first_done
+from kubeq.worker.jobs import cancel_all, first_done
 from kubeq.worker.runtime import Worker
 
 log = logging.getLogger("kubeq.worker")
@@ -23,7 +23,21 @@ async def serve(worker: Worker, stop: asyncio.Event, hurry: asyncio.Event) -> No
         await stop.wait()
         await drain(worker, worker.settings.grace_seconds, hurry, tasks[0])
     finally:
-        await worker.close(tasks)
+        await worker.close(tasks)  # no heartbeat can re-register us after the farewell
+        await farewell(worker)
+
+
+async def farewell(worker: Worker) -> None:
+    """Leave the registry; if settles did not flush, a last heartbeat says draining instead
+    (the entry then expires with the leases). Bounded, for a Redis that is down."""
+    try:
+        async with asyncio.timeout(2):
+            if worker.ledger.pending_settles():
+                await worker.heartbeat()
+            else:
+                await worker.deregister()
+    except Exception as exc:
+        log.debug("final heartbeat or deregister failed: %r", exc)
 
 
 async def drain(
@@ -41,12 +55,8 @@ async def drain(
         job.halt("release")
     if left:
         log.info("releasing %d unfinished tasks", len(left))
-        await asyncio.wait([j.task for j in left if j.task is not None], timeout=5)
+        # cancel_all cancels again until done: a handler may swallow one cancellation.
+        await cancel_all([j.task for j in left if j.task is not None], timeout=5)
     # Even in a hurry: releasing is a settle too. Bounded, for a Redis that is down.
     if not await worker.batcher.flush(timeout=3 if hurry.is_set() else 10):
         log.warning("%d settlements not flushed; their leases will expire", len(worker.batcher))
-    try:
-        async with asyncio.timeout(2):
-            await worker.heartbeat()  # the last word: draining, nothing in flight
-    except Exception as exc:
-        log.debug("final heartbeat failed: %r", exc)

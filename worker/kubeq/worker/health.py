@@ -1,9 +1,13 @@
 """The worker's HTTP endpoints on metrics_port: /metrics, /healthz, /readyz.
 
-/healthz answers "is the event loop alive": a monitor measures how late a short sleep
-wakes up; a loop blocked by a CPU-bound handler shows as lag (and the probe itself times
-out while it is blocked). /readyz answers "should this pod count as serving": Redis
-answered recently, the circuit breaker is not open, and the worker is not draining.
+/healthz (liveness) answers "can this worker still make progress": the event loop is
+alive (a monitor measures how late a short sleep wakes up; a loop blocked by a CPU-bound
+handler shows as lag) and the worker is not stalled: settles have not kept failing for
+`stall_seconds`, and it is not the case that every slot is held while the queue has a
+backlog and no task started or settled for `stall_seconds`. A restart is what helps
+then. /readyz answers "should this pod count as serving": Redis answered recently, the
+circuit breaker is closed, settles are not failing, and the worker is not draining.
+`verdict` decides both from plain inputs (pure; time is a parameter).
 """
 
 from __future__ import annotations
@@ -14,15 +18,64 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kubeq.metrics import WorkerMetrics
+from kubeq.metrics import Families, WorkerMetrics
 
 TICK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class HealthInputs:
+    now: float  # monotonic seconds
+    draining: bool
+    breaker_closed: bool
+    last_redis_ok: float
+    settle_failing_since: float | None  # first failure of the settle being retried
+    last_progress: float  # a task started or a settle applied
+    slots_full: bool
+    work_waiting: bool  # the last backlog probe saw ready tasks
+    stall_seconds: float
+    ready_window: float
+    loop_healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    live: bool
+    ready: bool
+    live_reason: str  # "ok", or why not live
+    ready_reason: str  # "ok", or why not ready
+
+
+def verdict(h: HealthInputs) -> Verdict:
+    live, live_reason = True, "ok"
+    stalled_for = h.now - h.last_progress
+    if not h.loop_healthy:
+        live, live_reason = False, "event loop blocked"
+    elif h.settle_failing_since is not None and h.now - h.settle_failing_since > h.stall_seconds:
+        live, live_reason = False, f"settles failing for {h.now - h.settle_failing_since:.0f}s"
+    elif h.slots_full and h.work_waiting and stalled_for > h.stall_seconds:
+        live, live_reason = (
+            False,
+            (f"no progress for {stalled_for:.0f}s: every slot stuck while work waits"),
+        )
+    ready, ready_reason = True, "ok"
+    silent = h.now - h.last_redis_ok
+    if h.draining:
+        ready, ready_reason = False, "draining"
+    elif not h.breaker_closed:
+        ready, ready_reason = False, "redis unavailable"
+    elif silent > h.ready_window:
+        ready, ready_reason = False, f"no reply from Redis for {silent:.0f}s"
+    elif h.settle_failing_since is not None:
+        ready, ready_reason = False, f"settles failing for {h.now - h.settle_failing_since:.0f}s"
+    return Verdict(live, ready, live_reason, ready_reason)
 
 
 class LoopLag:
@@ -75,14 +128,16 @@ class HealthServer:
 
     def __init__(
         self,
-        metrics: WorkerMetrics,
+        metrics: WorkerMetrics | Families,
         ready: Callable[[], tuple[bool, str]],
         host: str,
         port: int,
         lag: LoopLag | None = None,
+        live: Callable[[bool], tuple[bool, str]] | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.live = live
         self.host = host
         self.port = port
         self.lag = lag or LoopLag()
@@ -96,8 +151,10 @@ class HealthServer:
         if path == "/metrics":
             status, body, ctype = 200, self.metrics.expose(), CONTENT_TYPE_LATEST
         elif path == "/healthz":
-            ok = self.lag.healthy()
-            status, body, ctype = _json(ok, {"ok": ok, "loop_lag_seconds": round(self.lag.lag, 4)})
+            loop_ok = self.lag.healthy()
+            ok, why = self.live(loop_ok) if self.live else (loop_ok, "ok")
+            body_json = {"ok": ok, "reason": why, "loop_lag_seconds": round(self.lag.lag, 4)}
+            status, body, ctype = _json(ok, body_json)
         elif path == "/readyz":
             ok, why = self.ready()
             status, body, ctype = _json(ok, {"ready": ok, "reason": why})

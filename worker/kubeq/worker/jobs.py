@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable
 from typing import Literal
 
+from kubeq.app import TaskContext
 from kubeq.protocol import ClaimedTask
 
 log = logging.getLogger("kubeq.worker")
@@ -25,12 +26,13 @@ def new_worker_id() -> str:
 
 
 class Job:
-    __slots__ = ("claimed", "stop", "task")
+    __slots__ = ("claimed", "ctx", "stop", "task")
 
     def __init__(self, claimed: ClaimedTask) -> None:
         self.claimed = claimed
         self.stop: Stop | None = None
         self.task: asyncio.Task[None] | None = None
+        self.ctx: TaskContext | None = None  # set once the handler is about to run
 
     def halt(self, why: Stop) -> None:
         if self.stop is None:
@@ -51,7 +53,9 @@ async def cancel_all(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> N
         log.warning("%d worker loops did not stop", len(pending))
 
 
-async def first_done(main: Awaitable[object], other: Awaitable[object], timeout: float) -> bool:
+async def first_done(
+    main: Awaitable[object], other: Awaitable[object], timeout: float | None
+) -> bool:
     """Await `main` until `other` completes or `timeout`; True when `main` finished."""
     a, b = asyncio.ensure_future(main), asyncio.ensure_future(other)
     try:

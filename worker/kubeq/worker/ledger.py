@@ -12,6 +12,7 @@ import heapq
 import logging
 
 from kubeq.metrics import WorkerMetrics
+from kubeq.protocol import system_clock
 from kubeq.worker.batcher import HasSettlement
 from kubeq.worker.execution import Outcome
 
@@ -23,6 +24,7 @@ class Ledger:
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self._held: dict[str, tuple[str, int, int]] = {}
+        self._settling: dict[str, int] = {}  # task id -> token of a settle not yet confirmed
         self._retry_due: list[int] = []  # heap: due times (ms) of retries we scheduled
 
     def hold(self, task_id: str, token: int, level_index: int) -> None:
@@ -33,6 +35,18 @@ class Ledger:
         held = self._held.get(task_id)
         if held is not None and held[1] == token:
             del self._held[task_id]
+        if self._settling.get(task_id) == token:
+            del self._settling[task_id]
+
+    def settling(self, task_id: str, token: int) -> None:
+        """A settlement for this lease is queued or in flight."""
+        self._settling[task_id] = token
+
+    def is_settling(self, task_id: str, token: int) -> bool:
+        return self._settling.get(task_id) == token
+
+    def pending_settles(self) -> int:
+        return len(self._settling)
 
     def held(self) -> list[tuple[str, int, int]]:
         return list(self._held.values())
@@ -49,6 +63,7 @@ class Ledger:
 
     def settled(self, batch: list[HasSettlement], results: list[bool | None]) -> None:
         m = self.metrics
+        now_ms = system_clock()
         debug = tlog.isEnabledFor(logging.DEBUG)
         for item, ok in zip(batch, results, strict=True):
             assert isinstance(item, Outcome)
@@ -74,7 +89,7 @@ class Ledger:
                     tlog.debug("task %s completed", s.task_id, extra=self.fields(item, "completed"))
                 continue
             if item.event == "retried" and len(self._retry_due) < MAX_RETRY_TIMES:
-                heapq.heappush(self._retry_due, s.due_ms)
+                heapq.heappush(self._retry_due, now_ms + (item.retry_in_ms or 0))
             tlog.info(
                 "task %s %s (%s)",
                 s.task_id,

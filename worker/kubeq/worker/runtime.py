@@ -7,6 +7,7 @@ lease this worker still owns (see ledger.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -15,17 +16,63 @@ from collections.abc import Awaitable
 
 from kubeq.app import App
 from kubeq.metrics import WorkerMetrics
-from kubeq.protocol import AsyncClient, ClaimedTask, WorkerInfo, system_clock
+from kubeq.middleware import TaskEnd
+from kubeq.protocol import (
+    AsyncClient,
+    ClaimedTask,
+    QueueConfig,
+    QueueKeys,
+    WorkerInfo,
+    system_clock,
+)
+from kubeq.protocol.ops import Command, Op, Pipeline
 from kubeq.worker.batcher import TRANSIENT, SettleBatcher
 from kubeq.worker.breaker import CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
+from kubeq.worker.fanout import FanOut
+from kubeq.worker.health import HealthInputs, Verdict, verdict
 from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
 from kubeq.worker.maintenance import Maintenance
-from kubeq.worker.settings import WorkerSettings
+from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
+
+
+def task_end(out: Outcome | None) -> TaskEnd:
+    if out is None:
+        return TaskEnd("lost", "lease lost", None)
+    error = None
+    if out.failed:
+        error = json.loads(out.settlement.outcome).get("error", {}).get("type")
+    return TaskEnd(out.event, out.reason, out.duration, error)
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def get_op(key: str) -> Op:
+    return (yield Command(("GET", key)))
+
+
+def deregister_op(keys: QueueKeys, worker_id: str) -> Op:
+    """Remove one worker from the registry (belongs in QueueOps; see the worker notes)."""
+    yield Pipeline(
+        (
+            Command(("ZREM", keys.workers, worker_id)),
+            Command(("HDEL", keys.worker_info, worker_id)),
+        )
+    )
+
+
+def new_claim_id() -> str:
+    return os.urandom(8).hex()
 
 
 class Worker:
@@ -61,7 +108,14 @@ class Worker:
             clock=client.clock,
             default_timeout=s.task_timeout,
             thread_pool_size=s.thread_pool_size or s.concurrency,
-            process_pool_size=s.process_pool_size,
+            process_pool_size=s.process_pool_size or s.concurrency,
+            start_method=s.child_start_method,
+            child_max_tasks=s.child_max_tasks,
+            child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
+            fanout=FanOut(client, app),
+            log_config=(s.log_format, s.log_level),
+            # A frozen worker's children stop before its lease can expire.
+            child_keepalive=self.config.lease_seconds / 2,
         )
         self.ledger = Ledger(self.metrics)
         self.batcher = SettleBatcher(
@@ -81,6 +135,21 @@ class Worker:
         self._running: dict[str, Job] = {}
         self._slot_freed = asyncio.Event()
         self._idle_task: asyncio.Future[object] | None = None
+        self._progress = time.monotonic()  # a task started (settles: batcher.last_applied)
+        #: set when the queue's published config differs from the one served (watched only
+        #: without an inline config: an inline config is the pod's for life)
+        self.config_changed = asyncio.Event()
+        #: set when this process should drain and exit to be replaced (max tasks / RSS)
+        self.recycle = asyncio.Event()
+        self._finished = 0
+        self.work_waiting = False  # the last backlog probe (taken only when stalled)
+        timeouts = [h.options.timeout or self.runner.default_timeout for h in app.tasks.values()]
+        longest = max((t for t in timeouts if t), default=0.0)
+        self.stall_seconds = max(s.liveness_stall_seconds, 2 * longest)
+        socket_timeout = getattr(
+            getattr(client.redis, "connection_pool", None), "connection_kwargs", {}
+        ).get("socket_timeout")
+        self.idle_wait = idle_wait_cap(s.idle_wait_seconds, socket_timeout)
 
     # -- state seen from outside ---------------------------------------------------------
 
@@ -103,26 +172,74 @@ class Worker:
     def claiming(self) -> bool:
         return not (self.draining or self.closed)
 
+    def health(self, loop_healthy: bool = True) -> Verdict:
+        return verdict(
+            HealthInputs(
+                now=time.monotonic(),
+                draining=self.draining,
+                breaker_closed=self.breaker.state == "closed",
+                last_redis_ok=self.breaker.last_success,
+                settle_failing_since=self.batcher.failing_since,
+                last_progress=self.last_progress(),
+                slots_full=len(self._running) >= self.concurrency,
+                work_waiting=self.work_waiting,
+                stall_seconds=self.stall_seconds,
+                ready_window=self.settings.ready_window_seconds,
+                loop_healthy=loop_healthy,
+            )
+        )
+
     def readiness(self) -> tuple[bool, str]:
-        if self.draining:
-            return False, "draining"
-        if self.breaker.state != "closed":
-            return False, "redis unavailable"
-        silent = time.monotonic() - self.breaker.last_success
-        if silent > self.settings.ready_window_seconds:
-            return False, f"no reply from Redis for {silent:.0f}s"
-        return True, "ok"
+        v = self.health()
+        return v.ready, v.ready_reason
+
+    def liveness(self, loop_healthy: bool) -> tuple[bool, str]:
+        v = self.health(loop_healthy)
+        return v.live, v.live_reason
+
+    def last_progress(self) -> float:
+        return max(self._progress, self.batcher.last_applied)
 
     # -- loops -------------------------------------------------------------------------
 
     def start(self) -> list[asyncio.Task[None]]:
         self.batcher.start()
         loop = asyncio.get_running_loop()
-        return [
+        tasks = [
             loop.create_task(self.claim_loop(), name="kubeq-claim"),
             loop.create_task(self.heartbeat_loop(), name="kubeq-heartbeat"),
             loop.create_task(self.maintenance.run(), name="kubeq-maintenance"),
         ]
+        if self.settings.queue_config is None:
+            tasks.append(loop.create_task(self.watch_config(), name="kubeq-config"))
+        tasks.append(loop.create_task(self.keepalive_loop(), name="kubeq-keepalive"))
+        return tasks
+
+    async def keepalive_loop(self) -> None:
+        """Ping the child processes (no Redis involved): they exit when the pings stop."""
+        interval = min(1.0, self.config.lease_seconds / 8)
+        while not self.closed:
+            self.runner.children.ping()
+            await asyncio.sleep(interval)
+
+    async def watch_config(self) -> None:
+        interval = min(max(self.config.heartbeat_seconds, 0.2), 2.0)  # one GET per interval
+        warned = False
+        while not self.closed and not self.config_changed.is_set():
+            await asyncio.sleep(interval)
+            try:
+                raw = await self.client.run(get_op(self.client.ops.keys.config))
+                if raw is None:
+                    continue
+                published = QueueConfig.model_validate_json(raw)
+            except Exception as exc:  # unreachable, or an invalid published config
+                if not warned:
+                    log.warning("cannot read the queue's published config: %s", exc)
+                    warned = True
+                continue
+            if published != self.config and published.full_name == self.config.full_name:
+                log.info("queue %s has a new published config", self.config.full_name)
+                self.config_changed.set()
 
     def _redis_failed(self, what: str, exc: BaseException) -> None:
         self.metrics.redis_errors.inc()
@@ -134,6 +251,10 @@ class Worker:
 
     async def claim_loop(self) -> None:
         batch = self.settings.claim_batch
+        # A claim whose reply was lost (timeout, dropped connection) may have leased tasks:
+        # re-sending its id gets those tasks back instead of leaving them to expire and
+        # charging them an attempt they never ran (protocol: claim ids).
+        claim_id = new_claim_id()
         while self.claiming():
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -145,12 +266,14 @@ class Worker:
                 break
             n = min(free, batch) if batch else free
             try:
-                claim = await self.client.claim(self.id, n)
+                claim = await self.client.claim(self.id, n, claim_id=claim_id)
             except Exception as exc:
                 self._redis_failed("claim", exc)
                 if not isinstance(exc, TRANSIENT):
-                    await self._idle(self.settings.idle_wait_seconds, blpop=False)
+                    claim_id = new_claim_id()  # refused, not lost: nothing to recover
+                    await self._idle(self.idle_wait, blpop=False)
                 continue
+            claim_id = new_claim_id()
             self.breaker.record_success()
             for m in claim.malformed:
                 self.ledger.hold(m.task_id, m.token, m.level_index)
@@ -166,6 +289,8 @@ class Worker:
                         "attempt": m.attempts,
                     },
                 )
+                self.metrics.series(out.priority, out.task_type).failed.inc()
+                self.ledger.settling(m.task_id, m.token)
                 self.batcher.add(out)
             now = system_clock()
             for ct in claim.tasks:
@@ -178,7 +303,7 @@ class Worker:
                 await self._idle(self._idle_timeout(), blpop=True)
 
     def _idle_timeout(self) -> float:
-        return self.ledger.idle_timeout(self.settings.idle_wait_seconds, system_clock())
+        return self.ledger.idle_timeout(self.idle_wait, system_clock())
 
     async def _idle(self, timeout: float, *, blpop: bool) -> None:
         """Block until work is signalled or `timeout`; drain interrupts it."""
@@ -190,6 +315,8 @@ class Worker:
             await asyncio.wait((waiter,))
         finally:
             self._idle_task = None
+            if not waiter.done():  # we were cancelled: so is the wait
+                waiter.cancel()
         if waiter.cancelled() or not blpop:
             return
         exc = waiter.exception()
@@ -204,6 +331,7 @@ class Worker:
         if stale is not None:  # re-claimed: our older lease on it must be gone
             stale.halt("lost")
         self.ledger.hold(tid, ct.token, ct.level_index)
+        self._progress = time.monotonic()
         job = self._running[tid] = Job(ct)
         series = self.metrics.series(ct.task.priority, ct.task.type)
         series.claimed.inc()
@@ -215,41 +343,113 @@ class Worker:
         ct = job.claimed
         out: Outcome | None = None
         try:
-            out = await self.runner.execute(ct)
-        except asyncio.CancelledError:
-            if job.stop == "cancel":
-                out = self.runner.cancelled(ct)
-            elif job.stop != "lost":
-                out = self.runner.released(ct)  # drain, or the worker is going away
-        except Exception:
-            log.exception("task %s: the worker failed running it", ct.id)
-            out = self.runner.released(ct)
+            try:
+                out = await self.runner.execute(ct, job)
+            except asyncio.CancelledError:
+                if job.stop is None:  # not ours: cannot happen, execute says; be safe
+                    job.stop = "release" if self.draining or self.closed else None
+            out = self._settle_as(job, out)
+        except BaseException as exc:  # one crashing thing here must not strand the task
+            log.exception("task %s: the worker failed finishing it", ct.id)
+            out = None
+            if job.stop != "lost":
+                try:
+                    out = self.runner.fallback(ct, exc)
+                except Exception:
+                    log.exception("task %s: no outcome can be built; its lease will expire", ct.id)
         finally:
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
             self.metrics.in_flight.set(len(self._running))
             self._slot_freed.set()
-        if job.stop == "lost" or out is None:
+        try:
+            self._finish(job, out)
+        except Exception:
+            # Without a settle the lease must not be kept alive: dropping it lets it expire,
+            # and the reaper returns the task (counting the attempt), so nothing is stranded.
+            log.exception("task %s: settling failed; its lease will expire", ct.id)
+            self.ledger.drop(ct.id, ct.token)
+
+    def _finish(self, job: Job, out: Outcome | None) -> None:
+        ct = job.claimed
+        if job.ctx is not None and self.app.middleware:
+            self.app.middleware.after_task(job.ctx, task_end(out))
+        if out is None:
             self.ledger.drop(ct.id, ct.token)  # never settle what we know we lost
             return
+        series = self.metrics.series(out.priority, out.task_type)
         if out.duration is not None:
-            series = self.metrics.series(out.priority, out.task_type)
             series.duration.observe(out.duration)
-            if out.failed:
-                series.failed.inc()
+        if out.failed:
+            series.failed.inc()
+        self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
+        self._count_for_recycling()
+
+    def _count_for_recycling(self) -> None:
+        self._finished += 1
+        s = self.settings
+        if self.recycle.is_set():
+            return
+        why = ""
+        if s.max_tasks and self._finished >= s.max_tasks:
+            why = f"{self._finished} tasks run (max_tasks {s.max_tasks})"
+        elif s.max_rss_mb and self._finished % 16 == 0:
+            rss = rss_bytes() / 2**20
+            if rss > s.max_rss_mb:
+                why = f"RSS {rss:.0f} MiB above max_rss_mb {s.max_rss_mb}"
+        if why:
+            log.info("recycling this worker: %s; draining, then exiting", why)
+            self.recycle.set()
+            self.stop_claiming()
+
+    def _settle_as(self, job: Job, out: Outcome | None) -> Outcome | None:
+        """What ends this job: the handler's outcome unless the worker stopped it.
+
+        Only the worker's own stop releases (drain) or cancels; a lost lease is dropped.
+        A handler that finished anyway (completed) keeps its result, except after a lost
+        lease, whose settle fencing would refuse.
+        """
+        stop = job.stop
+        if stop == "lost":
+            return None
+        if out is not None and (stop is None or out.event == "completed"):
+            return out
+        if stop == "cancel":
+            return self.runner.cancelled(job.claimed)
+        if stop == "release":
+            return self.runner.released(job.claimed)
+        return out if out is not None else self.runner.fallback(job.claimed, RuntimeError())
 
     async def heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_seconds
         while not self.closed:
             await self.breaker.wait()
+            self.recancel()
             try:
                 await self.heartbeat()
+                await self.probe_backlog()
             except Exception as exc:
                 self._redis_failed("heartbeat", exc)
                 await asyncio.sleep(min(interval, 0.5))
                 continue
             await asyncio.sleep(interval)
+
+    def recancel(self) -> None:
+        """Cancel again every job the worker stopped that still runs: an async handler
+        that swallowed one CancelledError gets another at each heartbeat."""
+        for job in self._running.values():
+            if job.stop is not None and job.task is not None and not job.task.done():
+                job.task.cancel()
+
+    async def probe_backlog(self) -> None:
+        """Does work wait while every slot is held? Asked only once progress has stalled
+        for half the window, so a busy healthy worker never pays for it."""
+        full = len(self._running) >= self.concurrency
+        if not full or time.monotonic() - self.last_progress() < self.stall_seconds / 2:
+            self.work_waiting = False
+            return
+        self.work_waiting = (await self.client.stats()).ready > 0
 
     async def heartbeat(self) -> None:
         held = self.ledger.held()
@@ -257,6 +457,10 @@ class Worker:
         reply = await self.client.heartbeat(self.id, held, self.info())
         self.breaker.record_success()
         for tid in reply.lost:
+            if self.ledger.is_settling(tid, sent[tid]):
+                # Settled (or being settled) since we read the ledger: the settle's own
+                # reply says whether it applied; this is no lost lease.
+                continue
             self.ledger.drop(tid, sent[tid])
             self.metrics.leases_lost.inc()
             job = self._running.get(tid)
@@ -271,6 +475,10 @@ class Worker:
             job = self._running.get(tid)
             if job is not None and job.claimed.token == sent[tid]:
                 job.halt("cancel")
+
+    async def deregister(self) -> None:
+        """Leave the worker registry on a clean exit (`kubeq workers` shows no ghost)."""
+        await self.client.run(deregister_op(self.client.ops.keys, self.id))
 
     def stop_claiming(self) -> None:
         """The first step of a drain: no new claims, not ready, draining in WorkerInfo."""

@@ -24,6 +24,7 @@ class WorkerSettings(BaseSettings):
     # A client certificate and its key (PEM files) for mutual TLS (tls-auth-clients yes).
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
+    #: the queue to serve, or several separated by commas ("a,b": one share of the slots each)
     queue: str = "default"
     namespace: str = "default"
     #: "package.module:attribute" of the App whose handlers this worker runs
@@ -47,18 +48,42 @@ class WorkerSettings(BaseSettings):
     queue_config: QueueConfig | None = None
     #: default per-task timeout in seconds for handlers that set none (None: no limit)
     task_timeout: float | None = Field(default=None, gt=0)
-    thread_pool_size: int = Field(default=0, ge=0)  # 0: concurrency
-    process_pool_size: int = Field(default=0, ge=0)  # 0: CPU count
+    #: threads for executor="thread" handlers (0: concurrency)
+    thread_pool_size: int = Field(default=0, ge=0)
+    #: child processes for sync / executor="process" handlers (0: concurrency)
+    process_pool_size: int = Field(default=0, ge=0, le=1000)
+    #: how child processes start: spawn (fresh interpreter) or forkserver (forked from a
+    #: clean server process; faster to replace)
+    child_start_method: Literal["spawn", "forkserver"] = "forkserver"
+    #: drain and exit (for a restart) after this many tasks (0: never)
+    max_tasks: int = Field(default=0, ge=0)
+    #: drain and exit (for a restart) once this process's RSS passes this many MiB
+    max_rss_mb: int = Field(default=0, ge=0)
+    #: recycle a child process after this many tasks (0: never)
+    child_max_tasks: int = Field(default=0, ge=0)
+    #: recycle a child process once its RSS passes this many MiB after a task (0: never)
+    child_max_rss_mb: int = Field(default=0, ge=0)
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_backoff_base_seconds: float = Field(default=0.1, gt=0)
     breaker_backoff_max_seconds: float = Field(default=5.0, gt=0)
     #: /readyz fails when no Redis call succeeded for this long
     ready_window_seconds: float = Field(default=15.0, gt=0)
+    #: /healthz fails after this long without progress while work waits (raised to twice
+    #: the longest handler timeout, so a handler within its timeout is never "stuck")
+    liveness_stall_seconds: float = Field(default=300.0, gt=0)
+
+    def queue_names(self) -> list[str]:
+        return list(dict.fromkeys(q.strip() for q in self.queue.split(",") if q.strip()))
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
             raise ValueError("redis_tls_cert_file and redis_tls_key_file go together")
+        names = self.queue_names()
+        if not names:
+            raise ValueError("no queue to serve")
+        if len(names) > self.concurrency:
+            raise ValueError(f"{len(names)} queues need a concurrency of at least {len(names)}")
         qc = self.queue_config
         if qc is not None and (qc.name, qc.namespace) != (self.queue, self.namespace):
             raise ValueError(
@@ -81,3 +106,11 @@ class WorkerSettings(BaseSettings):
             tls_key_file=self.redis_tls_key_file,
         )
         return url, {}
+
+
+def idle_wait_cap(idle_wait: float, socket_timeout: float | None) -> float:
+    """The idle BLPOP block, always shorter than the connection's socket timeout: a block
+    that outlasts it ends in a client-side timeout, logged as a false "unreachable"."""
+    if socket_timeout is None or socket_timeout <= 0:
+        return idle_wait
+    return min(idle_wait, max(socket_timeout * 0.8, socket_timeout - 1.0))
