@@ -1,0 +1,226 @@
+"""Support for the model-based protocol test: profiles, clocks, fault injection, one reader.
+
+Everything that reads Redis structures directly lives in `snapshot()`: when the key
+layout changes, that function is the one place to adapt. Everything else goes through
+the public `Client` API and the `QueueOps` outcome builders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+import redis.exceptions
+from kubeq.protocol import QueueKeys
+
+START_MS = 1_700_000_000_000
+
+
+# -- profiles ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Which inputs and faults the state machine may draw; each flag widens the attack."""
+
+    name: str
+    max_submit: int = 20  # largest submit_many batch
+    max_claim: int = 20  # largest claim batch
+    chunk_sizes: tuple[int | None, ...] = (None,)  # None: the client's default chunk
+    hostile_payloads: bool = False  # deep nesting, lone surrogates, huge ints
+    hostile_requests: bool = False  # odd max_attempts, delays, idempotency keys, ids
+    hostile_results: bool = False  # results Redis cannot encode
+    skew_ms: int = 0  # each actor's clock offset is drawn from [-skew_ms, +skew_ms]
+    backward_jumps: bool = False  # the reference clock may jump back (NTP step)
+    drops: bool = False  # a connection killed after the script ran, before the reply
+    oom: bool = False  # maxmemory windows with noeviction
+    restarts: bool = False  # SIGKILL + start on the same port and dir (appendfsync always)
+    honor_cancel: bool = True  # workers heartbeat before settling and honour cancellation
+    caller_ids: bool = False  # every submitted task gets a caller-chosen id
+    duplicate_ids: bool = False  # reuse ids that exist (or repeat one inside a batch)
+    examples: int = 40
+    steps: int = 50
+
+    def scaled(self) -> Profile:
+        """The long profile (KUBEQ_MODEL_LONG=1): many more, longer runs, larger batches."""
+        if not os.environ.get("KUBEQ_MODEL_LONG"):
+            return self
+        return replace(
+            self,
+            examples=self.examples * 15,
+            steps=self.steps * 2,
+            max_submit=20_000 if self.max_submit > 1000 else self.max_submit,
+            max_claim=20_000 if self.max_claim > 1000 else self.max_claim,
+        )
+
+
+# -- clocks --------------------------------------------------------------------------------
+
+
+class ReferenceClock:
+    """The true time of the simulated world (what Redis's clock would say), in ms."""
+
+    def __init__(self, start_ms: int = START_MS) -> None:
+        self.now = start_ms
+
+    def advance_ms(self, ms: int) -> None:
+        self.now += ms
+
+
+@dataclass
+class ActorClock:
+    """One pod's wall clock: the reference plus that pod's own offset (skew)."""
+
+    reference: ReferenceClock
+    offset_ms: int = 0
+
+    def __call__(self) -> int:
+        return self.reference.now + self.offset_ms
+
+
+# -- fault injection -----------------------------------------------------------------------
+
+
+class InjectedDrop(redis.exceptions.ConnectionError):
+    """The connection was killed after the script ran and before its reply was read."""
+
+
+class FaultyRedis:
+    """A redis-py client whose next EVALSHA can lose its reply on a really killed connection.
+
+    The script is sent on a real pooled connection; once its reply has arrived (so the
+    script ran), an admin connection kills that client (CLIENT KILL ID) and the local end
+    is closed unread: exactly what a network cut after execution does. Everything else is
+    passed through untouched.
+    """
+
+    def __init__(self, inner: Any, admin: redis.Redis) -> None:
+        self._inner = inner
+        self._admin = admin
+        self.armed = False
+        self.fired = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        if not self.armed or not self._admin.script_exists(sha)[0]:
+            # Not loaded yet: let the client see NOSCRIPT and load it; stay armed.
+            return self._inner.evalsha(sha, numkeys, *keys_and_args)
+        self.armed = False
+        self.fired += 1
+        pool = self._inner.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("CLIENT", "ID")
+            client_id = conn.read_response()
+            conn.send_command("EVALSHA", sha, numkeys, *keys_and_args)
+            if not conn.can_read(timeout=30):
+                raise AssertionError("the injected call got no reply within 30 s")
+            self._admin.client_kill_filter(_id=client_id)
+            conn.disconnect()
+        finally:
+            pool.release(conn)
+        raise InjectedDrop("injected: connection killed after the script ran, reply unread")
+
+
+# -- the one reader of Redis structures -----------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Where every task id is, read atomically (MULTI) straight from the structures."""
+
+    places: dict[str, list[str]]  # id -> every structure holding it (once per occurrence)
+    records: set[str]  # ids with a task record
+    attempts: dict[str, int]
+    holders: dict[str, tuple[int, str]]  # id -> (token, worker)
+    terminal: dict[str, str]  # id -> terminal status in the results hash
+    cancel_flags: set[str]
+    ready_per_level: dict[str, int] = field(default_factory=dict)
+    leased_per_level: dict[str, int] = field(default_factory=dict)
+
+    def where(self, task_id: str) -> list[str]:
+        return self.places.get(task_id, [])
+
+
+def _terminal_status(raw: str) -> str:
+    try:
+        parsed = json.loads(raw)
+        return str(parsed["outcome"]["status"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return "unparseable"
+
+
+def _holder(raw: str) -> tuple[int, str]:
+    token, _, rest = raw.partition("|")
+    worker = rest.rsplit("|", 1)[0]
+    try:
+        return int(token), worker
+    except ValueError:
+        return -1, worker
+
+
+def snapshot(r: redis.Redis, keys: QueueKeys, levels: Iterable[str]) -> Snapshot:
+    """Every place of every task, in one MULTI/EXEC so the view is consistent."""
+    levels = list(levels)
+    pipe = r.pipeline(transaction=True)
+    for lv in levels:
+        pipe.lrange(keys.ready(lv), 0, -1)
+        pipe.zrange(keys.delayed(lv), 0, -1)
+        pipe.zrange(keys.leases(lv), 0, -1)
+    pipe.zrange(keys.dead, 0, -1)
+    pipe.hgetall(keys.results)
+    pipe.hkeys(keys.tasks)
+    pipe.hgetall(keys.attempts)
+    pipe.hgetall(keys.holders)
+    pipe.smembers(keys.cancelled)
+    replies = pipe.execute()
+    places: dict[str, list[str]] = defaultdict(list)
+    ready_per_level: dict[str, int] = {}
+    leased_per_level: dict[str, int] = {}
+    for i, lv in enumerate(levels):
+        ready, delayed, leases = replies[3 * i : 3 * i + 3]
+        for tid in ready:
+            places[tid].append(f"ready:{lv}")
+        for tid in delayed:
+            places[tid].append(f"delayed:{lv}")
+        for tid in leases:
+            places[tid].append(f"lease:{lv}")
+        ready_per_level[lv] = len(ready)
+        leased_per_level[lv] = len(leases)
+    dead, results, records, attempts, holders, cancel = replies[3 * len(levels) :]
+    for tid in dead:
+        places[tid].append("dead")
+    for tid in results:
+        places[tid].append("results")
+    return Snapshot(
+        places=dict(places),
+        records=set(records),
+        attempts={k: int(v) for k, v in attempts.items()},
+        holders={k: _holder(v) for k, v in holders.items()},
+        terminal={k: _terminal_status(v) for k, v in results.items()},
+        cancel_flags=set(cancel),
+        ready_per_level=ready_per_level,
+        leased_per_level=leased_per_level,
+    )
+
+
+# -- hostile inputs ------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    """A list nested `depth` levels deep, built without recursion."""
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+LONE_SURROGATE = "\ud800"
+HUGE_INT = 10**400
