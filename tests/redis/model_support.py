@@ -7,8 +7,11 @@ the public `Client` API and the `QueueOps` outcome builders.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -167,9 +170,10 @@ def _holder(raw: str) -> tuple[int, str]:
 
 
 def snapshot(r: redis.Redis, keys: QueueKeys, levels: Iterable[str]) -> Snapshot:
-    """Every place of every task, in one MULTI/EXEC so the view is consistent."""
+    """Every place of every task, read in one pipeline while no actor runs."""
     levels = list(levels)
-    pipe = r.pipeline(transaction=True)
+    # Not MULTI: Redis refuses queued commands under OOM. Nothing else writes meanwhile.
+    pipe = r.pipeline(transaction=False)
     for lv in levels:
         pipe.lrange(keys.ready(lv), 0, -1)
         pipe.zrange(keys.delayed(lv), 0, -1)
@@ -224,3 +228,88 @@ def nested(depth: int) -> Any:
 
 LONE_SURROGATE = "\ud800"
 HUGE_INT = 10**400
+
+
+# -- a TCP proxy that cuts a connection on cue ----------------------------------------------
+
+
+class CuttingProxy:
+    """Forwards TCP between clients and Redis; `cut_reply_to(marker)` makes the reply to
+    the next request containing `marker` vanish with its connection, as a network cut
+    after execution would.
+
+    The client sees its connection die after Redis ran the command: redis-py's own
+    retry (if any) then reconnects through the proxy and decides what happens next.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._armed = threading.Event()
+        self._marker: bytes | None = None
+        self._closing = False
+        self.cuts = 0
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._spawn(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cut_reply_to(self, marker: bytes) -> None:
+        self._marker = marker
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream, False)
+            self._spawn(self._pump, upstream, client, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_redis: bool) -> None:
+        tail = b""  # the end of the previous read: a marker may straddle two reads
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                marker = self._marker
+                if not from_redis and marker is not None and marker in tail + data:
+                    self._marker = None
+                    self._armed.set()
+                tail = data[-64:]
+                if from_redis and self._armed.is_set():
+                    self._armed.clear()
+                    self.cuts += 1
+                    break  # the reply is dropped on the floor with the connection
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
