@@ -474,7 +474,9 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(actor=st.sampled_from(ACTORS))
     def reap(self, actor: str) -> None:
         report, err = self.call("reap", self.clients[actor].reap)
+        self.tally["reap-called"] += 1
         if err is not None:
+            self.tally[f"reap-error:{type(err).__name__}"] += 1
             self.reconcile()
             return
         self.tally["reaped"] += len(report.requeued) + len(report.dead)
@@ -676,7 +678,7 @@ EDGES = {
     "batches": Profile(
         "batches", max_submit=5000, max_claim=5000, chunk_sizes=(None, 5000), examples=20, steps=25
     ),
-    "skew": Profile("skew", skew_ms=60_000),
+    "skew": Profile("skew", skew_ms=60_000, examples=100),
     "cancel": Profile("cancel", honor_cancel=False),
     "faults": Profile("faults", drops=True, oom=True, restarts=True, caller_ids=True, steps=30),
 }
