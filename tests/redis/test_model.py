@@ -76,6 +76,7 @@ from kubeq.redis_server import RedisServer
 WORKERS = ("w0", "w1", "w2")
 ACTORS = ("producer", *WORKERS, "admin")
 LEASE_MS = 30_000
+HEARTBEAT_MS = 10_000
 MAX_ATTEMPTS = 3
 _queues = itertools.count()
 
@@ -139,7 +140,7 @@ class ProtocolModel(RuleBasedStateMachine):
             name=f"model{next(_queues)}",
             max_attempts=MAX_ATTEMPTS,
             lease_seconds=LEASE_MS / 1000,
-            heartbeat_seconds=10,
+            heartbeat_seconds=HEARTBEAT_MS / 1000,
             result_ttl_seconds=90 * 24 * 3600,
             backoff=Backoff(base_seconds=1, max_seconds=20),
         )
@@ -194,7 +195,9 @@ class ProtocolModel(RuleBasedStateMachine):
         return snapshot(self.admin, self.ops.keys, self.levels)
 
     def live(self) -> list[str]:
-        return sorted(t.id for t in self.tasks.values() if not t.purged)
+        # Submission order, not id order: ids are random, and Hypothesis must see the
+        # same choices on a replay to shrink a failure.
+        return [t.id for t in self.tasks.values() if not t.purged]
 
     def reconcile(self) -> None:
         """After a call whose effect is unknown (reply lost, refused midway): adopt what
@@ -267,6 +270,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def submit(self, data: st.DataObject) -> None:
+        self.tally["rule:submit"] += 1
         p = self.profile
         n = data.draw(_batch_size(p.max_submit), label="n")
         special = data.draw(st.integers(0, min(n, 4)), label="drawn requests")
@@ -311,8 +315,10 @@ class ProtocolModel(RuleBasedStateMachine):
                 if first != tid:
                     raise Violation(f"idempotency key {key!r} gave {tid}, first was {first}")
             known = self.tasks.get(tid)
-            if known is not None and not known.purged:
-                continue  # an idempotent repeat, or an existing id answered as such
+            if known is not None and (not known.purged or self.idempotency.get(key) == tid):
+                # An idempotent repeat (its first task may be purged by now: the key still
+                # answers with that id), or an existing id answered as such.
+                continue
             ma = req.max_attempts if req.max_attempts is not None else MAX_ATTEMPTS
             self.tasks[tid] = TaskModel(tid, ma if type(ma) is int and ma >= 1 else None)
 
@@ -341,6 +347,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def claim(self, worker: str, data: st.DataObject) -> None:
+        self.tally["rule:claim"] += 1
         p = self.profile
         n = data.draw(_batch_size(p.max_claim), label="n")
         client = self.clients[worker]
@@ -369,9 +376,28 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def heartbeat(self, data: st.DataObject) -> None:
+        self.tally["rule:heartbeat"] += 1
+        worker = self._busy_worker(data)
+        if worker is not None:
+            self._heartbeat(worker)
+
+    @rule(data=st.data())
+    def worker_stalls_past_its_lease(self, data: st.DataObject) -> None:
+        """A GC pause or a SIGSTOP: the lease expires, a reaper requeues the task, and
+        the worker comes back and heartbeats, then (maybe) settles what it held."""
+        self.tally["rule:worker_stalls_past_its_lease"] += 1
         worker = self._busy_worker(data)
         if worker is None:
             return
+        self.ref.advance_ms(LEASE_MS // 2)
+        for other in WORKERS:
+            if other != worker and self.held[other]:
+                self._heartbeat(other)  # the others are alive and keep their leases
+        self.ref.advance_ms(LEASE_MS // 2 + 1)
+        self._reap("admin")
+        self._heartbeat(worker)
+
+    def _heartbeat(self, worker: str) -> None:
         held = list(self.held[worker].values())
         client = self.clients[worker]
         reply, err = self.call(
@@ -389,6 +415,7 @@ class ProtocolModel(RuleBasedStateMachine):
             lease = self.leases.get(c.id)
             current = lease is not None and (lease.worker, lease.token) == (worker, c.token)
             if c.id in lost:
+                self.tally["heartbeat:lost"] += 1
                 if current:
                     raise Violation(f"heartbeat reported {c.id} lost though {worker} holds it")
                 del self.held[worker][c.id]
@@ -433,12 +460,13 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def settle(self, data: st.DataObject) -> None:
+        self.tally["rule:settle"] += 1
         worker = self._busy_worker(data)
         if worker is None:
             return
         held = self.held[worker]
         chosen = data.draw(
-            st.lists(st.sampled_from(sorted(held)), min_size=1, max_size=20, unique=True)
+            st.lists(st.sampled_from(list(held)), min_size=1, max_size=50, unique=True)
         )
         actions = ["complete", "retry", "dead", "release", "cancel"]
         batch = [(held[t], data.draw(st.sampled_from(actions), label=t)) for t in chosen]
@@ -473,6 +501,10 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(actor=st.sampled_from(ACTORS))
     def reap(self, actor: str) -> None:
+        self.tally["rule:reap"] += 1
+        self._reap(actor)
+
+    def _reap(self, actor: str) -> None:
         report, err = self.call("reap", self.clients[actor].reap)
         self.tally["reap-called"] += 1
         if err is not None:
@@ -494,6 +526,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
+        self.tally["rule:cancel"] += 1
         live = self.live()
         if not live:
             return
@@ -513,13 +546,18 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def dead_letter_admin(self, data: st.DataObject) -> None:
+        self.tally["rule:dead_letter_admin"] += 1
         if data.draw(st.booleans(), label="requeue"):
             self._requeue(data)
         else:
             self._purge(data)
 
+    def _dead(self) -> list[str]:
+        places = self.snap().places
+        return [t for t in self.live() if "dead" in places.get(t, ())]
+
     def _requeue(self, data: st.DataObject) -> None:
-        dead = [t for t, w in self.snap().places.items() if "dead" in w and t in self.tasks]
+        dead = self._dead()
         ids = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(dead or ["x"]))))
         requeued, err = self.call("requeue_dead", self.clients["admin"].requeue_dead, ids)
         if err is not None:
@@ -533,8 +571,8 @@ class ProtocolModel(RuleBasedStateMachine):
         self.tally["requeued"] += len(requeued)
 
     def _purge(self, data: st.DataObject) -> None:
-        dead = {t for t, w in self.snap().places.items() if "dead" in w and t in self.tasks}
-        ids = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(sorted(dead) or ["x"]))))
+        dead = self._dead()
+        ids = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(dead or ["x"]))))
         count, err = self.call("purge_dead", self.clients["admin"].purge_dead, ids)
         after = self.snap()
         gone = {t for t in dead if not after.where(t)}
@@ -547,6 +585,7 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def observe(self, data: st.DataObject) -> None:
         """What a user or the autoscaler reads: status() of one task, or stats()."""
+        self.tally["rule:observe"] += 1
         if data.draw(st.booleans(), label="stats"):
             self._stats()
         else:
@@ -586,37 +625,54 @@ class ProtocolModel(RuleBasedStateMachine):
 
     # -- time and faults --------------------------------------------------------------------
 
-    @rule(ms=st.sampled_from([0, 1, 5_000, LEASE_MS - 1, LEASE_MS, LEASE_MS + 1, 600_000]))
-    def time_passes(self, ms: int) -> None:
-        self.ref.advance_ms(ms)
+    @rule(
+        ms=st.sampled_from([1, 5_000, LEASE_MS - 1, LEASE_MS, LEASE_MS + 1, 600_000]),
+        stalled=st.sets(st.sampled_from(WORKERS)),
+    )
+    def time_passes(self, ms: int, stalled: set[str]) -> None:
+        """Time passes; live workers heartbeat every HEARTBEAT_MS meanwhile, as they do,
+        and the `stalled` ones (GC pause, SIGSTOP, dead) do not."""
+        self.tally["rule:time_passes"] += 1
+        while ms > 0:
+            step = min(ms, HEARTBEAT_MS)
+            self.ref.advance_ms(step)
+            ms -= step
+            for worker in WORKERS:
+                if worker not in stalled and self.held[worker]:
+                    self._heartbeat(worker)
 
     @precondition(lambda self: self.profile.skew_ms > 0)
     @rule(actor=st.sampled_from(ACTORS), data=st.data())
     def clock_steps(self, actor: str, data: st.DataObject) -> None:
         """A pod's clock is stepped (NTP), backwards too, within the skew bound."""
+        self.tally["rule:clock_steps"] += 1
         skew = self.profile.skew_ms
         self.clocks[actor].offset_ms = data.draw(st.integers(-skew, skew))
 
     @precondition(lambda self: self.profile.drops)
     @rule(actor=st.sampled_from(ACTORS))
     def drop_next_reply(self, actor: str) -> None:
+        self.tally["rule:drop_next_reply"] += 1
         self.faulty[actor].armed = True
 
     @precondition(lambda self: self.profile.oom and not self.oom)
     @rule()
     def oom_begins(self) -> None:
+        self.tally["rule:oom_begins"] += 1
         self.admin.config_set("maxmemory", 1)
         self.oom = True
 
     @precondition(lambda self: self.oom)
     @rule()
     def oom_ends(self) -> None:
+        self.tally["rule:oom_ends"] += 1
         self.admin.config_set("maxmemory", 0)
         self.oom = False
 
     @precondition(lambda self: self.profile.restarts)
     @rule()
     def redis_restarts(self) -> None:
+        self.tally["rule:redis_restarts"] += 1
         self.server.stop(kill=True)
         self.server.start()
         self.admin.config_set("maxmemory-policy", "noeviction")
@@ -671,7 +727,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
 # -- profiles and tests --------------------------------------------------------------------
 
-BENIGN = Profile("benign")
+BENIGN = Profile("benign", examples=60)
 EDGES = {
     "payloads": Profile("payloads", hostile_payloads=True, hostile_results=True),
     "requests": Profile("requests", hostile_requests=True, caller_ids=True, duplicate_ids=True),
@@ -748,6 +804,7 @@ def test_model_benign(model_server: RedisServer) -> None:
     for what in ("complete:applied", "retry:applied", "release:applied", "reaped", "claimed"):
         assert tally[what] > 0, (what, tally)
     assert sum(n for k, n in tally.items() if k.endswith(":fenced")) > 0, tally
+    assert tally["heartbeat:lost"] > 0, tally
     assert tally["checks"] >= BENIGN.examples * BENIGN.steps // 2
 
 
