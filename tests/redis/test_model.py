@@ -161,6 +161,7 @@ class ProtocolModel(RuleBasedStateMachine):
         self.tasks: dict[str, TaskModel] = {}
         self.leases: dict[str, Lease] = {}
         self.held: dict[str, dict[str, ClaimedTask]] = {w: {} for w in WORKERS}
+        self.told_cancel: dict[str, set[str]] = {w: set() for w in WORKERS}  # by heartbeats
         self.idempotency: dict[str, str] = {}
         self.oom = False
         self.fresh_ids = (f"id{n:06d}" for n in itertools.count())
@@ -395,7 +396,10 @@ class ProtocolModel(RuleBasedStateMachine):
                 self._heartbeat(other)  # the others are alive and keep their leases
         self.ref.advance_ms(LEASE_MS // 2 + 1)
         self._reap("admin")
-        self._heartbeat(worker)
+        if data.draw(st.booleans(), label="handlers finished during the pause"):
+            self._settle(worker, data)  # settled at once: the stale ones must be refused
+        else:
+            self._heartbeat(worker)
 
     def _heartbeat(self, worker: str) -> None:
         held = list(self.held[worker].values())
@@ -411,6 +415,7 @@ class ProtocolModel(RuleBasedStateMachine):
             self.reconcile()
             return
         lost = set(reply.lost)
+        self.told_cancel[worker].update(reply.cancelled)
         for c in held:
             lease = self.leases.get(c.id)
             current = lease is not None and (lease.worker, lease.token) == (worker, c.token)
@@ -419,6 +424,7 @@ class ProtocolModel(RuleBasedStateMachine):
                 if current:
                     raise Violation(f"heartbeat reported {c.id} lost though {worker} holds it")
                 del self.held[worker][c.id]
+                self.told_cancel[worker].discard(c.id)
             elif not current:
                 raise Violation(
                     f"heartbeat of fenced-out {worker} (token {c.token}) kept {c.id} alive"
@@ -430,10 +436,7 @@ class ProtocolModel(RuleBasedStateMachine):
     def _settlement(self, worker: str, c: ClaimedTask, action: str, data: st.DataObject) -> Any:
         client = self.clients[worker]
         now = client.clock()
-        task = self.tasks.get(c.id)
-        lease = self.leases.get(c.id)
-        mine = lease is not None and (lease.worker, lease.token) == (worker, c.token)
-        if self.profile.honor_cancel and task is not None and task.cancel_requested and mine:
+        if self.profile.honor_cancel and c.id in self.told_cancel[worker]:
             action = "cancel"  # the worker learnt it from its heartbeat
         if action == "complete":
             result: Any = data.draw(st.integers(0, 9))
@@ -464,7 +467,14 @@ class ProtocolModel(RuleBasedStateMachine):
         worker = self._busy_worker(data)
         if worker is None:
             return
+        if self.profile.honor_cancel:
+            self._heartbeat(worker)  # a well-behaved worker learns of cancels first
+        self._settle(worker, data)
+
+    def _settle(self, worker: str, data: st.DataObject) -> None:
         held = self.held[worker]
+        if not held:
+            return
         chosen = data.draw(
             st.lists(st.sampled_from(list(held)), min_size=1, max_size=50, unique=True)
         )
@@ -479,6 +489,7 @@ class ProtocolModel(RuleBasedStateMachine):
             raise Violation(f"settle of {len(settlements)} replied {len(oks)} answers")
         for (c, _), s, ok in zip(batch, settlements, oks, strict=True):
             del held[c.id]
+            self.told_cancel[worker].discard(c.id)
             lease = self.leases.get(c.id)
             current = lease is not None and (lease.worker, lease.token) == (worker, c.token)
             if ok and not current:
