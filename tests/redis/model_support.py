@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import redis
 import redis.exceptions
+
+import redis
 from kubeq.protocol import QueueKeys
 
 START_MS = 1_700_000_000_000

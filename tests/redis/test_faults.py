@@ -217,8 +217,6 @@ def test_a_cut_claim_reply_costs_no_task_an_attempt(server: RedisServer) -> None
         worker.close()
         producer.close()
         proxy.close()
-    never_ran = [
-        (tid, t.reason) for tid, t in statuses.items() if t.status != TaskStatus.COMPLETED
-    ]
+    never_ran = [(tid, t.reason) for tid, t in statuses.items() if t.status != TaskStatus.COMPLETED]
     assert never_ran == [], f"tasks that never started lost their only attempt: {never_ran}"
     assert all(ran[tid] == 1 for tid in ids), ran

@@ -27,10 +27,10 @@ profile much longer, with batches up to 20k.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,8 +61,8 @@ from model_support import (
 import redis
 from kubeq.protocol import (
     Backoff,
-    Client,
     ClaimedTask,
+    Client,
     KubeqError,
     QueueConfig,
     QueueOps,
@@ -441,9 +441,7 @@ class ProtocolModel(RuleBasedStateMachine):
         if action == "complete":
             result: Any = data.draw(st.integers(0, 9))
             if self.profile.hostile_results and data.draw(st.booleans()):
-                result = data.draw(
-                    st.sampled_from([LONE_SURROGATE, nested(1200), {"n": HUGE_INT}])
-                )
+                result = data.draw(st.sampled_from([LONE_SURROGATE, nested(1200), {"n": HUGE_INT}]))
             made, err = self.call("completion", QueueOps.completion, c, result, now)
             if err is None:
                 return made
