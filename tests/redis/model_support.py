@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ class Profile:
     honor_cancel: bool = True  # workers heartbeat before settling and honour cancellation
     caller_ids: bool = False  # every submitted task gets a caller-chosen id
     duplicate_ids: bool = False  # reuse ids that exist (or repeat one inside a batch)
+    real_time: bool = False  # decisions on the clients' default clock (see RealClock)
+    lease_ms: int = 30_000
     examples: int = 40
     steps: int = 50
 
@@ -74,6 +77,26 @@ class ReferenceClock:
 
     def advance_ms(self, ms: int) -> None:
         self.now += ms
+
+
+class RealClock(ReferenceClock):
+    """The real time (what Redis's TIME says on this host): for the skew profile, where
+    clients keep their default clock and only the pods' wall clocks are shifted. Time
+    passes by sleeping, so that profile uses short leases."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    @property  # type: ignore[override]
+    def now(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    @now.setter
+    def now(self, value: int) -> None:
+        pass
+
+    def advance_ms(self, ms: int) -> None:
+        time.sleep(ms / 1000)
 
 
 @dataclass

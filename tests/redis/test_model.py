@@ -52,6 +52,7 @@ from model_support import (
     ActorClock,
     FaultyRedis,
     Profile,
+    RealClock,
     ReferenceClock,
     Snapshot,
     nested,
@@ -77,8 +78,6 @@ LONG = bool(os.environ.get("KUBEQ_MODEL_LONG"))  # make test-model-long
 TIMEOUT = 0 if LONG else 600  # the long run is bounded by its profiles, not a timer
 WORKERS = ("w0", "w1", "w2")
 ACTORS = ("producer", *WORKERS, "admin")
-LEASE_MS = 30_000
-HEARTBEAT_MS = 10_000
 MAX_ATTEMPTS = 3
 _queues = itertools.count()
 
@@ -137,12 +136,13 @@ class ProtocolModel(RuleBasedStateMachine):
         self.admin.flushall()
         self.admin.config_set("maxmemory", 0)
         self.admin.config_set("maxmemory-policy", "noeviction")
-        self.ref = ReferenceClock()
+        self.lease_ms = self.profile.lease_ms
+        self.ref = RealClock() if self.profile.real_time else ReferenceClock()
         self.config = QueueConfig(
             name=f"model{next(_queues)}",
             max_attempts=MAX_ATTEMPTS,
-            lease_seconds=LEASE_MS / 1000,
-            heartbeat_seconds=HEARTBEAT_MS / 1000,
+            lease_seconds=self.profile.lease_ms / 1000,
+            heartbeat_seconds=self.profile.lease_ms / 3000,
             result_ttl_seconds=90 * 24 * 3600,
             backoff=Backoff(base_seconds=1, max_seconds=20),
         )
@@ -151,9 +151,15 @@ class ProtocolModel(RuleBasedStateMachine):
         self.faulty: dict[str, FaultyRedis] = {}
         self.clients: dict[str, Client] = {}
         for actor in ACTORS:
-            c = Client.from_url(
-                self.server.url, self.config.name, config=self.config, clock=self.clocks[actor]
-            )
+            if self.profile.real_time:
+                # The client's own default clock decides time-bound things; each pod's
+                # wall clock (`client.clock`) is the reference shifted by that pod's skew.
+                c = Client.from_url(self.server.url, self.config.name, config=self.config)
+                c.clock = self.clocks[actor]
+            else:
+                c = Client.from_url(
+                    self.server.url, self.config.name, config=self.config, clock=self.clocks[actor]
+                )
             c.rng = random.Random(0)
             self.faulty[actor] = FaultyRedis(c.redis, self.admin)
             c.redis = self.faulty[actor]
@@ -215,7 +221,7 @@ class ProtocolModel(RuleBasedStateMachine):
                     task.ambiguous = True
         for tid, (token, worker) in snap.holders.items():
             if tid in self.tasks and tid not in self.leases:
-                self.leases[tid] = Lease(worker, token, self.ref.now + LEASE_MS, delivered=False)
+                self.leases[tid] = Lease(worker, token, self.ref.now + self.lease_ms, False)
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -226,6 +232,22 @@ class ProtocolModel(RuleBasedStateMachine):
             # The extremes: whether any pair of pods is far enough apart to matter should
             # not be left to luck.
             self.clocks[actor].offset_ms = data.draw(st.sampled_from([-skew, 0, skew]), label=actor)
+
+    @initialize(data=st.data())
+    def some_work_to_start_with(self, data: st.DataObject) -> None:
+        """Every run starts with plain tasks waiting and some of them claimed (swarm
+        testing switches rules off at random; without this many runs would idle)."""
+        n = data.draw(st.integers(1, 30), label="initial tasks")
+        ids, err = self.call(
+            "submit_many",
+            self.clients["producer"].submit_many,
+            [TaskRequest(type="t", payload=i) for i in range(n)],
+        )
+        if err is not None:
+            raise Violation(f"a plain submit of {n} tasks failed: {err!r}")
+        self._adopt([TaskRequest(type="t")] * n, ids)
+        for worker in WORKERS:
+            self._claim(worker, data.draw(st.integers(0, 5), label=f"{worker} claims"))
 
     # -- producer ------------------------------------------------------------------------
 
@@ -327,7 +349,9 @@ class ProtocolModel(RuleBasedStateMachine):
 
     # -- workers -------------------------------------------------------------------------
 
-    def _deliver(self, worker: str, task_id: str, token: int, attempts: int) -> None:
+    def _deliver(self, worker: str, task_id: str, token: int, attempts: int, t0: int) -> None:
+        """`t0`: the reference time before the claim was sent (a lower bound of the
+        deadline Redis computed, so the live-lease check can never accuse wrongly)."""
         task = self.tasks.get(task_id)
         if task is None:
             raise Violation(f"claim handed out {task_id}, which nobody submitted")
@@ -346,28 +370,32 @@ class ProtocolModel(RuleBasedStateMachine):
                 f"{task_id} claimed as attempt {attempts} but handed out only "
                 f"{task.deliveries} times: attempts charged for runs that never started"
             )
-        self.leases[task_id] = Lease(worker, token, self.ref.now + LEASE_MS)
+        self.leases[task_id] = Lease(worker, token, t0 + self.lease_ms)
 
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def claim(self, worker: str, data: st.DataObject) -> None:
         self.tally["rule:claim"] += 1
-        p = self.profile
-        n = data.draw(_batch_size(p.max_claim), label="n")
+        self._claim(worker, data.draw(_batch_size(self.profile.max_claim), label="n"))
+
+    def _claim(self, worker: str, n: int) -> None:
+        if n == 0:
+            return
         client = self.clients[worker]
+        t0 = self.ref.now
         claim, err = self.call("claim", client.claim, worker, n)
         if err is not None:
             self.reconcile()
             return
         for c in claim.tasks:
-            self._deliver(worker, c.id, c.token, c.task.attempts)
+            self._deliver(worker, c.id, c.token, c.task.attempts, t0)
             self.held[worker][c.id] = c
         self.tally["claimed"] += len(claim.tasks)
         if claim.malformed:
             # What the worker does: dead-letter each unparseable task alone.
             for m in claim.malformed:
-                self._deliver(worker, m.task_id, m.token, m.attempts)
+                self._deliver(worker, m.task_id, m.token, m.attempts, t0)
             now = client.clock()
-            batch = [QueueOps.dead_letter_malformed(m, worker, now) for m in claim.malformed]
+            batch = [client.ops.dead_letter_malformed(m, worker, now) for m in claim.malformed]
             oks, err = self.call("settle(malformed)", client.settle, batch)
             if err is not None:
                 self.reconcile()
@@ -378,13 +406,6 @@ class ProtocolModel(RuleBasedStateMachine):
                 del self.leases[m.task_id]
 
     @rule(data=st.data())
-    def heartbeat(self, data: st.DataObject) -> None:
-        self.tally["rule:heartbeat"] += 1
-        worker = self._busy_worker(data)
-        if worker is not None:
-            self._heartbeat(worker)
-
-    @rule(data=st.data())
     def worker_stalls_past_its_lease(self, data: st.DataObject) -> None:
         """A GC pause or a SIGSTOP: the lease expires, a reaper requeues the task, and
         the worker comes back and heartbeats, then (maybe) settles what it held."""
@@ -392,11 +413,11 @@ class ProtocolModel(RuleBasedStateMachine):
         worker = self._busy_worker(data)
         if worker is None:
             return
-        self.ref.advance_ms(LEASE_MS // 2)
+        self.ref.advance_ms(self.lease_ms // 2)
         for other in WORKERS:
             if other != worker and self.held[other]:
                 self._heartbeat(other)  # the others are alive and keep their leases
-        self.ref.advance_ms(LEASE_MS // 2 + 1)
+        self.ref.advance_ms(self.lease_ms // 2 + 1)
         self._reap("admin")
         if data.draw(st.booleans(), label="handlers finished during the pause"):
             self._settle(worker, data)  # settled at once: the stale ones must be refused
@@ -406,6 +427,7 @@ class ProtocolModel(RuleBasedStateMachine):
     def _heartbeat(self, worker: str) -> None:
         held = list(self.held[worker].values())
         client = self.clients[worker]
+        t0 = self.ref.now
         reply, err = self.call(
             "heartbeat",
             client.heartbeat,
@@ -433,7 +455,7 @@ class ProtocolModel(RuleBasedStateMachine):
                 )
             else:
                 assert lease is not None
-                lease.deadline = self.ref.now + LEASE_MS
+                lease.deadline = t0 + self.lease_ms
 
     def _settlement(self, worker: str, c: ClaimedTask, action: str, data: st.DataObject) -> Any:
         client = self.clients[worker]
@@ -444,16 +466,16 @@ class ProtocolModel(RuleBasedStateMachine):
             result: Any = data.draw(st.integers(0, 9))
             if self.profile.hostile_results and data.draw(st.booleans()):
                 result = data.draw(st.sampled_from([LONE_SURROGATE, nested(1200), {"n": HUGE_INT}]))
-            made, err = self.call("completion", QueueOps.completion, c, result, now)
+            made, err = self.call("completion", client.ops.completion, c, result, now)
             if err is None:
                 return made
             # What the worker does when a result cannot be stored: the attempt fails.
             error = TaskError(type="ResultNotStorable", message=str(err)[:200])
             return client.ops.failure(c, error, now, self.rng)
         if action == "cancel":
-            return QueueOps.completion(c, None, now, status="cancelled", reason="cancelled")
+            return client.ops.completion(c, None, now, status="cancelled", reason="cancelled")
         if action == "release":
-            return QueueOps.release(c)
+            return client.ops.release(c)
         error = TaskError(type="Boom", message="handler failed")
         return client.ops.failure(c, error, now, self.rng, permanent=action == "dead")
 
@@ -639,16 +661,18 @@ class ProtocolModel(RuleBasedStateMachine):
 
     # -- time and faults --------------------------------------------------------------------
 
-    @rule(
-        ms=st.sampled_from([1, 5_000, LEASE_MS - 1, LEASE_MS, LEASE_MS + 1, 600_000]),
-        stalled=st.sets(st.sampled_from(WORKERS)),
-    )
-    def time_passes(self, ms: int, stalled: set[str]) -> None:
-        """Time passes; live workers heartbeat every HEARTBEAT_MS meanwhile, as they do,
-        and the `stalled` ones (GC pause, SIGSTOP, dead) do not."""
+    @rule(data=st.data(), stalled=st.sets(st.sampled_from(WORKERS)))
+    def time_passes(self, data: st.DataObject, stalled: set[str]) -> None:
+        """Time passes; live workers heartbeat every lease/3 meanwhile, as they do, and
+        the `stalled` ones (GC pause, SIGSTOP, dead) do not."""
         self.tally["rule:time_passes"] += 1
+        lease = self.lease_ms
+        spans = [1, lease // 6, lease - 1, lease, lease + 1]
+        if not self.profile.real_time:
+            spans.append(20 * lease)  # a real clock would make this a long sleep
+        ms = data.draw(st.sampled_from(spans), label="ms")
         while ms > 0:
-            step = min(ms, HEARTBEAT_MS)
+            step = min(ms, lease // 3)
             self.ref.advance_ms(step)
             ms -= step
             for worker in WORKERS:
@@ -748,7 +772,7 @@ EDGES = {
     "batches": Profile(
         "batches", max_submit=5000, max_claim=5000, chunk_sizes=(None, 5000), examples=40, steps=25
     ),
-    "skew": Profile("skew", skew_ms=60_000, examples=100),
+    "skew": Profile("skew", skew_ms=60_000, real_time=True, lease_ms=1_000, examples=25, steps=30),
     "cancel": Profile("cancel", honor_cancel=False, examples=100),
     "faults": Profile("faults", drops=True, oom=True, restarts=True, caller_ids=True, steps=30),
 }
