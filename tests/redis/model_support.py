@@ -118,7 +118,8 @@ class InjectedDrop(redis.exceptions.ConnectionError):
 
 
 class FaultyRedis:
-    """A redis-py client whose next EVALSHA can lose its reply on a really killed connection.
+    """A redis-py client whose next script call (EVALSHA, EVALSHA_RO) can lose its reply on a
+    really killed connection.
 
     The script is sent on a real pooled connection; once its reply has arrived (so the
     script ran), an admin connection kills that client (CLIENT KILL ID) and the local end
@@ -136,9 +137,14 @@ class FaultyRedis:
         return getattr(self._inner, name)
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if not self.armed or not self._admin.script_exists(sha)[0]:
-            # Not loaded yet: let the client see NOSCRIPT and load it; stay armed.
-            return self._inner.evalsha(sha, numkeys, *keys_and_args)
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        is_script = str(args[0]).upper().startswith("EVALSHA")
+        if not (self.armed and is_script) or not self._admin.script_exists(args[1])[0]:
+            # Not armed, not a script, or not loaded yet (the client then sees NOSCRIPT
+            # and loads it; the drop stays armed for its retry).
+            return self._inner.execute_command(*args, **options)
         self.armed = False
         self.fired += 1
         pool = self._inner.connection_pool
@@ -146,7 +152,7 @@ class FaultyRedis:
         try:
             conn.send_command("CLIENT", "ID")
             client_id = conn.read_response()
-            conn.send_command("EVALSHA", sha, numkeys, *keys_and_args)
+            conn.send_command(*args)
             if not conn.can_read(timeout=30):
                 raise AssertionError("the injected call got no reply within 30 s")
             self._admin.client_kill_filter(_id=client_id)
