@@ -79,6 +79,7 @@ TIMEOUT = 0 if LONG else 600  # the long run is bounded by its profiles, not a t
 WORKERS = ("w0", "w1", "w2")
 ACTORS = ("producer", *WORKERS, "admin")
 MAX_ATTEMPTS = 3
+ACTIONS = ("complete", "retry", "dead", "release", "cancel")
 _queues = itertools.count()
 
 # Errors that promise nothing was written: the request was refused before reaching Redis.
@@ -430,6 +431,8 @@ class ProtocolModel(RuleBasedStateMachine):
         the worker comes back and heartbeats, then (maybe) settles what it held."""
         self.tally["rule:worker_stalls_past_its_lease"] += 1
         worker = self._busy_worker(data)
+        finished = data.draw(st.booleans(), label="handlers finished during the pause")
+        plan = self._settle_plan(data)
         if worker is None:
             return
         self.ref.advance_ms(self.lease_ms // 2)
@@ -438,8 +441,8 @@ class ProtocolModel(RuleBasedStateMachine):
                 self._heartbeat(other)  # the others are alive and keep their leases
         self.ref.advance_ms(self.lease_ms // 2 + 1)
         self._reap("admin")
-        if data.draw(st.booleans(), label="handlers finished during the pause"):
-            self._settle(worker, data)  # settled at once: the stale ones must be refused
+        if finished:
+            self._settle(worker, plan)  # settled at once: the stale ones must be refused
         else:
             self._heartbeat(worker)
 
@@ -476,15 +479,28 @@ class ProtocolModel(RuleBasedStateMachine):
                 assert lease is not None
                 lease.deadline = t0 + self.lease_ms
 
-    def _settlement(self, worker: str, c: ClaimedTask, action: str, data: st.DataObject) -> Any:
+    def _ending(self, data: st.DataObject) -> tuple[str, Any]:
+        """How one handler ends, drawn in the same shape whatever the state."""
+        action = data.draw(st.sampled_from(ACTIONS), label="action")
+        result: Any = data.draw(st.integers(0, 9), label="result")
+        if self.profile.hostile_results and data.draw(st.booleans(), label="hostile result"):
+            result = data.draw(st.sampled_from([LONE_SURROGATE, nested(1200), {"n": HUGE_INT}]))
+        return action, result
+
+    def _settle_plan(self, data: st.DataObject) -> list[tuple[int, tuple[str, Any]]]:
+        n = data.draw(st.integers(1, 50), label="settled")
+        return [
+            (data.draw(st.integers(0, 1 << 16), label="which"), self._ending(data))
+            for _ in range(n)
+        ]
+
+    def _settlement(self, worker: str, c: ClaimedTask, ending: tuple[str, Any]) -> Any:
         client = self.clients[worker]
         now = client.clock()
+        action, result = ending
         if self.profile.honor_cancel and c.id in self.told_cancel[worker]:
             action = "cancel"  # the worker learnt it from its heartbeat
         if action == "complete":
-            result: Any = data.draw(st.integers(0, 9))
-            if self.profile.hostile_results and data.draw(st.booleans()):
-                result = data.draw(st.sampled_from([LONE_SURROGATE, nested(1200), {"n": HUGE_INT}]))
             made, err = self.call("completion", client.ops.completion, c, result, now)
             if err is None:
                 return made
@@ -505,20 +521,24 @@ class ProtocolModel(RuleBasedStateMachine):
     def settle(self, data: st.DataObject) -> None:
         self.tally["rule:settle"] += 1
         worker = self._busy_worker(data)
+        plan = self._settle_plan(data)
         if worker is None:
             return
         if self.profile.honor_cancel:
             self._heartbeat(worker)  # a well-behaved worker learns of cancels first
-        self._settle(worker, data)
+        self._settle(worker, plan)
 
-    def _settle(self, worker: str, data: st.DataObject) -> None:
+    def _settle(self, worker: str, plan: list[tuple[int, tuple[str, Any]]]) -> None:
         held = self.held[worker]
-        chosen = _picks(data, list(held), "settled", min_size=1, max_size=50)
+        pool = list(held)
+        chosen: dict[str, tuple[str, Any]] = {}
+        for which, ending in plan:
+            if pool:
+                chosen.setdefault(pool[which % len(pool)], ending)
         if not chosen:
             return
-        actions = ["complete", "retry", "dead", "release", "cancel"]
-        batch = [(held[t], data.draw(st.sampled_from(actions), label=t)) for t in chosen]
-        settlements = [self._settlement(worker, c, a, data) for c, a in batch]
+        batch = [(held[t], ending) for t, ending in chosen.items()]
+        settlements = [self._settlement(worker, c, ending) for c, ending in batch]
         oks, err = self.call("settle", self.clients[worker].settle, settlements)
         if err is not None:
             self.reconcile()
