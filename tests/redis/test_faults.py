@@ -106,7 +106,7 @@ def test_an_oom_window_during_a_worker_loop_runs_no_task_twice_and_loses_none(
         for c in claim.tasks if claim else []:
             runs[c.id] += 1  # the handler runs
             held[c.id] = c
-            unsettled[c.id] = QueueOps.completion(c, {"ok": True}, client.clock())
+            unsettled[c.id] = client.ops.completion(c, {"ok": True}, client.clock())
         if unsettled:
             oks = attempt("settle", client.settle, list(unsettled.values()))
             if oks is not None:
@@ -208,7 +208,7 @@ def test_a_cut_claim_reply_costs_no_task_an_attempt(server: RedisServer) -> None
                 claim = None
             for c in claim.tasks if claim else []:
                 ran[c.id] += 1
-                assert worker.settle([QueueOps.completion(c, None, worker.clock())]) == [True]
+                assert worker.settle([worker.ops.completion(c, None, worker.clock())]) == [True]
             ref.advance_ms((LEASE_S + 1) * 1000)
             producer.reap()
         assert proxy.cuts == 1, "the cut did not happen: the test tested nothing"
