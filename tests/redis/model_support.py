@@ -283,6 +283,9 @@ class CuttingProxy:
         self.port = int(self._listener.getsockname()[1])
         self._armed = threading.Event()
         self._marker: bytes | None = None
+        # While set, what Redis sends on replication links (connections that sent PSYNC)
+        # is dropped: a stalled replication link, every other connection untouched.
+        self.replication_frozen = False
         self._closing = False
         self.cuts = 0
         self._threads: list[threading.Thread] = []
@@ -307,12 +310,19 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # Redis is down: so is the connection through the proxy
+                client.close()
+                continue
             self._sockets += [client, upstream]
-            self._spawn(self._pump, client, upstream, False)
-            self._spawn(self._pump, upstream, client, True)
+            link: dict[str, bool] = {"replication": False}
+            self._spawn(self._pump, client, upstream, False, link)
+            self._spawn(self._pump, upstream, client, True, link)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, from_redis: bool) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, from_redis: bool, link: dict[str, bool]
+    ) -> None:
         tail = b""  # the end of the previous read: a marker may straddle two reads
         try:
             while True:
@@ -324,6 +334,10 @@ class CuttingProxy:
                     self._marker = None
                     self._armed.set()
                 tail = data[-64:]
+                if not from_redis and b"PSYNC" in tail + data:
+                    link["replication"] = True
+                if from_redis and link["replication"] and self.replication_frozen:
+                    continue  # swallowed: the replica never sees it
                 if from_redis and self._armed.is_set():
                     self._armed.clear()
                     self.cuts += 1
