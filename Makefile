@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: redis-server for the queue, prometheus/promtool for the metrics tests.
 SYSTEM_PACKAGES := redis-server prometheus
 
-.PHONY: setup system-packages demo test lint typecheck unit bench clean test-model-long
+.PHONY: setup system-packages demo test lint typecheck unit bench clean lock test-model-long
 
 setup: system-packages $(STAMP)
 
@@ -58,6 +58,17 @@ test-model-long: setup
 bench: setup
 	$(BIN)/python -m bench.protocol
 	$(BIN)/python -m bench.worker
+
+# The images' hash-locked dependency sets (docs/security.md): refresh after changing the
+# dependencies in pyproject.toml, then commit requirements/*.txt. Resolved against the
+# default index (PyPI) only: the machine's extra indexes and find-links are switched off.
+LOCK := env PIP_CONSTRAINT= PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(BIN)/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: setup
+	$(BIN)/pip install -q "pip-tools>=7.4"
+	$(LOCK) --output-file requirements/worker.txt pyproject.toml
+	$(LOCK) --extra operator --output-file requirements/operator.txt pyproject.toml
+	echo "hatchling>=1.21" | $(LOCK) --output-file requirements/build.txt -
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -7,25 +7,28 @@ through the `kubeq.commands` entry point group of this distribution.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import signal
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
-from kubeq.cli.common import ExitCode
-from kubeq.protocol import KubeqError
-from kubeq_operator.demo import DemoReport
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.live import line, render
-from kubeq_operator.local import LocalRunner
+from kubeq.cli.common import ExitCode, exit_code_for
+from kubeq.text import printable
+
+# The rest is imported when a command runs: `kubeq --help` loads this module to list it.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kubeq_operator.demo import DemoReport
+    from kubeq_operator.local import LocalRunner, StopReport
+
+DEFAULT_METRICS_PORT = 8471  # not Prometheus's own 9090, nor an exporter's 91xx-99xx
+DEFAULT_STATE_DIR = Path(".kubeq")
 
 
 def _setup_logging(level: str) -> None:
@@ -60,10 +63,25 @@ def example_manifest(name: str) -> Path:
     help="Use this Redis instead of starting a private redis-server.",
 )
 @click.option(
-    "--metrics-port",
-    default=9090,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
     show_default=True,
-    help="Port for the operator's /metrics on 127.0.0.1 (0: any free port).",
+    help="Keeps the private Redis's data (AOF) and port between runs, the worker logs, "
+    "and the env file (KUBEQ_REDIS_URL, ...) that `kubeq` commands in this tree read.",
+)
+@click.option(
+    "--redis-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the private redis-server [default: the state directory's, chosen once].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=DEFAULT_METRICS_PORT,
+    show_default=True,
+    help="Port for the operator's /metrics on 127.0.0.1 (0: any free port, -1: off).",
 )
 @click.option("--no-live", is_flag=True, help="Plain log lines instead of the live view.")
 @click.option(
@@ -73,28 +91,54 @@ def example_manifest(name: str) -> Path:
 def up_command(
     manifest: Path,
     redis_url: str | None,
+    state_dir: Path,
+    redis_port: int | None,
     metrics_port: int,
     no_live: bool,
     duration: float | None,
     log_level: str,
 ) -> None:
     """Run a TaskQueue on this machine: worker processes, autoscaled like Pods."""
+    from kubeq_operator.errors import InvalidSpec
+    from kubeq_operator.local import LocalRunner
+
     _setup_logging(log_level)
     try:
-        runner = LocalRunner(manifest, redis_url=redis_url, metrics_port=metrics_port)
+        runner = LocalRunner(
+            manifest,
+            redis_url=redis_url,
+            metrics_port=metrics_port,
+            state_dir=state_dir,
+            redis_port=redis_port,
+        )
     except InvalidSpec as exc:
         raise click.ClickException(f"invalid TaskQueue in {manifest}: {exc}") from None
     code = asyncio.run(_up(runner, live=not no_live and sys.stdout.isatty(), duration=duration))
     sys.exit(code)
 
 
+def banner(runner: LocalRunner) -> str:
+    """The first line of `kubeq up`: Redis named by its safe description, never its URL."""
+    from kubeq.protocol.connection import describe
+
+    where = f"state in {runner.state.path}" if runner.state else f"logs in {runner.logs_dir}"
+    metrics = (
+        f"operator metrics on 127.0.0.1:{runner.metrics_port}/metrics · "
+        if runner.metrics_port >= 0
+        else ""
+    )
+    return f"kubeq up: queue {runner.ref} on {describe(runner.redis_url)} · {metrics}{where}"
+
+
 async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from kubeq.protocol import KubeqError
+    from kubeq_operator.live import line, render
+    from kubeq_operator.local import UpError
+
     console = Console()
-    try:
-        await runner.start()
-    except KubeqError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return int(ExitCode.UNAVAILABLE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     presses = 0
@@ -103,34 +147,79 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
         nonlocal presses
         presses += 1
         if presses > 1:  # a second Ctrl-C: stop waiting for the drain
-            for w in runner.backend.workers(runner.ref):
-                with contextlib.suppress(ProcessLookupError):
-                    w.process.kill()
+            runner.kill_workers()
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # Installed before anything starts, so that no signal can skip the cleanup below.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal)
-    if duration is not None:
-        loop.call_later(duration, stop.set)
-    console.print(
-        f"kubeq up: queue {runner.ref} on {runner.redis_url} · operator metrics on "
-        f"127.0.0.1:{runner.metrics_port}/metrics · worker logs in {runner.run_dir}"
-    )
-    if live:
-        with Live(console=console, refresh_per_second=4) as view:
-            await runner.run(
-                stop, lambda s: view.update(render(runner.ref, s, runner.metrics_port))
+    try:
+        await runner.start()  # on failure it has stopped what it started
+    except (UpError, KubeqError, OSError) as exc:
+        click.echo(f"error: {printable(str(exc))}", err=True)
+        return int(exit_code_for(exc) if isinstance(exc, KubeqError) else ExitCode.FAILED)
+    report: StopReport | None = None
+    try:
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        click.echo(banner(runner))
+        if runner.state is not None:
+            click.echo(
+                f"kubeq commands run under {runner.state.path.parent} use this queue "
+                f"(from {runner.state.env_file})"
             )
-    else:
-        await runner.run(stop, lambda s: console.print(line(runner.ref, s), highlight=False))
-    console.print("draining workers…")
-    clean = await runner.shutdown()
-    console.print(
-        "stopped: every worker drained"
-        if clean
-        else "stopped: some workers had to be killed after their grace period"
-    )
+        if live:
+            _log_through(console)  # log lines above the live view, not through it
+            port = runner.metrics_port if runner.metrics_port >= 0 else None
+            with Live(console=console, refresh_per_second=4) as view:
+                await runner.run(stop, lambda s: view.update(render(runner.ref, s, port)))
+        else:
+            # One unwrapped line per tick, whatever the width of a pipe or terminal.
+            await runner.run(stop, lambda s: click.echo(line(runner.ref, s)))
+        click.echo("draining workers…")
+    finally:
+        report = await runner.shutdown()
+    for text in stop_lines(runner, report):
+        click.echo(text)
     return 0
+
+
+def _log_through(console: Console) -> None:
+    """Send log records through the live view's console, which prints them above it."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))
+
+
+def stop_lines(runner: LocalRunner, report: StopReport) -> list[str]:
+    """What `kubeq up` says when it stops: the workers' fates, then what is left where."""
+    lines = [report.workers.summary()]
+    if report.crashes.count:
+        lines.append(
+            f"workers crashed {report.crashes.count} time(s) during the run; the last said: "
+            f"{report.crashes.last_error} (logs in {runner.logs_dir})"
+        )
+    stats = report.remaining
+    if stats is None:
+        lines.append(f"could not count the tasks left in queue {runner.ref}: Redis did not answer")
+        return lines
+    left = stats.ready + stats.delayed + stats.in_flight
+    detail = (
+        f"{stats.ready} ready, {stats.delayed} delayed, {stats.in_flight} in flight, "
+        f"{stats.dead} dead-lettered"
+    )
+    if left == 0 and stats.dead == 0:
+        lines.append(f"queue {runner.ref} is empty")
+    elif report.kept_in is None:
+        lines.append(f"{left} task(s) left in queue {runner.ref} ({detail}) were discarded")
+    else:
+        lines.append(
+            f"{left} task(s) left in queue {runner.ref} ({detail}), kept in {report.kept_in}"
+        )
+    return lines
 
 
 @click.group("demo")
@@ -174,8 +263,13 @@ def telemetry_command(
     settle_timeout: float,
 ) -> None:
     """Device fleet → burst → scale up → drain → scale down, then a summary and a plot."""
+    from rich.console import Console
+    from rich.live import Live
+
     from kubeq.examples.simulator import Phase
     from kubeq_operator.demo import run_demo
+    from kubeq_operator.errors import InvalidSpec
+    from kubeq_operator.live import line, render
     from kubeq_operator.local import load_manifest
 
     _setup_logging("WARNING")
@@ -205,7 +299,7 @@ def telemetry_command(
         if not no_live and sys.stdout.isatty():
             with Live(console=console, refresh_per_second=4) as view:
                 return await demo(on_snapshot=lambda s: view.update(render(ref, s)))
-        return await demo(on_snapshot=lambda s: console.print(line(ref, s), highlight=False))
+        return await demo(on_snapshot=lambda s: click.echo(line(ref, s)))  # never wrapped
 
     report = asyncio.run(main())
     print_report(console, report, out_dir)
@@ -213,6 +307,8 @@ def telemetry_command(
 
 
 def print_report(console: Console, r: DemoReport, out_dir: Path) -> None:
+    from rich.table import Table
+
     t = Table(title="kubeq demo telemetry: summary", show_header=False)
     t.add_column(justify="left")
     t.add_column(justify="right")

@@ -33,9 +33,22 @@ from kubeq_operator.backend import QueueRef
 from kubeq_operator.crd_schema import GROUP, PLURAL, VERSION, checked_spec
 from kubeq_operator.errors import InvalidSpec
 from kubeq_operator.k8s_backend import TASK_QUEUES, ApiError, DeploymentMissing, K8sBackend, KubeApi
-from kubeq_operator.manifests import MANAGED_BY, OwnerRef, deployment_name, selector_string
+from kubeq_operator.manifests import (
+    MANAGED_BY,
+    OwnerRef,
+    build_deployment,
+    deployment_name,
+    selector_string,
+)
 from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.redis_access import RedisClients, purge, resolve_url, secret_reader
+from kubeq_operator.pod_security import policy_problems
+from kubeq_operator.redis_access import (
+    RedisClients,
+    inline_password,
+    purge,
+    resolve_url,
+    secret_reader,
+)
 from kubeq_operator.scaling import ScalingPolicy
 from kubeq_operator.settings import OperatorSettings, load_settings
 from kubeq_operator.spec import Condition, TaskQueueSpec
@@ -116,6 +129,7 @@ class Operator:
         self.api = api
         self.metrics = metrics
         self.backend = K8sBackend(api)
+        self.policy = settings.pod_policy()
         self.clients = RedisClients(secret_reader(api))
         self.clock = clock
         self.wall = wall
@@ -168,6 +182,15 @@ class Operator:
                 kopf.event(q.target, type="Normal", reason="RedisReachable", message=message)
             else:
                 kopf.event(q.target, type="Warning", reason="RedisUnreachable", message=message)
+
+    def _credentials(self, q: Queue, spec: TaskQueueSpec) -> None:
+        """The CredentialsSafe condition (and a Warning) while spec.redis.url has a password."""
+        if not inline_password(spec.redis):
+            q.conditions = st.without_condition(q.conditions, st.CREDENTIALS_SAFE)
+            return
+        message = st.INLINE_PASSWORD_MESSAGE
+        if self._set(q, st.CREDENTIALS_SAFE, False, "InlinePassword", message) and q.target:
+            kopf.event(q.target, type="Warning", reason="InlinePassword", message=message)
 
     async def write_status(self, q: Queue, fields: Mapping[str, Any]) -> None:
         """Merge-patch .status, skipped when nothing would change."""
@@ -226,6 +249,22 @@ class Operator:
             await self.write_status(q, {"observedGeneration": q.generation})
             # Retrying cannot help: the next spec change calls the handler again.
             raise kopf.PermanentError(f"invalid spec: {message}") from exc
+
+        refused = policy_problems(
+            build_deployment(q.ref.name, q.ref.namespace, spec, replicas=None),
+            q.ref.namespace,
+            self.policy,
+        )
+        if refused:
+            message = st.invalid_spec_message(refused)
+            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+            self._set(q, st.READY, False, "PolicyViolation", message)
+            kopf.event(
+                event_target(body), type="Warning", reason="PolicyViolation", message=message
+            )
+            await self.write_status(q, {"observedGeneration": q.generation})
+            raise kopf.PermanentError(f"refused by the operator's pod policy: {message}")
+        self._credentials(q, spec)
 
         self.backend.own(q.ref, OwnerRef.from_body(body))
         # Before applying: a Deployment event raised by the apply compares against this.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.local import Snapshot
@@ -29,19 +30,31 @@ def render(ref: QueueRef, snap: Snapshot, metrics_port: int | None = None) -> Re
                 f"{lv.in_flight:,}",
                 f"{lv.backlog:,}",
             )
+    # Two columns, so that every figure fits (not cut) in an 80-column terminal.
     summary = Table.grid(padding=(0, 3))
     counters = stats.counters if stats else {}
     summary.add_row(
         f"workers [bold]{tick.ready}[/] ready / [bold]{tick.decision.replicas}[/] desired"
         + (f" ({snap.terminating} draining)" if snap.terminating else ""),
         "throughput " + ("-" if snap.throughput is None else f"{snap.throughput:,.0f}/s"),
-        f"queue wait p50 {_ms(snap.wait_p50)}  p99 {_ms(snap.wait_p99)}",
     )
     summary.add_row(
-        f"completed {counters.get('completed', 0):,}",
-        f"retried {counters.get('retried', 0):,}",
+        f"queue wait p50 {_ms(snap.wait_p50)}",
+        f"p99 {_ms(snap.wait_p99)}",
+    )
+    summary.add_row(
+        f"completed {counters.get('completed', 0):,}   retried {counters.get('retried', 0):,}",
         f"dead-letter {stats.dead if stats else 0:,}"
         + ("" if stats else "   [red]Redis unreachable[/]"),
+    )
+    crash = snap.crashes
+    if crash.count:
+        wait = f", next start in {crash.restart_in:.0f} s" if crash.restart_in >= 1 else ""
+        summary.add_row(f"[red]worker crashes {crash.count}{wait}[/]", "")
+    crash_line = (
+        Text(f"last crash: {crash.last_error}", style="red", overflow="fold")
+        if crash.count
+        else Text("")
     )
     decisions = Table(title="recent scale decisions", expand=True, show_header=False)
     decisions.add_column("t", justify="right", width=8)
@@ -50,7 +63,7 @@ def render(ref: QueueRef, snap: Snapshot, metrics_port: int | None = None) -> Re
         decisions.add_row(f"{at:6.1f} s", text)
     footer = f"operator metrics on 127.0.0.1:{metrics_port}/metrics · " if metrics_port else ""
     return Panel(
-        Group(levels, summary, decisions),
+        Group(levels, summary, crash_line, decisions),
         title="kubeq up",
         subtitle=f"{footer}Ctrl-C drains and stops",
     )
@@ -60,8 +73,10 @@ def line(ref: QueueRef, snap: Snapshot) -> str:
     stats = snap.stats
     backlog = "unreachable" if stats is None else f"{stats.backlog}"
     tp = "-" if snap.throughput is None else f"{snap.throughput:.0f}/s"
+    crash = snap.crashes
+    crashes = f" crashes={crash.count} last_crash={crash.last_error!r}" if crash.count else ""
     return (
         f"t={snap.at:6.1f}s queue={ref} backlog={backlog} "
         f"workers={snap.tick.ready}/{snap.tick.decision.replicas} throughput={tp} "
-        f"wait_p99={_ms(snap.wait_p99)} decision={snap.tick.decision.reason!r}"
+        f"wait_p99={_ms(snap.wait_p99)} decision={snap.tick.decision.reason!r}{crashes}"
     )

@@ -20,16 +20,19 @@ from typing import Any
 import yaml
 from prometheus_client import start_http_server
 
+from kubeq.cli.envfile import write_env_file
 from kubeq.protocol import AsyncClient, QueueConfig, QueueStats
-from kubeq.redis_server import RedisServer
+from kubeq.protocol.connection import redacted
+from kubeq.redis_server import RedisServer, RedisServerError
 from kubeq_operator.autoscaler import QueueAutoscaler, Tick
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.local_backend import LocalBackend
+from kubeq_operator.local_backend import CrashInfo, LocalBackend, WorkerFates
 from kubeq_operator.metrics import OperatorMetrics
 from kubeq_operator.scaling import ScalingPolicy
 from kubeq_operator.scrape import WorkerSample, delta, merge, quantile, scrape
 from kubeq_operator.spec import TaskQueueSpec, parse_spec
+from kubeq_operator.state_dir import StateDir, StateDirError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,21 @@ class Snapshot:
     wait_p50: float | None
     wait_p99: float | None
     recent: list[tuple[float, str]] = field(default_factory=list)  # scale decisions
+    crashes: CrashInfo = field(default_factory=lambda: CrashInfo(0, None))
+
+
+class UpError(Exception):
+    """`kubeq up` cannot start; the message says why. Nothing it started is left running."""
+
+
+@dataclass
+class StopReport:
+    """How `kubeq up` ended: the workers' fates and the tasks left behind."""
+
+    workers: WorkerFates
+    crashes: CrashInfo
+    remaining: QueueStats | None  # None: Redis could not be read
+    kept_in: str | None  # where the remaining tasks are kept; None: discarded with Redis
 
 
 class LocalRunner:
@@ -72,6 +90,8 @@ class LocalRunner:
         *,
         redis_url: str | None = None,
         metrics_port: int = 0,
+        state_dir: Path | None = None,
+        redis_port: int | None = None,
         log_format: str = "text",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,13 +102,21 @@ class LocalRunner:
         self.log_format = log_format
         self.clock = clock
         self.redis: RedisServer | None = None
-        self.run_dir = Path(tempfile.mkdtemp(prefix="kubeq-up-"))
+        # With a state directory Redis keeps its data (AOF) there between runs; without
+        # one (the demo, benchmarks, tests) everything lives in a temporary directory
+        # removed at shutdown.
+        self.state = StateDir(state_dir) if state_dir is not None else None
+        self._redis_port = redis_port
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.run_dir = Path()
         self.metrics = OperatorMetrics()
         self.decisions: deque[tuple[float, str]] = deque(maxlen=500)
         self._samples: deque[tuple[float, WorkerSample]] = deque(maxlen=64)
         self._gone = WorkerSample()  # counts of workers that have exited, kept for totals
         self._last: dict[str, WorkerSample] = {}
         self._http: Any = None
+        self._client: AsyncClient | None = None
+        self._backend: LocalBackend | None = None
         self.started = clock()
 
     @property
@@ -98,28 +126,101 @@ class LocalRunner:
         assert self.redis is not None
         return self.redis.url
 
+    @property
+    def client(self) -> AsyncClient:
+        assert self._client is not None, "start() first"
+        return self._client
+
+    @property
+    def backend(self) -> LocalBackend:
+        assert self._backend is not None, "start() first"
+        return self._backend
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state.logs_dir if self.state is not None else self.run_dir
+
     async def start(self) -> None:
+        """Start everything; on any failure stop what was started, then raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> None:
+        if self.state is not None:
+            try:
+                self.state.acquire()
+            except StateDirError as exc:
+                raise UpError(str(exc)) from None
+            self.run_dir = self.state.fresh_logs()
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kubeq-up-")
+            self.run_dir = Path(self._tmp.name)
+        # The metrics port first: a busy port fails before any process is started.
+        if self.metrics_port >= 0:
+            try:
+                self._http = start_http_server(
+                    self.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise UpError(
+                    f"cannot serve the operator's metrics on 127.0.0.1:{self.metrics_port}: "
+                    f"{exc.strerror or exc}; pass --metrics-port with a free port "
+                    "(0: any free port, -1: off)"
+                ) from None
+            self.metrics_port = self._http[0].server_port
         if not self._given_url:
-            self.redis = RedisServer(directory=self.run_dir / "redis")
-            (self.run_dir / "redis").mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(self.redis.start)
-        self.client = await AsyncClient.from_url(
+            # In this (the main) thread: the server's parent-death signal is tied to the
+            # thread that starts it, and this one lives as long as `kubeq up`.
+            self._start_redis()
+        self._client = await AsyncClient.from_url(
             self.redis_url, self.ref.name, self.ref.namespace, self.config
         )
         await self.client.ping()
         await self.client.publish_config()
-        self.backend = LocalBackend(self.redis_url, self.run_dir, log_format=self.log_format)
+        if self.state is not None:
+            write_env_file(
+                self.state.env_file,
+                {
+                    "KUBEQ_REDIS_URL": self.redis_url,
+                    "KUBEQ_QUEUE": self.ref.name,
+                    "KUBEQ_NAMESPACE": self.ref.namespace,
+                },
+            )
+        self._backend = LocalBackend(self.redis_url, self.run_dir, log_format=self.log_format)
         await self.backend.apply(self.ref, self.spec, self.config)
         policy = ScalingPolicy.from_spec(self.spec)
         self.autoscaler = QueueAutoscaler(
             self.ref, policy, self.client, self.backend, self.metrics, clock=self.clock
         )
-        if self.metrics_port >= 0:
-            self._http = start_http_server(
-                self.metrics_port, addr="127.0.0.1", registry=self.metrics.registry
-            )
-            self.metrics_port = self._http[0].server_port
         self.started = self.clock()
+
+    def _start_redis(self) -> None:
+        if self.state is not None:
+            try:
+                port = self.state.redis_port(self._redis_port)
+            except StateDirError as exc:
+                raise UpError(str(exc)) from None
+            self.state.redis_dir.mkdir(parents=True, exist_ok=True)
+            server = RedisServer(
+                port=port,
+                directory=self.state.redis_dir,
+                appendonly=True,
+                appendfsync="everysec",
+                owned=True,
+            )
+        else:
+            (self.run_dir / "redis").mkdir(parents=True, exist_ok=True)
+            server = RedisServer(
+                port=self._redis_port, directory=self.run_dir / "redis", owned=True
+            )
+        self.redis = server
+        try:
+            server.start()
+        except RedisServerError as exc:
+            raise UpError(f"the private redis-server did not start: {exc}") from None
 
     async def step(self) -> Snapshot:
         tick = await self.autoscaler.tick()
@@ -141,6 +242,7 @@ class LocalRunner:
             p50,
             p99,
             list(self.decisions),
+            self.backend.crashes(self.ref),
         )
 
     async def run(self, stop: asyncio.Event, on_snapshot: Callable[[Snapshot], None]) -> None:
@@ -154,17 +256,52 @@ class LocalRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
-    async def shutdown(self) -> bool:
-        """Drain every worker (SIGTERM, as Pods get), then stop Redis. True if all drained."""
-        await self.backend.scale(self.ref, 0)
-        grace = self.spec.worker.termination_grace_period_seconds + 5
-        clean = await asyncio.to_thread(self.backend.wait_stopped, grace)
-        await self.client.close()
-        if self._http is not None:
-            self._http[0].shutdown()
-        if self.redis is not None:
-            await asyncio.to_thread(self.redis.close)
-        return clean
+    def kill_workers(self) -> None:
+        """SIGKILL every worker now (a second Ctrl-C: stop waiting for the drain)."""
+        if self._backend is not None:
+            self._backend.kill_all()
+
+    async def shutdown(self) -> StopReport:
+        """Drain every worker (SIGTERM, as Pods get), count what is left, stop Redis.
+
+        Safe to call after a partial start and more than once: it stops whatever runs."""
+        fates = WorkerFates()
+        crashes = CrashInfo(0, None)
+        remaining: QueueStats | None = None
+        try:
+            if self._backend is not None:
+                mark = self.backend.ended_count()
+                await self.backend.scale(self.ref, 0)
+                grace = self.spec.worker.termination_grace_period_seconds + 5
+                await asyncio.to_thread(self.backend.wait_stopped, grace)
+                fates = self.backend.fates(since=mark)
+                crashes = self.backend.crashes(self.ref)
+            if self._client is not None:
+                with contextlib.suppress(Exception):  # Redis may be what failed
+                    remaining = await self._client.stats()
+                await self._client.close()
+                self._client = None
+        finally:
+            if self._http is not None:
+                self._http[0].shutdown()
+                self._http[0].server_close()
+                self._http = None
+            if self.redis is not None:
+                await asyncio.to_thread(self.redis.close)
+                self.redis = None
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+            if self.state is not None:
+                self.state.release()
+        if self._given_url:
+            kept_in: str | None = redacted(self._given_url)
+        elif self.state is not None:
+            kept_in = f"{self.state.redis_dir} (the next `kubeq up` with this state directory "
+            kept_in += "resumes them)"
+        else:
+            kept_in = None
+        return StopReport(fates, crashes, remaining, kept_in)
 
     # -- the workers' own metrics, aggregated -------------------------------------------------
 

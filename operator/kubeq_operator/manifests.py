@@ -33,6 +33,7 @@ CONFIG_KEY = "queue-config.json"
 CONFIG_HASH_ANNOTATION = "kubeq.io/config-hash"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 CA_MOUNT_DIR = "/etc/kubeq/redis-ca"
+CLIENT_CERT_MOUNT_DIR = "/etc/kubeq/redis-client"
 _INT32_MAX = 2**31 - 1
 
 
@@ -176,9 +177,19 @@ def _redis_env(spec: TaskQueueSpec) -> list[Manifest]:
         env.append({"name": "KUBEQ_REDIS_TLS_INSECURE_SKIP_VERIFY", "value": "true"})
     if redis.tls.ca_secret_ref is not None:
         env.append({"name": "KUBEQ_REDIS_TLS_CA_FILE", "value": f"{CA_MOUNT_DIR}/ca.crt"})
+    if redis.tls.client_cert_secret_ref is not None:
+        for name, file in (("CERT", "tls.crt"), ("KEY", "tls.key")):
+            path = f"{CLIENT_CERT_MOUNT_DIR}/{file}"
+            env.append({"name": f"KUBEQ_REDIS_TLS_{name}_FILE", "value": path})
     return env
 
 
+# Used when spec.worker.resources is absent: a pod without requests is scheduled anywhere
+# and evicted first, and one without a memory limit can take its node down with it.
+DEFAULT_WORKER_RESOURCES: Manifest = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
 POD_SECURITY_CONTEXT: Manifest = {
     "runAsNonRoot": True,
     "runAsUser": 10001,
@@ -238,6 +249,18 @@ def build_deployment(
         items = [{"key": ca.key, "path": "ca.crt"}]
         volumes.append({"name": "redis-ca", "secret": {"secretName": ca.name, "items": items}})
         mounts.append({"name": "redis-ca", "mountPath": CA_MOUNT_DIR, "readOnly": True})
+    cert = spec.redis.tls.client_cert_secret_ref
+    if cert is not None:
+        items = [
+            {"key": cert.cert_key, "path": "tls.crt"},
+            {"key": cert.key_key, "path": "tls.key"},
+        ]
+        # The key readable by the worker's user and group (fsGroup) only, not by others.
+        secret = {"secretName": cert.name, "items": items, "defaultMode": 0o440}
+        volumes.append({"name": "redis-client-cert", "secret": secret})
+        mounts.append(
+            {"name": "redis-client-cert", "mountPath": CLIENT_CERT_MOUNT_DIR, "readOnly": True}
+        )
     if overrides is not None:
         volumes += copy.deepcopy(overrides.volumes or [])
         mounts += copy.deepcopy(overrides.volume_mounts or [])
@@ -261,7 +284,9 @@ def build_deployment(
         ],
         "readinessProbe": probe("/readyz", 5),
         "livenessProbe": {**probe("/healthz", 10), "initialDelaySeconds": 10},
-        "resources": copy.deepcopy(worker.resources or {}),
+        "resources": copy.deepcopy(
+            worker.resources if worker.resources is not None else DEFAULT_WORKER_RESOURCES
+        ),
         "securityContext": _merge(
             CONTAINER_SECURITY_CONTEXT,
             overrides.container_security_context if overrides else None,

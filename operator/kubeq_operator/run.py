@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubeq_operator.settings import OperatorSettings
+if TYPE_CHECKING:  # imported when the command runs: `kubeq --help` loads this module
+    from kubeq_operator.settings import OperatorSettings
 
 
 def kopf_options(cfg: OperatorSettings) -> dict[str, Any]:
@@ -40,6 +41,7 @@ def operator_command(
     import kopf
 
     import kubeq_operator.handlers  # noqa: F401  (registers the handlers)
+    from kubeq_operator.settings import OperatorSettings
 
     flags: dict[str, Any] = {
         "namespace": namespace,

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubeq_operator.pod_security import PodPolicy, parse_names
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBEQ_OPERATOR_", frozen=True, extra="ignore")
@@ -20,6 +22,15 @@ class OperatorSettings(BaseSettings):
     # Replicas of equal priority would all pause (kopf's rule); None draws a random one, so
     # exactly one replica of a Deployment is active and the others wait to take over.
     priority: int | None = None
+    # Pod security (docs/security.md): comma-separated lists, as the chart passes them.
+    pod_security_exempt_namespaces: str = Field(
+        default="",
+        description="Namespaces whose worker pods need not meet the 'restricted' standard.",
+    )
+    allowed_service_accounts: str = Field(
+        default="",
+        description="Service accounts worker pods may use: name or namespace/name.",
+    )
     # Also read as KUBEQ_LOG_FORMAT / KUBEQ_LOG_LEVEL, the names every kubeq process shares.
     log_format: Literal["text", "json"] = Field(
         default="text",
@@ -31,6 +42,12 @@ class OperatorSettings(BaseSettings):
         default="INFO",
         validation_alias=AliasChoices("KUBEQ_OPERATOR_LOG_LEVEL", "KUBEQ_LOG_LEVEL", "log_level"),
     )
+
+    def pod_policy(self) -> PodPolicy:
+        return PodPolicy(
+            exempt_namespaces=parse_names(self.pod_security_exempt_namespaces),
+            service_accounts=parse_names(self.allowed_service_accounts),
+        )
 
 
 @functools.cache

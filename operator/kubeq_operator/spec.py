@@ -39,6 +39,8 @@ OPERATOR_ENV = (
     "KUBEQ_REDIS_TLS",
     "KUBEQ_REDIS_TLS_INSECURE_SKIP_VERIFY",
     "KUBEQ_REDIS_TLS_CA_FILE",
+    "KUBEQ_REDIS_TLS_CERT_FILE",
+    "KUBEQ_REDIS_TLS_KEY_FILE",
     "KUBEQ_CONCURRENCY",
     "KUBEQ_POD_NAME",
     "KUBEQ_POD_NAMESPACE",
@@ -91,10 +93,34 @@ class PasswordSecretRef(_SecretKeyRef):
     key: str = Field(default="password", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)
 
 
+class ClientCertSecretRef(_SecretKeyRef):
+    """A kubernetes.io/tls Secret: the client certificate and its key, for mutual TLS."""
+
+    cert_key: str = Field(
+        default="tls.crt", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN
+    )
+    key_key: str = Field(
+        default="tls.key", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN
+    )
+
+
 class RedisTls(_Model):
     enabled: bool = False
     insecure_skip_verify: bool = False
     ca_secret_ref: CaSecretRef | None = None
+    client_cert_secret_ref: ClientCertSecretRef | None = None
+
+    @model_validator(mode="after")
+    def _options_need_tls(self) -> RedisTls:
+        # A CA or a client certificate on a plain connection was a TypeError in every worker.
+        if not self.enabled and (
+            self.insecure_skip_verify or self.ca_secret_ref or self.client_cert_secret_ref
+        ):
+            raise _cross_field(
+                "enabled",
+                "must be true when insecureSkipVerify, caSecretRef or clientCertSecretRef is set",
+            )
+        return self
 
 
 class RedisSpec(_Model):
@@ -171,6 +197,21 @@ class DeadLetter(_Model):
 
 class Results(_Model):
     ttl_seconds: int = Field(default=86400, ge=1, le=31536000)
+    idempotency_ttl_seconds: int | None = Field(default=None, ge=1, le=31536000)
+
+    @model_validator(mode="after")
+    def _idempotency_within_results(self) -> Results:
+        if (
+            self.idempotency_ttl_seconds is not None
+            and self.idempotency_ttl_seconds > self.ttl_seconds
+        ):
+            raise _cross_field(
+                "idempotencyTtlSeconds",
+                "must be <= ttlSeconds ({idem} > {ttl})",
+                idem=self.idempotency_ttl_seconds,
+                ttl=self.ttl_seconds,
+            )
+        return self
 
 
 class Lease(_Model):
@@ -291,6 +332,7 @@ class TaskQueueSpec(_Model):
     lease: Lease = Lease()
     max_backlog: int | None = Field(default=None, ge=1)
     max_payload_bytes: int = Field(default=1048576, ge=1, le=67108864)
+    max_result_bytes: int = Field(default=1048576, ge=1, le=67108864)
     worker: Worker
     autoscaling: Autoscaling = Autoscaling()
     replicas: int | None = Field(default=None, ge=0, le=1000)
@@ -322,9 +364,11 @@ class TaskQueueSpec(_Model):
                 lease_seconds=self.lease.duration_seconds,
                 heartbeat_seconds=self.lease.heartbeat_seconds,
                 result_ttl_seconds=self.results.ttl_seconds,
+                idempotency_ttl_seconds=self.results.idempotency_ttl_seconds,
                 dead_letter_retention_seconds=self.dead_letter.retention_seconds,
                 max_backlog=self.max_backlog,
                 max_payload_bytes=self.max_payload_bytes,
+                max_result_bytes=self.max_result_bytes,
                 rate_limit=(
                     None
                     if self.rate_limit is None

@@ -18,7 +18,14 @@ from kubeq_operator.spec import Condition
 READY = "Ready"
 REDIS_REACHABLE = "RedisReachable"
 SCALING = "Scaling"
-ORDER = (READY, REDIS_REACHABLE, SCALING)
+#: present only while spec.redis.url carries a password (status False, reason InlinePassword)
+CREDENTIALS_SAFE = "CredentialsSafe"
+ORDER = (READY, REDIS_REACHABLE, SCALING, CREDENTIALS_SAFE)
+INLINE_PASSWORD_MESSAGE = (
+    "spec.redis.url carries a password: anyone who can read this TaskQueue, and the "
+    "operator's debug log, can read it. Move it to a Secret (redis.passwordSecretRef, or "
+    "redis.secretRef for the whole URL); see docs/security.md"
+)
 
 MAX_MESSAGE = 32768  # the CRD's limits
 MAX_SCALE_REASON = 1024
@@ -71,6 +78,10 @@ def set_condition(
     return sorted([*rest, new], key=lambda c: rank.get(c.type, len(ORDER)))
 
 
+def without_condition(conditions: Sequence[Condition], type: str) -> list[Condition]:
+    return [c for c in conditions if c.type != type]
+
+
 def condition_status(conditions: Sequence[Condition], type: str) -> str | None:
     return next((c.status for c in conditions if c.type == type), None)
 
@@ -89,10 +100,14 @@ def redis_condition(error: str | None) -> tuple[bool, str, str]:
     if error is None:
         return True, "Connected", "the queue's Redis answers"
     lowered = error.lower()
-    if "credentials" in lowered or "auth" in lowered:
-        reason = "AuthenticationFailed"
-    elif "secret" in lowered:
+    if lowered.startswith("secret ") or "redis secret" in lowered:
         reason = "SecretUnavailable"
+    elif "denied this acl user" in lowered:
+        reason = "PermissionDenied"
+    elif "credentials" in lowered or "auth" in lowered:
+        reason = "AuthenticationFailed"
+    elif "redis url" in lowered:
+        reason = "InvalidURL"
     else:
         reason = "ConnectionFailed"
     return False, reason, error

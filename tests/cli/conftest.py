@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kubeq.cli import cli
-from kubeq.protocol import Client, QueueOps, Settlement, TaskError
+from kubeq.protocol import Client, Settlement, TaskError
 
 # Keep the developer's environment out of the tests.
 CLEAN_ENV: dict[str, str | None] = {
     "KUBEQ_REDIS_URL": None,
     "KUBEQ_QUEUE": None,
     "KUBEQ_NAMESPACE": None,
+    "KUBEQ_ENV_FILE": "",  # and any .kubeq/env of the working tree
 }
 
 Kubeq = Callable[..., Result]
@@ -85,7 +86,7 @@ class TinyWorker:
         if claimed.task.type == "fail":
             error = TaskError(type="ValueError", message="boom")
             return self.client.ops.failure(claimed, error, now, random.Random(), permanent=True)
-        return QueueOps.completion(claimed, {"echo": claimed.task.payload}, now)
+        return self.client.ops.completion(claimed, {"echo": claimed.task.payload}, now)
 
     def _run(self) -> None:
         try:

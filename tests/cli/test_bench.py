@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from kubeq.cli.bench import percentiles
@@ -22,6 +23,8 @@ def test_bench_submits_and_reports_json(kubeq: Kubeq, queue_client: Client) -> N
     res = kubeq(
         "-o",
         "json",
+        "-q",
+        "default",  # a queue named explicitly: the bench's own is kubeq-bench
         "bench",
         "--tasks",
         "250",
@@ -47,6 +50,8 @@ def test_bench_waits_for_completion_and_reports_latency(kubeq: Kubeq, tiny_worke
     res = kubeq(
         "-o",
         "json",
+        "-q",
+        "default",  # a queue named explicitly: the bench's own is kubeq-bench
         "bench",
         "--tasks",
         "300",
@@ -71,6 +76,8 @@ def test_bench_waits_for_completion_and_reports_latency(kubeq: Kubeq, tiny_worke
 
 def test_bench_text_report_with_a_rate(kubeq: Kubeq, tiny_worker: Any) -> None:
     out = kubeq(
+        "-q",
+        "default",
         "bench",
         "--tasks",
         "20",
@@ -90,7 +97,17 @@ def test_bench_text_report_with_a_rate(kubeq: Kubeq, tiny_worker: Any) -> None:
 
 def test_bench_reports_unfinished_tasks_with_exit_4(kubeq: Kubeq) -> None:
     res = kubeq(
-        "-o", "json", "bench", "--tasks", "5", "--wait-completion", "--timeout", "0.3", code=4
+        "-o",
+        "json",
+        "-q",
+        "default",
+        "bench",
+        "--tasks",
+        "5",
+        "--wait-completion",
+        "--timeout",
+        "0.3",
+        code=4,
     )
     comp = json.loads(res.stdout)["completion"]
     assert (comp["finished"], comp["unfinished"], comp["tasks_per_second"]) == (0, 5, None)
@@ -100,6 +117,55 @@ def test_bench_reports_unfinished_tasks_with_exit_4(kubeq: Kubeq) -> None:
 def test_bench_unknown_priority_exits_2_before_submitting(
     kubeq: Kubeq, queue_client: Client
 ) -> None:
-    res = kubeq("bench", "--tasks", "10", "-p", "urgent", code=2)
+    res = kubeq("-q", "default", "bench", "--tasks", "10", "-p", "urgent", code=2)
     assert "unknown priority 'urgent'" in res.stderr
     assert queue_client.stats().ready == 0
+
+
+def test_bench_uses_its_own_queue_unless_one_is_named(
+    kubeq: Kubeq, queue_client: Client, tmp_path: Path
+) -> None:
+    doc = json.loads(kubeq("-o", "json", "bench", "--tasks", "10").stdout)
+    assert doc["queue"] == "default/kubeq-bench"
+    assert queue_client.stats().ready == 0  # the default queue got nothing
+    # the env file's queue (written by `kubeq up`) is not a deliberate choice either
+    env_file = tmp_path / "env"
+    env_file.write_text("KUBEQ_QUEUE=default\n")
+    doc = json.loads(
+        kubeq("-o", "json", "bench", "--tasks", "1", env={"KUBEQ_ENV_FILE": str(env_file)}).stdout
+    )
+    assert doc["queue"] == "default/kubeq-bench"
+    doc = json.loads(kubeq("-o", "json", "bench", "-q", "default", "--tasks", "1").stdout)
+    assert doc["queue"] == "default/default"
+
+
+def test_bench_refuses_to_wait_on_its_own_queue_with_no_worker(kubeq: Kubeq) -> None:
+    res = kubeq("bench", "--tasks", "10", "--wait-completion", code=2)
+    assert "no worker serves queue default/kubeq-bench" in res.stderr
+    assert "kubeq.examples.bench:app" in res.stderr
+
+
+def test_bench_tasks_that_dead_letter_fail_the_bench_and_leave_no_dead_letters(
+    kubeq: Kubeq, queue_client: Client, tiny_worker: Any
+) -> None:
+    # The tiny worker dead-letters every task of type "fail", as a worker without a
+    # handler for the type would.
+    res = kubeq(
+        "-o",
+        "json",
+        "-q",
+        "default",
+        "bench",
+        "--type",
+        "fail",
+        "--tasks",
+        "30",
+        "--wait-completion",
+        "--timeout",
+        "30",
+        code=1,
+    )
+    assert json.loads(res.stdout)["completion"]["dead_lettered"] == 30
+    assert "30 of the 30 bench tasks were dead-lettered" in res.stderr
+    assert "handler for 'fail'" in res.stderr
+    assert queue_client.stats().dead == 0

@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, field_validator
+from tests.cli.conftest import CLEAN_ENV
 
 import kubeq.cli
 from kubeq.cli import cli
@@ -84,7 +85,7 @@ def test_worker_takes_global_options_from_the_command_line(runtime: list[Any]) -
     res = CliRunner().invoke(
         cli,
         ["-q", "jobs", "-n", "prod", "worker"],
-        env={"KUBEQ_REDIS_URL": None, "KUBEQ_QUEUE": None, "KUBEQ_NAMESPACE": None},
+        env=CLEAN_ENV,
     )
     assert res.exit_code == 3, res.output
     (settings,) = runtime
@@ -171,3 +172,17 @@ def test_version_and_unknown_command(kubeq: Kubeq) -> None:
     assert kubeq("--version").stdout.startswith("kubeq, version ")
     res = kubeq("frobnicate", code=2)
     assert "No such command 'frobnicate'" in res.stderr
+
+
+def test_worker_takes_the_env_file_but_not_over_the_environment(
+    runtime: list[Any], tmp_path: Any
+) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("KUBEQ_REDIS_URL=redis://127.0.0.1:2222/0\nKUBEQ_QUEUE=fromfile\n")
+    env = {**CLEAN_ENV, "KUBEQ_ENV_FILE": str(env_file)}
+    assert CliRunner().invoke(cli, ["worker", "--app", "a:b"], env=env).exit_code == 3
+    assert CliRunner().invoke(cli, ["worker"], env={**env, "KUBEQ_QUEUE": "env"}).exit_code == 3
+    from_file, under_env = runtime
+    assert (from_file.redis_url, from_file.queue) == ("redis://127.0.0.1:2222/0", "fromfile")
+    # KUBEQ_QUEUE is set: the worker's own settings read it, so nothing is passed
+    assert (under_env.redis_url, under_env.queue) == ("redis://127.0.0.1:2222/0", None)

@@ -93,8 +93,20 @@ CUSTOM = {
     "metrics": {"service": {"port": 9001}},
     "workerImage": {"repository": "registry.example.com/kq/worker", "tag": "7.0.0"},
 }
+HARDENED = {
+    "rbac": {"create": True, "secretNamespaces": ["apps", "ml"]},
+    "podSecurity": {"exemptNamespaces": ["legacy"], "allowedServiceAccounts": ["workers", "ml/x"]},
+    "networkPolicy": {
+        "enabled": True,
+        "workerNamespaces": ["apps", "ml"],
+        "redisPeers": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        "redisPorts": [6379, 26379],
+        "monitoringNamespace": "monitoring",
+    },
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
+    "hardened": HARDENED,
     "namespace-scope": {"watch": {"scope": "namespace"}},
     "namespace-scope-elsewhere": {"watch": {"scope": "namespace", "namespace": "apps"}},
     "monitoring": MONITORING,
@@ -524,6 +536,94 @@ def test_namespace_scope_renders_roles_not_cluster_roles(values: str, watched: s
     assert env["KUBEQ_OPERATOR_NAMESPACE"] == watched
 
 
+def test_secret_access_can_be_limited_to_named_namespaces() -> None:
+    objects = render("hardened")
+    cluster = grants(one(objects, "ClusterRole"))
+    assert ("", "secrets") not in cluster
+    assert cluster == {k: v for k, v in CLUSTER_GRANTS.items() if k != ("", "secrets")}
+    roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
+    assert set(roles) == {"apps", "ml"}
+    for role in roles.values():
+        assert grants(role) == {("", "secrets"): {"get"}}
+    bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
+    assert set(bindings) == {"apps", "ml"}
+    for ns, binding in bindings.items():
+        assert binding["roleRef"]["name"] == roles[ns]["metadata"]["name"]
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
+
+
+def test_no_role_grants_listing_or_watching_secrets() -> None:
+    for values in VALUE_SETS:
+        for role in (o for o in render(values) if o["kind"] in {"Role", "ClusterRole"}):
+            assert grants(role).get(("", "secrets"), {"get"}) == {"get"}, values
+
+
+def test_pod_security_values_reach_the_operator_settings() -> None:
+    from kubeq_operator.pod_security import PodPolicy
+    from kubeq_operator.settings import OperatorSettings
+
+    for values, policy in (
+        ("default", PodPolicy()),
+        (
+            "hardened",
+            PodPolicy(frozenset({"legacy"}), frozenset({"workers", "ml/x"})),
+        ),
+    ):
+        _, _, container = _operator(values)
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        prefix = "KUBEQ_OPERATOR_"
+        settings = OperatorSettings(
+            **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+        )
+        assert settings.pod_policy() == policy
+
+
+def test_the_operator_pod_meets_the_restricted_profile() -> None:
+    from kubeq_operator.pod_security import restricted_problems
+
+    for values in VALUE_SETS:
+        deployment = one(render(values), "Deployment")
+        assert restricted_problems(deployment["spec"]["template"]["spec"]) == [], values
+
+
+def test_network_policy_confines_the_worker_pods_the_operator_builds() -> None:
+    assert not of_kind(render("default"), "NetworkPolicy")
+    policies = {p["metadata"]["namespace"]: p for p in of_kind(render("hardened"), "NetworkPolicy")}
+    assert set(policies) == {"apps", "ml"}
+    pod_labels = _sample_worker_deployment()["spec"]["template"]["metadata"]["labels"]
+    for policy in policies.values():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        selector = spec["podSelector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items()
+        (ingress,) = spec["ingress"]
+        assert ingress["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+        assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        dns, redis = spec["egress"]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert redis["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+        assert [p["port"] for p in redis["ports"]] == [6379, 26379]
+    # The worker's metrics port is the one the policy names.
+    container = _sample_worker_deployment()["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["name"] == "metrics"
+
+
+def test_network_policy_without_monitoring_denies_all_ingress() -> None:
+    values = copy.deepcopy(HARDENED)
+    values["networkPolicy"]["monitoringNamespace"] = ""
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = [
+        d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text)
+    ]
+    policies = of_kind([d for d in docs if d], "NetworkPolicy")
+    assert len(policies) == 2
+    for policy in policies:
+        assert policy["spec"]["ingress"] == []
+
+
 # --- monitoring --------------------------------------------------------------------------
 
 
@@ -647,6 +747,10 @@ BAD_VALUES = [
     ),
     pytest.param({"grafana": {"dashboards": {"enabled": "yes"}}}, "/grafana/dashboards/enabled",
                  id="string-for-bool"),
+    pytest.param({"networkPolicy": {"enabled": True}}, "/networkPolicy",
+                 id="network-policy-without-namespaces"),
+    pytest.param({"podSecurity": {"allowedServiceAccounts": ["Bad Name"]}},
+                 "/podSecurity/allowedServiceAccounts/0", id="bad-service-account"),
 ]  # fmt: skip
 
 

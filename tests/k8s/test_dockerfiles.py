@@ -134,15 +134,20 @@ def installed_requirement(dockerfile: Dockerfile) -> tuple[str, set[str], str]:
 # --- static checks -----------------------------------------------------------------------
 
 
+BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
+
+
 @pytest.mark.parametrize("image", IMAGES)
-def test_two_stages_on_python_311_slim(image: str) -> None:
+def test_two_stages_on_python_311_slim_pinned_by_digest(image: str) -> None:
     dockerfile = parse(IMAGES[image])
-    assert [(s.base, s.name) for s in dockerfile.stages] == [
-        ("python:3.11-slim", "builder"),
-        ("python:3.11-slim", None),
-    ]
-    (wheel,) = (r for r in dockerfile.stage("builder").all("RUN") if "pip wheel" in r)
-    assert "--wheel-dir /wheels" in wheel
+    assert [s.name for s in dockerfile.stages] == ["builder", None]
+    bases = {s.base for s in dockerfile.stages}
+    assert bases == {s.base for s in parse(IMAGES["worker"]).stages}, "one base for all"
+    (base,) = bases
+    assert BASE.match(base), f"{base}: pin python:3.11.x-slim-bookworm by its sha256 digest"
+    wheels = [r for r in dockerfile.stage("builder").all("RUN") if "pip wheel" in r]
+    assert wheels
+    assert all("--wheel-dir /wheels" in w for w in wheels)
     mounts = [r for r in dockerfile.final.all("RUN") if "--mount=" in r]
     assert mounts
     assert all("from=builder,source=/wheels" in r for r in mounts)
@@ -197,6 +202,54 @@ def test_both_images_install_the_same_wheel() -> None:
     assert w_name == o_name == "kubeq"
     assert w_version == o_version == project()[0]
     assert (w_extras, o_extras) == (EXTRAS["worker"], EXTRAS["operator"])
+
+
+LOCKS = {"worker": "requirements/worker.txt", "operator": "requirements/operator.txt"}
+BUILD_LOCK = "requirements/build.txt"
+
+
+def locked(path: str) -> dict[str, str]:
+    """name → version of a hash-locked requirements file; every entry pinned and hashed."""
+    text = (ROOT / path).read_text()
+    entries = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 1)[1] if text[0] == "#" else text)
+    out = {}
+    for entry in entries:
+        entry = "\n".join(line for line in entry.splitlines() if not line.lstrip().startswith("#"))
+        if not entry.strip():
+            continue
+        m = re.match(r"([A-Za-z0-9._-]+)==([^\s\\]+)", entry)
+        assert m, f"{path}: not pinned with ==: {entry[:80]!r}"
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"{path}: {m[1]} has no hash"
+        out[m[1].lower().replace("_", "-")] = m[2]
+    return out
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    return {
+        re.split(r"[\[<>=!~ ;]", spec, maxsplit=1)[0].lower().replace("_", "-") for spec in specs
+    }
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dependencies_are_hash_locked(image: str) -> None:
+    meta = pyproject()["project"]
+    lock = locked(LOCKS[image])
+    needed = _requirement_names(meta["dependencies"])
+    for extra in EXTRAS[image]:
+        needed |= _requirement_names(meta["optional-dependencies"][extra])
+    assert needed <= set(lock), f"{LOCKS[image]} lacks {needed - set(lock)}: run `make lock`"
+    assert "hatchling" in locked(BUILD_LOCK)
+    builder = parse(IMAGES[image]).stage("builder")
+    runs = " ".join(builder.all("RUN"))
+    assert f"pip wheel --require-hashes --no-deps --wheel-dir /wheels -r {LOCKS[image]}" in runs
+    assert f"pip install --require-hashes --no-deps -r {BUILD_LOCK}" in runs
+    # The project wheel adds no unlocked dependency, nor an unpinned build backend.
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in runs
+
+
+def test_the_operator_lock_agrees_with_the_worker_lock() -> None:
+    worker, operator = locked(LOCKS["worker"]), locked(LOCKS["operator"])
+    assert {k: operator[k] for k in worker} == worker, "one version of each shared package"
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:
@@ -326,12 +379,19 @@ def _install(image: str, wheel: Path, tmp: Path) -> Installed:
     assert wheel.name.startswith(f"{name}-{version}-"), "the Dockerfile pins the project version"
     venv, root = tmp / "venv", tmp / "root"
     _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
+    # As the builder does: the locked set, each file checked against its hash...
+    _run([*pip, "--require-hashes", "--no-deps", "-r", str(ROOT / LOCKS[image])], timeout=900)
+    # ...then the project, whose dependencies must all be satisfied by the lock already.
     extra = f"[{','.join(sorted(extras))}]" if extras else ""
-    _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check", f"{name}{extra} @ {wheel.as_uri()}"],
-        timeout=900,
-    )  # fmt: skip
+    _run([*pip, "--no-index", f"{name}{extra} @ {wheel.as_uri()}"], timeout=300)
     assert not [c for c in dockerfile.final.all("COPY") if not c.startswith("--from")]
     env = _image_env(image, venv, root)
     env["KUBEQ_TEST_IMAGE"] = image

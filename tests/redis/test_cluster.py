@@ -95,6 +95,7 @@ def test_the_whole_protocol_runs_on_a_cluster(cluster_url: str) -> None:
         stats = c.stats()
         assert (stats.in_flight, stats.ready) == (7, 20 + 1 - 10 + 1 + 1 - 1)
         assert len(c.workers()) == 1
+        assert c.eviction_policy() == "noeviction"  # INFO answered per node
     # Different queues spread over the cluster's nodes.
     owners = {clients[0].redis.keyslot(c.keys.tasks) // 5462 for c in clients}
     assert len(owners) > 1

@@ -30,7 +30,7 @@ def secured() -> Iterator[RedisServer]:
     ("url", "match"),
     [
         ("localhost:6379", "no scheme"),
-        ("http://localhost", "scheme 'http' is not supported"),
+        ("http://localhost", "scheme kubeq does not support"),
         ("redis://host:notaport/0", "malformed"),
         ("redis://:pw@/0", "names no host"),
         ("redis+sentinel://h1:26379", "names no service"),

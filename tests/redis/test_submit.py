@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from tests.conftest import FakeClock
 
-from kubeq.protocol import Client, QueueFull, TaskRequest, TaskStatus
+from kubeq.protocol import Client, InvalidTask, QueueFull, TaskExists, TaskRequest, TaskStatus
 
 
 def test_submitted_tasks_wait_in_their_level_in_fifo_order(client: Client) -> None:
@@ -87,3 +88,82 @@ def test_max_attempts_per_task_overrides_the_queue_default(client: Client) -> No
     tid = client.submit("t", max_attempts=9)
     assert client.status(tid).max_attempts == 9
     assert client.status(client.submit("t")).max_attempts == 5
+
+
+def test_a_caller_chosen_id_that_exists_anywhere_is_refused(client: Client) -> None:
+    client.submit_many([{"type": "t", "id": "order-1", "payload": 1}])
+    with pytest.raises(TaskExists, match="order-1"):
+        client.submit_many([{"type": "t", "id": "order-1", "payload": 2}])
+    assert client.stats().ready == 1
+    assert client.status("order-1").payload == 1
+    (c,) = client.claim("w", 1).tasks
+    with pytest.raises(TaskExists):  # running
+        client.submit_many([{"type": "t", "id": "order-1"}])
+    client.settle([client.ops.completion(c, "first", 0)])
+    with pytest.raises(TaskExists):  # finished: its result must not answer for a new task
+        client.submit_many([{"type": "t", "id": "order-1"}])
+    assert client.result("order-1", timeout=1) == "first"
+
+
+def test_the_same_id_twice_in_one_submit_many_is_refused_before_writing(client: Client) -> None:
+    tasks = [{"type": "t", "id": f"t{i}"} for i in range(1_500)] + [{"type": "t", "id": "t3"}]
+    with pytest.raises(TaskExists, match="t3 appears more than once"):
+        client.submit_many(tasks)
+    assert client.stats().ready == 0
+
+
+def test_a_refused_chunk_reports_exactly_what_earlier_chunks_accepted(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client()
+    client.submit_many([{"type": "t", "id": "taken"}])
+    tasks = [{"type": "t", "id": f"t{i}"} for i in range(2_500)]
+    tasks[2_100] = {"type": "t", "id": "taken"}
+    with pytest.raises(TaskExists) as info:
+        client.submit_many(tasks)
+    assert info.value.accepted == [f"t{i}" for i in range(2_000)]
+    assert info.value.uncertain == []
+    assert client.stats().ready == 2_001
+
+
+def test_max_backlog_counts_a_key_repeated_within_one_chunk_once(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(max_backlog=1)
+    ids = client.submit_many([{"type": "t", "idempotency_key": "k"}] * 3)
+    assert len(set(ids)) == 1
+    assert client.stats().ready == 1
+
+
+def test_delayed_tasks_due_in_the_same_ms_are_promoted_in_submission_order(
+    client: Client, clock: FakeClock
+) -> None:
+    eta = clock.now + 5_000
+    ids = [client.submit("t", i, eta_ms=eta) for i in range(50)]
+    ids += client.submit_many([{"type": "t", "eta_ms": eta, "payload": 50 + i} for i in range(50)])
+    clock.advance(5)
+    claimed = client.claim("w", 100).tasks
+    assert [c.id for c in claimed] == ids
+    assert [c.task.payload for c in claimed] == list(range(100))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("delay", float("inf")),
+        ("delay", float("nan")),
+        ("delay", -1),
+        ("delay", True),
+        ("eta_ms", float("inf")),
+        ("eta_ms", 1e30),
+        ("eta_ms", "soon"),
+        ("idempotency_key", 42),
+        ("idempotency_key", b"bytes"),
+    ],
+)
+def test_bad_timing_and_key_types_are_invalid_task_errors(
+    client: Client, field: str, value: object
+) -> None:
+    with pytest.raises(InvalidTask, match=field.replace("_", "[ _]")):
+        client.submit_many([{"type": "t", field: value}])
+    assert client.stats().ready == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from typing import Any
 
 import kubeq_test_apps
@@ -246,3 +247,19 @@ def test_redis_credentials_and_tls_from_separate_settings() -> None:
     assert options == {}
     assert "s3cret" not in repr(s)
     assert WorkerSettings(redis_url="redis://r/0").redis_connection() == ("redis://r/0", {})
+
+
+def test_metric_labels_are_only_names_from_the_config_and_the_app() -> None:
+    m = WorkerMetrics("ns/q", ["known"])
+    m.prime(["high", "low"])
+    m.series("high", "known").completed.inc()
+    m.series('evil"} 1\nkubeq_forged{a="', "known").completed.inc()
+    m.dead_lettered("x" * 500, "known", "timeout")
+    for n in range(100):
+        m.series(f"p{n}", f"t{n}").claimed.inc()
+    text = m.expose().decode()
+    assert "forged" not in text
+    assert "x" * 50 not in text
+    priorities = set(re.findall(r'priority="([^"]*)"', text))
+    assert priorities == {"high", "low", "unknown"}
+    assert set(re.findall(r'task_type="([^"]*)"', text)) == {"known", "unknown"}

@@ -105,6 +105,7 @@ class TaskHandle(Generic[P, R]):
     async def asubmit(
         self, payload: Any = None, *, client: AsyncClient | None = None, **opts: Any
     ) -> str:
+        """Enqueue one task through the app's AsyncClient; its id."""
         c = client or await self.app.aclient()
         return await c.submit(self.name, **self._submit_args(payload, opts))
 
@@ -194,12 +195,14 @@ class App:
         return self
 
     def client(self) -> Client:
+        """The app's Client for the connected queue (made on first use)."""
         if self._client is None:
             url, queue, namespace, config = self._require_target()
             self._client = Client.from_url(url, queue, namespace, config)
         return self._client
 
     async def aclient(self) -> AsyncClient:
+        """The app's AsyncClient for the running event loop (made on first use)."""
         loop = asyncio.get_running_loop()
         c = self._aclients.get(loop)
         if c is None:
@@ -216,11 +219,13 @@ class App:
         return self._target
 
     def close(self) -> None:
+        """Close the app's Client."""
         if self._client is not None:
             self._client.close()
             self._client = None
 
     async def aclose(self) -> None:
+        """Close the AsyncClient of the running event loop."""
         c = self._aclients.pop(asyncio.get_running_loop(), None)
         if c is not None:
             await c.close()

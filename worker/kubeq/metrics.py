@@ -78,6 +78,9 @@ class WorkerMetrics:
     ) -> None:
         self.queue = queue
         self.known_types = frozenset(known_types)
+        # Label values come only from the queue's config and the app's registry, never from
+        # a task record (any producer writes those): `prime` names the priority levels.
+        self.known_priorities: frozenset[str] = frozenset()
         self.registry = registry or CollectorRegistry()
         r = self.registry
 
@@ -133,11 +136,14 @@ class WorkerMetrics:
     def task_type(self, task_type: str) -> str:
         return task_type if task_type in self.known_types else UNKNOWN
 
+    def priority(self, priority: str) -> str:
+        return priority if priority in self.known_priorities else UNKNOWN
+
     def series(self, priority: str, task_type: str) -> TaskSeries:
-        key = (priority, task_type)
+        key = (self.priority(priority), self.task_type(task_type))  # bounded, as the labels
         s = self._series.get(key)
         if s is None:
-            s = self._series[key] = TaskSeries(self, priority, self.task_type(task_type))
+            s = self._series[key] = TaskSeries(self, *key)
         return s
 
     def prime(self, priorities: Iterable[str]) -> None:
@@ -146,7 +152,8 @@ class WorkerMetrics:
         The label sets are bounded (levels x registered types x dead-letter reasons), and
         a series that exists from the start lets rate() and alerts see its first event.
         """
-        for priority in priorities:
+        self.known_priorities |= frozenset(priorities)
+        for priority in self.known_priorities:
             for task_type in self.known_types:
                 self.series(priority, task_type)
                 for reason in DEAD_REASONS:
@@ -154,7 +161,8 @@ class WorkerMetrics:
 
     def dead_lettered(self, priority: str, task_type: str, reason: str | None) -> None:
         label = reason if reason in DEAD_REASONS else "permanent_error"
-        self.dead.labels(self.queue, priority, self.task_type(task_type), label).inc()
+        labels = (self.queue, self.priority(priority), self.task_type(task_type), label)
+        self.dead.labels(*labels).inc()
 
     def expose(self) -> bytes:
         from prometheus_client import generate_latest

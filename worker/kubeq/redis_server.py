@@ -7,15 +7,31 @@ and the process stopped with its owner.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import redis
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:`port` now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(max_port: int = 65535) -> int:
@@ -32,6 +48,25 @@ class RedisServerError(RuntimeError):
     pass
 
 
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get `sig` when the process that started it
+    dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG); None where that does not exist.
+
+    The signal is tied to the *thread* that starts the child: call Popen from a thread
+    that lives as long as the child should (the main thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: nobody to outlive
+            os._exit(1)
+
+    return preexec
+
+
 class RedisServer:
     def __init__(
         self,
@@ -39,9 +74,11 @@ class RedisServer:
         port: int | None = None,
         directory: Path | None = None,
         appendonly: bool = False,
+        appendfsync: str = "always",
         password: str | None = None,
         extra: tuple[str, ...] = (),
         executable: str = "redis-server",
+        owned: bool = False,
     ) -> None:
         path = shutil.which(executable)
         if path is None:
@@ -54,8 +91,14 @@ class RedisServer:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="kubeq-redis-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.appendonly = appendonly
+        # "always" for the fault tests (nothing acknowledged is lost); "everysec" where a
+        # second of writes at a crash is an acceptable price for speed (`kubeq up`).
+        self.appendfsync = appendfsync
         self.password = password
         self.extra = extra
+        # owned: the server dies with the process that started it, however that dies
+        # (`kubeq up`); tests and benchmarks leave it False.
+        self.owned = owned
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +122,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "always" if self.appendonly else "everysec",
+            self.appendfsync,
             "--loglevel",
             "warning",
             "--logfile",
@@ -95,6 +138,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.owned else None,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(

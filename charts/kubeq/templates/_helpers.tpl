@@ -94,10 +94,14 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
-# spec.redis.secretRef and TLS CA secrets.
+{{- if .secrets }}
+# Secrets named by spec.redis (URL, password, TLS CA and client certificate). RBAC cannot
+# select by label: the operator itself reads only those labelled
+# kubeq.io/redis-credentials=true (docs/security.md). No list or watch.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

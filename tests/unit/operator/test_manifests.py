@@ -29,7 +29,12 @@ FULL = {
         "secretRef": {"name": "redis-conn"},
         "username": "kubeq",
         "passwordSecretRef": {"name": "redis-pass", "key": "pw"},
-        "tls": {"enabled": True, "insecureSkipVerify": True, "caSecretRef": {"name": "redis-ca"}},
+        "tls": {
+            "enabled": True,
+            "insecureSkipVerify": True,
+            "caSecretRef": {"name": "redis-ca"},
+            "clientCertSecretRef": {"name": "redis-client", "keyKey": "client.key"},
+        },
     },
     "worker": {
         "image": "img:1",
@@ -225,6 +230,14 @@ def test_hardened_by_default() -> None:
                     "name": "KUBEQ_REDIS_TLS_CA_FILE",
                     "value": "/etc/kubeq/redis-ca/ca.crt",
                 },
+                "KUBEQ_REDIS_TLS_CERT_FILE": {
+                    "name": "KUBEQ_REDIS_TLS_CERT_FILE",
+                    "value": "/etc/kubeq/redis-client/tls.crt",
+                },
+                "KUBEQ_REDIS_TLS_KEY_FILE": {
+                    "name": "KUBEQ_REDIS_TLS_KEY_FILE",
+                    "value": "/etc/kubeq/redis-client/tls.key",
+                },
             },
         ),
     ],
@@ -262,13 +275,23 @@ def test_overrides_are_merged_but_cannot_break_ownership() -> None:
     # User env comes after ours, untouched.
     assert [e["name"] for e in c["env"]][-2:] == ["LOG_LEVEL", "TOKEN"]
     assert c["env"][-1] == FULL["worker"]["env"][1]
-    # Volumes: ours, the CA secret, then the user's.
-    assert [v["name"] for v in pod["volumes"]] == ["tmp", "redis-ca", "certs"]
+    # Volumes: ours, the CA secret, the client certificate, then the user's.
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "redis-ca", "redis-client-cert", "certs"]
     assert pod["volumes"][1]["secret"] == {
         "secretName": "redis-ca",
         "items": [{"key": "ca.crt", "path": "ca.crt"}],
     }
-    assert [v["mountPath"] for v in c["volumeMounts"]] == ["/tmp", "/etc/kubeq/redis-ca", "/certs"]
+    assert pod["volumes"][2]["secret"] == {
+        "secretName": "redis-client",
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "client.key", "path": "tls.key"}],
+        "defaultMode": 0o440,
+    }
+    assert [v["mountPath"] for v in c["volumeMounts"]] == [
+        "/tmp",
+        "/etc/kubeq/redis-ca",
+        "/etc/kubeq/redis-client",
+        "/certs",
+    ]
 
 
 def test_builders_do_not_alias_the_spec() -> None:

@@ -157,7 +157,11 @@ MINIMAL = {"redis": {"url": "redis://r:6379/0"}, "worker": {"image": "img", "app
         {
             "redis": {
                 "secretRef": {"name": "s"},
-                "tls": {"caSecretRef": {"name": "ca"}},
+                "tls": {
+                    "enabled": True,
+                    "caSecretRef": {"name": "ca"},
+                    "clientCertSecretRef": {"name": "c"},
+                },
                 "passwordSecretRef": {"name": "p"},
             },
             "worker": {
@@ -231,6 +235,16 @@ CEL_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "!has(self.fallbackReplicas) || self.fallbackReplicas <= self.maxReplicas": (
         _with("autoscaling", {"fallbackReplicas": 11}),
         "spec.autoscaling.fallbackReplicas: must be <= maxReplicas (11 > 10)",
+    ),
+    "self.enabled || !(self.insecureSkipVerify || has(self.caSecretRef) || "
+    "has(self.clientCertSecretRef))": (
+        _with("redis.tls", {"caSecretRef": {"name": "ca"}}),
+        "spec.redis.tls.enabled: must be true when insecureSkipVerify, caSecretRef or "
+        "clientCertSecretRef is set",
+    ),
+    "!has(self.idempotencyTtlSeconds) || self.idempotencyTtlSeconds <= self.ttlSeconds": (
+        _with("results", {"ttlSeconds": 60, "idempotencyTtlSeconds": 61}),
+        "spec.results.idempotencyTtlSeconds: must be <= ttlSeconds (61 > 60)",
     ),
 }
 
@@ -348,10 +362,11 @@ def test_to_queue_config() -> None:
             },
             "retry": {"maxAttempts": 7, "backoff": {"baseSeconds": 0.5, "factor": 3}},
             "deadLetter": {"retentionSeconds": 60},
-            "results": {"ttlSeconds": 120},
+            "results": {"ttlSeconds": 120, "idempotencyTtlSeconds": 90},
             "lease": {"durationSeconds": 20, "heartbeatSeconds": 4},
             "maxBacklog": 1000,
             "maxPayloadBytes": 4096,
+            "maxResultBytes": 2048,
             "rateLimit": {"perSecond": 5, "burst": 10},
         }
     )
@@ -366,9 +381,11 @@ def test_to_queue_config() -> None:
         lease_seconds=20,
         heartbeat_seconds=4,
         result_ttl_seconds=120,
+        idempotency_ttl_seconds=90,
         dead_letter_retention_seconds=60,
         max_backlog=1000,
         max_payload_bytes=4096,
+        max_result_bytes=2048,
         rate_limit=RateLimit(per_second=5, burst=10),
     )
 

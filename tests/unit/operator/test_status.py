@@ -112,3 +112,15 @@ def test_scale_event_and_change_detection() -> None:
     assert not st.changed({"a": 1, "b": 2}, {"a": 1})
     assert st.changed({"a": 1}, {"a": 2})
     assert st.invalid_spec_message(["a: x", "b: y"]) == "a: x; b: y"
+
+
+def test_redis_condition_reasons_for_security_failures() -> None:
+    assert st.redis_condition("Redis URL <value hidden> has no scheme such as redis://")[1] == (
+        "InvalidURL"
+    )
+    assert st.redis_condition(
+        "Secret ns/x is not labelled kubeq.io/redis-credentials=true: the operator reads only"
+    )[1] == ("SecretUnavailable")
+    assert st.redis_condition("Redis at redis://u:***@h:1/0 denied this ACL user: NOPERM")[1] == (
+        "PermissionDenied"
+    )

@@ -46,10 +46,10 @@ def _ops(**kw: object) -> QueueOps:
 
 def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
     ops = _ops()
-    tid, level, due, key, record = ops.encode_task(
+    tid, level, delay_ms, eta_ms, key, meta_head, record, chosen = ops.encode_task(
         TaskRequest(
-            type='we"ird',
-            payload={"é": [1, 2.5, None]},
+            type="we.ird",
+            payload={"é": [1, 2.5, None], 'q"uote': "x"},
             priority="low",
             delay=2.5,
             idempotency_key="k",
@@ -60,15 +60,15 @@ def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
     assert data == {
         "id": tid,
         "queue": "default/t",
-        "type": 'we"ird',
+        "type": "we.ird",
         "priority": "low",
         "max_attempts": 5,
         "created_at": 1000,
         "due_at": 3500,
         "idempotency_key": "k",
-        "payload": {"é": [1, 2.5, None]},
+        "payload": {"é": [1, 2.5, None], 'q"uote': "x"},
     }
-    assert (level, due, key) == (3, 3500, "k")
+    assert (level, delay_ms, eta_ms, key, meta_head, chosen) == (3, 2500, 0, "k", "low|5|3500", 0)
 
 
 @pytest.mark.parametrize(
@@ -79,8 +79,8 @@ def test_encoded_record_is_valid_json_with_the_task_fields() -> None:
         (TaskRequest(type="x", payload="a" * 2000), PayloadTooLarge, "limit"),
         (TaskRequest(type="x", payload="é" * 600), PayloadTooLarge, "1202 bytes"),
         (TaskRequest(type="x", priority="urgent"), UnknownPriority, "levels are high, default"),
-        (TaskRequest(type="x", delay=-1), InvalidTask, "negative"),
-        (TaskRequest(type=""), InvalidTask, "non-empty"),
+        (TaskRequest(type="x", delay=-1), InvalidTask, "finite number of seconds"),
+        (TaskRequest(type=""), InvalidTask, "task type must be 1-200 characters"),
         (TaskRequest(type="x", max_attempts=0), InvalidTask, "max_attempts"),
         (TaskRequest(type="x", idempotency_key=""), InvalidTask, "idempotency key"),
     ],
@@ -142,7 +142,7 @@ def test_failure_retries_until_attempts_run_out_or_the_error_is_permanent(
 
 def test_a_result_that_is_not_json_is_refused_before_it_reaches_redis() -> None:
     with pytest.raises(PayloadNotJSON):
-        QueueOps.completion(_claimed(1), object(), 0)
+        _ops().completion(_claimed(1), object(), 0)
 
 
 @pytest.mark.parametrize(
@@ -180,3 +180,17 @@ def test_separate_credentials_and_tls_fold_into_the_url(
     from kubeq.protocol.connection import with_credentials
 
     assert with_credentials("redis://h:6379/0", **kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a b", "line\nforged", "\x1b[31mred", "tab\t", "x" * 201, "ünicode", "-lead", "[bold]"],
+)
+def test_task_types_follow_the_safe_pattern(bad: str) -> None:
+    with pytest.raises(InvalidTask, match="task type must be"):
+        _ops().encode_task(TaskRequest(type=bad), now=0)
+
+
+@pytest.mark.parametrize("good", ["t", "telemetry.ingest", "images/resize:v2", "a_b-c+d@e"])
+def test_task_types_of_the_safe_pattern_are_accepted(good: str) -> None:
+    assert _ops().encode_task(TaskRequest(type=good), now=0)[6]

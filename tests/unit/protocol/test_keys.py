@@ -32,7 +32,7 @@ def test_ops_pass_every_key_through_keys_in_one_slot() -> None:
     """Each script call's keys share one slot: scripts never build key names themselves."""
     ops = QueueOps(QueueConfig(name="t"))
     calls = [
-        ops._submit_chunk([("id1", 1, 0, "k", "{}")], 0),
+        ops._submit_chunk([("id1", 1, 0, 0, "k", "high|5|0", "{}", 1)], 0),
         next(ops.claim("w", 10, 0, [0, 1, 2])),
         next(ops.heartbeat("w", [("a", 1, 1)], 0, __import__("kubeq").protocol.WorkerInfo(id="w"))),
         next(ops.settle([ops.release(_claimed())], 0)),

@@ -33,6 +33,7 @@ from kubeq.cli.common import (
 )
 from kubeq.protocol import Client, QueueFull, TaskNotFound, TaskRequest, TaskStatus
 
+BENCH_QUEUE = "kubeq-bench"  # the bench's own queue, unless one is named explicitly
 STALL_SECONDS = 2.0  # no announcement for this long: look the pending tasks up directly
 POLL_LIMIT = 200  # tasks looked up per stall check
 
@@ -248,9 +249,22 @@ def bench(
 ) -> None:
     """Submit a burst of tasks and measure submission (and completion) throughput.
 
-    Something must run the tasks (a worker pool, `kubeq up`) for --wait-completion.
+    It benches its own queue, kubeq-bench, unless -q/--queue (or KUBEQ_QUEUE) names one:
+    a real queue's workers may have no handler for --type, and would dead-letter every
+    task. Something must run the tasks for --wait-completion, e.g.
+    `kubeq -q kubeq-bench worker --app kubeq.examples.bench:app`. Bench tasks that end
+    dead-lettered are removed from the dead-letter set and make the bench fail (exit 1).
     """
+    if state.origin.get("queue") not in ("flag", "env"):
+        state.queue = BENCH_QUEUE
     client = state.client()
+    if wait_completion and state.queue == BENCH_QUEUE and not client.workers():
+        raise CliError(
+            f"no worker serves queue {client.config.full_name}, so --wait-completion would "
+            f"only time out: start one (kubeq -q {BENCH_QUEUE} worker --app "
+            "kubeq.examples.bench:app), or name a served queue with -q",
+            ExitCode.USAGE,
+        )
     request = TaskRequest(type=task_type, payload=_payload(payload_size), priority=priority)
     client.ops.encode_task(request, client.clock())  # fail fast: unknown priority, size
     listener = DoneListener(client) if wait_completion else None
@@ -288,6 +302,7 @@ def bench(
         if listener is not None:
             listener.close()
     report["completion"] = None
+    dead: tuple[int, list[str]] = (0, [])
     if wait_completion:
         finished = [t for t in ids if t not in unfinished]
         span = max((done[t] for t in finished), default=start) - start
@@ -298,13 +313,38 @@ def bench(
             "tasks_per_second": len(finished) / span if finished and span > 0 else None,
             **_latencies(client, finished, sample),
         }
+        dead = _remove_dead(client, finished)
+        report["completion"]["dead_lettered"] = dead[0]
     if state.json:
         print_json(report)
     else:
         _print_report(report)
+    if dead[0]:
+        why = f" ({', '.join(dead[1])})" if dead[1] else ""
+        raise CliError(
+            f"{dead[0]} of the {tasks} bench tasks were dead-lettered{why}: does every worker "
+            f"of {client.config.full_name} have a handler for {task_type!r}? They were removed "
+            "from the dead-letter set",
+            ExitCode.FAILED,
+        )
     if unfinished:
         error_line(f"{len(unfinished)} of {tasks} tasks had not finished after {timeout}s")
         raise click.exceptions.Exit(ExitCode.TIMEOUT)
+
+
+def _remove_dead(client: Client, finished: list[str]) -> tuple[int, list[str]]:
+    """Take the bench's own dead-lettered tasks out of the dead-letter set: (how many, the
+    reasons seen). A bench must not leave a real queue's dead-letter set filled."""
+    reasons: Counter[str] = Counter()
+    removed = 0
+    for i in range(0, len(finished), 1000):
+        chunk = finished[i : i + 1000]
+        if not reasons:  # one record's reason is enough to say why
+            for letter in client.dead_letters(0, 10):
+                if letter.task.id in set(chunk) and letter.task.reason:
+                    reasons[letter.task.reason] += 1
+        removed += client.purge_dead(chunk, limit=len(chunk))
+    return removed, sorted(reasons)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -327,6 +367,7 @@ def _print_report(report: dict[str, Any]) -> None:
             table.add_row("finished / s", f"{comp['tasks_per_second']:,.0f}")
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(comp["outcomes"].items()))
         table.add_row("sampled records", f"{comp['sampled']} ({outcomes or 'none'})")
+        table.add_row("dead-lettered (removed)", f"{comp['dead_lettered']}")
         for key, label in (("end_to_end_ms", "end to end"), ("queue_wait_ms", "queue wait")):
             if comp[key] is not None:
                 table.add_row(

@@ -9,15 +9,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-import redis.exceptions
-from rich.console import Console
 
-from kubeq.protocol import Client, errors
-from kubeq.protocol.config import check_name
-from kubeq.protocol.connection import translate
+from kubeq.text import printable
+
+# The Redis client, pydantic and rich are imported only by the commands that use them:
+# they cost more start-up time than the rest of the CLI together.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from kubeq.protocol import Client, errors
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -38,6 +42,8 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 5
     #: the queue refused the tasks: its maxBacklog is reached (backpressure; retry later)
     QUEUE_FULL = 6
+    #: Redis refused this ACL user the command or key (NOPERM; see docs/security.md)
+    PERMISSION_DENIED = 7
 
 
 EXIT_CODES_HELP = """\b
@@ -48,7 +54,8 @@ Exit codes:
   3  not found: no such task (or not in the dead-letter set)
   4  timeout: the task had not finished in time (or yet, without --wait)
   5  Redis unavailable: bad URL, unreachable, credentials refused
-  6  queue full: maxBacklog reached (backpressure, retry later)"""
+  6  queue full: maxBacklog reached (backpressure, retry later)
+  7  permission denied: the Redis ACL user may not do this (NOPERM)"""
 
 
 class CliError(Exception):
@@ -59,7 +66,18 @@ class CliError(Exception):
         self.code = code
 
 
+def check_name(kind: str, value: str) -> str:
+    """A queue or namespace name, validated by the protocol's own rule."""
+    from kubeq.protocol.config import check_name as protocol_check_name
+
+    return protocol_check_name(kind, value)
+
+
 def exit_code_for(exc: errors.KubeqError) -> ExitCode:
+    from kubeq.protocol import errors
+
+    if isinstance(exc, errors.PermissionDenied):
+        return ExitCode.PERMISSION_DENIED
     if isinstance(exc, errors.InvalidURL | errors.ConnectionFailed):
         return ExitCode.UNAVAILABLE
     if isinstance(exc, errors.InvalidTask):
@@ -73,8 +91,14 @@ def exit_code_for(exc: errors.KubeqError) -> ExitCode:
     return ExitCode.FAILED
 
 
+def echo(text: object = "", *, err: bool = False, newlines: bool = False) -> None:
+    """One line (or a block, with `newlines`) of human-facing text, control characters
+    escaped: every text output of the CLI goes through here or through `console()`."""
+    click.echo(printable(text, newlines=newlines), err=err)
+
+
 def error_line(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    echo(f"error: {message}", err=True)
 
 
 @contextlib.contextmanager
@@ -85,13 +109,21 @@ def handle_errors() -> Iterator[None]:
     except CliError as exc:
         error_line(str(exc))
         raise click.exceptions.Exit(exc.code) from None
-    except errors.KubeqError as exc:
-        error_line(str(exc))
-        raise click.exceptions.Exit(exit_code_for(exc)) from None
-    except redis.exceptions.RedisError as exc:
-        mapped = translate(exc)
-        error_line(str(mapped) if mapped else f"Redis error: {exc}")
-        raise click.exceptions.Exit(exit_code_for(mapped) if mapped else ExitCode.FAILED) from None
+    except Exception as exc:
+        # Neither can have been raised unless its module was imported: look only then.
+        protocol_errors = sys.modules.get("kubeq.protocol.errors")
+        redis_errors = sys.modules.get("redis.exceptions")
+        if protocol_errors is not None and isinstance(exc, protocol_errors.KubeqError):
+            error_line(str(exc))
+            raise click.exceptions.Exit(exit_code_for(exc)) from None
+        if redis_errors is not None and isinstance(exc, redis_errors.RedisError):
+            from kubeq.protocol.connection import translate
+
+            mapped = translate(exc)
+            error_line(str(mapped) if mapped else f"Redis error: {exc}")
+            code = exit_code_for(mapped) if mapped else ExitCode.FAILED
+            raise click.exceptions.Exit(code) from None
+        raise
 
 
 @dataclass
@@ -102,6 +134,9 @@ class State:
     queue: str = "default"
     namespace: str = "default"
     output: str = "text"
+    #: where each global option came from: "flag", "env", "env file" or "default"
+    origin: dict[str, str] = field(default_factory=dict)
+    env_file: Path | None = None
     _client: Client | None = field(default=None, repr=False)
 
     @property
@@ -112,7 +147,18 @@ class State:
         if self._client is None:
             # Reads the queue's published config (levels, limits): the first round trip,
             # so a bad URL, a dead server or wrong credentials surface here.
-            self._client = Client.from_url(self.redis_url, self.queue, self.namespace)
+            from kubeq.protocol import Client, ConnectionFailed
+
+            try:
+                self._client = Client.from_url(self.redis_url, self.queue, self.namespace)
+            except ConnectionFailed as exc:
+                if self.origin.get("redis_url") != "env file":
+                    raise
+                raise CliError(
+                    f"{exc} (the URL is from {self.env_file}, written by `kubeq up`: is it "
+                    "running? Or pass --redis-url)",
+                    ExitCode.UNAVAILABLE,
+                ) from None
         return self._client
 
     def close(self) -> None:
@@ -143,16 +189,32 @@ def print_json(data: Any) -> None:
 
 
 def console(stderr: bool = False) -> Console:
-    """A rich console on the current stdout (or stderr); wide when not a terminal."""
+    """A safe rich console on the current stdout (or stderr); wide when not a terminal."""
+    from rich.console import Console
+    from rich.text import Text
+
+    class SafeConsole(Console):
+        """Never interprets data: no markup or emoji codes, and control characters of every
+        string it renders (table cells included) escaped."""
+
+        def render_str(self, text: str, **kwargs: Any) -> Text:
+            kwargs.update(markup=False, emoji=False, highlight=False)
+            return super().render_str(printable(text), **kwargs)
+
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 160
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    return SafeConsole(
+        file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False
+    )
 
 
 def fmt_time(ms: int | None) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):  # a record from a foreign or older writer
+        return f"{ms} ms since the epoch (out of range)"
 
 
 def fmt_age(seconds: float | None) -> str:

@@ -6,9 +6,17 @@ from collections.abc import Sequence
 
 import click
 from rich.table import Table
-from rich.text import Text
 
-from kubeq.cli.common import CliError, ExitCode, State, age_since, console, pass_state, print_json
+from kubeq.cli.common import (
+    CliError,
+    ExitCode,
+    State,
+    age_since,
+    console,
+    echo,
+    pass_state,
+    print_json,
+)
 
 BATCH = 1000
 
@@ -38,7 +46,7 @@ def list_(state: State, limit: int, offset: int) -> None:
     total = client.stats().dead
     con = console()
     if not letters:
-        con.print(Text(f"no dead letters at offset {offset} ({total} in total)"))
+        con.print(f"no dead letters at offset {offset} ({total} in total)")
         return
     table = Table()
     table.add_column("id", no_wrap=True)
@@ -97,7 +105,7 @@ def requeue(state: State, ids: tuple[str, ...], all_: bool) -> None:
     if state.json:
         print_json({"requeued": requeued})
     else:
-        click.echo(f"requeued {len(requeued)} task(s)")
+        echo(f"requeued {len(requeued)} task(s)")
     _report_missing(selected, len(requeued), "requeued")
 
 
@@ -125,5 +133,5 @@ def purge(state: State, ids: tuple[str, ...], all_: bool, yes: bool) -> None:
     if state.json:
         print_json({"purged": purged})
     else:
-        click.echo(f"purged {purged} task(s)")
+        echo(f"purged {purged} task(s)")
     _report_missing(selected, purged, "purged")

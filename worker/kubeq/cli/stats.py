@@ -22,6 +22,7 @@ from kubeq.cli.common import (
     print_json,
 )
 from kubeq.protocol import ConnectionFailed, QueueStats
+from kubeq.text import printable
 
 # Counters whose per-second rate the watch view shows.
 RATE_COUNTERS = ("submitted", "claimed", "completed", "retried", "dead")
@@ -79,10 +80,19 @@ def render_stats(
         style="bold",
     )
     summary = Text(f"backlog {stats.backlog}   dead-letter {stats.dead}   workers {stats.workers}")
+    # Counter names come from a Redis hash any writer can add fields to.
     counters = Text(
-        "counters: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.counters.items())) or "none")
+        printable(
+            "counters: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(stats.counters.items())) or "none")
+        )
     )
-    parts: list[RenderableType] = [Text(f"queue {stats.queue}"), table, summary, counters]
+    parts: list[RenderableType] = [
+        Text(printable(f"queue {stats.queue}")),
+        table,
+        summary,
+        counters,
+    ]
     if rates:
         parts.append(Text("per second: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())))
     if note:

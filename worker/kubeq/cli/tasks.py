@@ -13,6 +13,7 @@ from kubeq.cli.common import (
     CliError,
     ExitCode,
     State,
+    echo,
     error_line,
     fmt_time,
     pass_state,
@@ -79,9 +80,9 @@ def _print_task(task: Task) -> None:
     if task.status == TaskStatus.COMPLETED:
         rows.append(("result", json.dumps(task.result, ensure_ascii=False)))
     for name, value in rows:
-        click.echo(f"{name + ':':<17}{value}")
+        echo(f"{name + ':':<17}{value}")
     if task.error and task.error.traceback:
-        click.echo("traceback:\n" + task.error.traceback.rstrip())
+        echo("traceback:\n" + task.error.traceback.rstrip(), newlines=True)
 
 
 def _show_result(state: State, client: Client, task_id: str, timeout: float | None) -> None:
@@ -104,7 +105,7 @@ def _show_result(state: State, client: Client, task_id: str, timeout: float | No
     if state.json:
         print_json({"id": task_id, "status": "completed", "result": result})
     else:
-        click.echo(json.dumps(result, ensure_ascii=False))
+        echo(json.dumps(result, ensure_ascii=False))
 
 
 @click.command()
@@ -238,7 +239,7 @@ def cancel(state: State, task_id: str) -> None:
         print_json({"id": task_id, "outcome": outcome})
     if code == ExitCode.OK:
         if not state.json:
-            click.echo(f"{task_id}: {message}")
+            echo(f"{task_id}: {message}")
         return
     if code == ExitCode.NOT_FOUND:
         raise errors.TaskNotFound(f"no task {task_id} (never submitted, or its record expired)")

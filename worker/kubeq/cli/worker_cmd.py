@@ -6,7 +6,6 @@ import importlib
 from typing import Any
 
 import click
-from click.core import ParameterSource
 from pydantic import ValidationError
 
 from kubeq.cli.common import CliError, ExitCode, State
@@ -45,11 +44,11 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
     except ImportError as exc:
         raise CliError(f"the worker runtime cannot be loaded: {exc}", ExitCode.FAILED) from None
     settings: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
-    # Global options count only when given on the command line: otherwise WorkerSettings
-    # reads the same KUBEQ_* environment and applies its own defaults.
-    root = ctx.find_root()
+    # Global options count only when given on the command line (before or after `worker`)
+    # or by .kubeq/env: otherwise WorkerSettings reads the same KUBEQ_* environment and
+    # applies its own defaults.
     for name in _GLOBAL_SETTINGS:
-        if name not in settings and root.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+        if name not in settings and state.origin.get(name) in ("flag", "env file"):
             settings[name] = getattr(state, name)
     try:
         ws = runtime.WorkerSettings(**settings)

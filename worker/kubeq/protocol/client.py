@@ -28,6 +28,7 @@ from kubeq.protocol.models import (
 )
 from kubeq.protocol.ops import (
     DEFAULT_CHUNK,
+    MAX_SCRIPT_BATCH,
     Claim,
     Command,
     Op,
@@ -38,7 +39,7 @@ from kubeq.protocol.ops import (
     TaskRequest,
     result_of,
 )
-from kubeq.protocol.scripts import SCRIPTS
+from kubeq.protocol.scripts import SCRIPTS, Script
 
 Clock = Callable[[], int]
 RECHECK = 5.0  # seconds between status checks while waiting on the done channel
@@ -102,28 +103,44 @@ def _parse_config(raw: str | None, queue: str, namespace: str) -> QueueConfig:
 
 
 class _Base:
+    """`clock=None` (the default): every decision about time (lease deadlines, reaping,
+    promotion, retry due times, the rate limit, result expiry) uses Redis's own clock, so
+    pods whose clocks disagree still agree on it; `self.clock` then only stamps
+    informational fields. A `clock` given (tests) drives those decisions exactly."""
+
     def __init__(
         self,
         redis_client: Any,
         config: QueueConfig,
         *,
-        clock: Clock = system_clock,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         where: str = "Redis",
     ) -> None:
         self.redis = redis_client
         self.config = config
-        self.ops = QueueOps(config)
-        self.clock = clock
+        self.ops = QueueOps(config, server_clock=clock is None)
+        self.clock: Clock = clock or system_clock
         self.rng = rng or random.Random()
         self._where = where
 
     @property
     def keys(self) -> Any:
+        """The queue's key schema (QueueKeys): every key under one hash tag."""
         return self.ops.keys
 
     def _fail(self, exc: redis.exceptions.RedisError) -> BaseException:
         return translate(exc, self._where) or exc
+
+    def _idle_timeout(self, timeout: float) -> float:
+        """A blocking wait shorter than the socket timeout, so an idle wait never looks
+        like an unreachable Redis."""
+        pool = getattr(self.redis, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", {}) or {}
+        limit = kwargs.get("socket_timeout")
+        if isinstance(limit, int | float) and limit > 0:
+            timeout = min(timeout, max(limit * 0.8, limit - 1.0))
+        return max(timeout, 0.01)
 
 
 class Client(_Base):
@@ -137,7 +154,7 @@ class Client(_Base):
         namespace: str = "default",
         config: QueueConfig | None = None,
         *,
-        clock: Clock = system_clock,
+        clock: Clock | None = None,
         **options: Any,
     ) -> Client:
         """Connect; without `config`, use the one published for the queue (or defaults)."""
@@ -152,6 +169,7 @@ class Client(_Base):
         return cls(r, config, clock=clock, where=where)
 
     def close(self) -> None:
+        """Close the connections (also on leaving a `with` block)."""
         self.redis.close()
 
     def __enter__(self) -> Client:
@@ -166,11 +184,12 @@ class Client(_Base):
         r = self.redis
         if isinstance(req, ScriptCall):
             script = SCRIPTS[req.script]
+            call = _eval_command(script)
             try:
-                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return r.execute_command(call, script.sha, len(req.keys), *req.keys, *req.args)
             except redis.exceptions.NoScriptError:
                 r.script_load(script.source)
-                return r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return r.execute_command(call, script.sha, len(req.keys), *req.keys, *req.args)
         if isinstance(req, Command):
             return r.execute_command(*req.args)
         pipe = r.pipeline(transaction=False)
@@ -179,6 +198,7 @@ class Client(_Base):
         return pipe.execute()
 
     def run(self, op: Op) -> Any:
+        """Run one protocol operation (a QueueOps generator) against Redis."""
         try:
             req = next(op)
             while True:
@@ -186,6 +206,8 @@ class Client(_Base):
                     reply = self._execute(req)
                 except redis.exceptions.RedisError as exc:
                     req = op.throw(self._fail(exc))
+                except UnicodeError as exc:
+                    req = op.throw(_not_utf8(exc))
                 else:
                     req = op.send(reply)
         except StopIteration as stop:
@@ -204,6 +226,7 @@ class Client(_Base):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
+        """Enqueue one task and return its id (see docs/reference.md for the options)."""
         reqs = _requests_for_submit(
             type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
         )
@@ -213,14 +236,17 @@ class Client(_Base):
     def submit_many(
         self, tasks: Iterable[TaskRequest | Mapping[str, Any]], chunk_size: int = DEFAULT_CHUNK
     ) -> list[str]:
+        """Enqueue many tasks, one round trip per chunk; their ids, in order."""
         reqs = [_as_request(t) for t in tasks]
         return list(self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
 
     def status(self, task_id: str) -> Task:
+        """The task's record; TaskNotFound if there is none."""
         task: Task = self.run(self.ops.status(task_id, self.clock()))
         return task
 
     def cancel(self, task_id: str) -> str:
+        """Cancel a task: 'cancelled', 'requested' (running), 'finished', 'dead' or 'unknown'."""
         return str(self.run(self.ops.cancel(task_id, self.clock())))
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
@@ -248,9 +274,13 @@ class Client(_Base):
 
     # -- worker --------------------------------------------------------------------------
 
-    def claim(self, worker: str, n: int, lease_ms: int | None = None) -> Claim:
+    def claim(
+        self, worker: str, n: int, lease_ms: int | None = None, *, claim_id: str | None = None
+    ) -> Claim:
+        """Lease up to `n` tasks. Re-send the same `claim_id` after a failed call: the tasks
+        that call leased come back instead of new ones (no attempt is charged twice)."""
         order = self.ops.serving_order(self.rng)
-        claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
+        claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms, claim_id))
         return claim
 
     def heartbeat(
@@ -260,47 +290,58 @@ class Client(_Base):
         info: WorkerInfo,
         lease_ms: int | None = None,
     ) -> HeartbeatReply:
+        """Extend all of a worker's leases in one call; the leases lost and cancelled."""
         reply: HeartbeatReply = self.run(
             self.ops.heartbeat(worker, held, self.clock(), info, lease_ms)
         )
         return reply
 
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Complete, retry, dead-letter or release leased tasks (fenced by token)."""
         return list(self.run(self.ops.settle(settlements, self.clock())))
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block until a submit signals work or `timeout` seconds pass."""
         try:
-            return self.redis.blpop([self.keys.wake], timeout=timeout) is not None
+            wait = self._idle_timeout(timeout)
+            return self.redis.blpop([self.keys.wake], timeout=wait) is not None
         except redis.exceptions.RedisError as exc:
             raise self._fail(exc) from exc
 
     # -- maintenance and admin ---------------------------------------------------------------
 
-    def reap(self, limit: int = 1000) -> ReapReport:
+    def reap(self, limit: int = MAX_SCRIPT_BATCH) -> ReapReport:
+        """Return expired leases to their queues, expire results, drop silent workers."""
         report: ReapReport = self.run(self.ops.reap(self.clock(), limit))
         return report
 
     def expire_dead_letters(self, limit: int = 1000) -> int:
+        """Drop dead letters past the queue's retention; how many."""
         return int(self.run(self.ops.expire_dead_letters(self.clock(), limit)))
 
     def acquire_maintenance(self, owner: str, ttl_ms: int) -> bool:
+        """Take the short maintenance lock for `owner`; True if taken."""
         return bool(self.run(self.ops.acquire_lock(owner, ttl_ms)))
 
     def stats(self) -> QueueStats:
+        """Backlog per level, dead letters, workers and counters, in one round trip."""
         stats: QueueStats = self.run(self.ops.stats(self.clock()))
         return stats
 
     def workers(self) -> list[WorkerInfo]:
+        """The registered workers of the queue."""
         return list(self.run(self.ops.workers()))
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered tasks, oldest first, with their errors."""
         return list(self.run(self.ops.dead_letters(offset, limit)))
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> list[str]:
+        """Put dead-lettered tasks (these, or the oldest `limit`) back; their ids."""
         return list(self.run(self.ops.requeue_dead(ids, limit)))
 
     def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> int:
+        """Delete dead-lettered tasks for good; how many."""
         return int(self.run(self.ops.purge_dead(ids, limit)))
 
     def finished(self, page_size: int = 1000) -> Iterator[Task]:
@@ -313,9 +354,15 @@ class Client(_Base):
                 return
 
     def publish_config(self) -> None:
+        """Publish this client's queue config to Redis for producers and workers."""
         self.run(_single(self.ops.publish_config()))
 
+    def eviction_policy(self) -> str:
+        """Redis's maxmemory-policy (see `policy_problem` for what it means to kubeq)."""
+        return str(self.run(self.ops.eviction_policy()))
+
     def ping(self) -> None:
+        """Check that Redis answers; ConnectionFailed otherwise."""
         try:
             self.redis.ping()
         except redis.exceptions.RedisError as exc:
@@ -333,7 +380,7 @@ class AsyncClient(_Base):
         namespace: str = "default",
         config: QueueConfig | None = None,
         *,
-        clock: Clock = system_clock,
+        clock: Clock | None = None,
         **options: Any,
     ) -> AsyncClient:
         r = connect_async(url, **options)
@@ -360,11 +407,16 @@ class AsyncClient(_Base):
         r = self.redis
         if isinstance(req, ScriptCall):
             script = SCRIPTS[req.script]
+            call = _eval_command(script)
             try:
-                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return await r.execute_command(
+                    call, script.sha, len(req.keys), *req.keys, *req.args
+                )
             except redis.exceptions.NoScriptError:
                 await r.script_load(script.source)
-                return await r.evalsha(script.sha, len(req.keys), *req.keys, *req.args)
+                return await r.execute_command(
+                    call, script.sha, len(req.keys), *req.keys, *req.args
+                )
         if isinstance(req, Command):
             return await r.execute_command(*req.args)
         pipe = r.pipeline(transaction=False)
@@ -380,6 +432,8 @@ class AsyncClient(_Base):
                     reply = await self._execute(req)
                 except redis.exceptions.RedisError as exc:
                     req = op.throw(self._fail(exc))
+                except UnicodeError as exc:
+                    req = op.throw(_not_utf8(exc))
                 else:
                     req = op.send(reply)
         except StopIteration as stop:
@@ -435,9 +489,13 @@ class AsyncClient(_Base):
         finally:
             await pubsub.aclose()
 
-    async def claim(self, worker: str, n: int, lease_ms: int | None = None) -> Claim:
+    async def claim(
+        self, worker: str, n: int, lease_ms: int | None = None, *, claim_id: str | None = None
+    ) -> Claim:
         order = self.ops.serving_order(self.rng)
-        claim: Claim = await self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms))
+        claim: Claim = await self.run(
+            self.ops.claim(worker, n, self.clock(), order, lease_ms, claim_id)
+        )
         return claim
 
     async def heartbeat(
@@ -457,11 +515,12 @@ class AsyncClient(_Base):
 
     async def wait_for_work(self, timeout: float) -> bool:
         try:
-            return await self.redis.blpop([self.keys.wake], timeout=timeout) is not None
+            wait = self._idle_timeout(timeout)
+            return await self.redis.blpop([self.keys.wake], timeout=wait) is not None
         except redis.exceptions.RedisError as exc:
             raise self._fail(exc) from exc
 
-    async def reap(self, limit: int = 1000) -> ReapReport:
+    async def reap(self, limit: int = MAX_SCRIPT_BATCH) -> ReapReport:
         report: ReapReport = await self.run(self.ops.reap(self.clock(), limit))
         return report
 
@@ -499,6 +558,9 @@ class AsyncClient(_Base):
     async def publish_config(self) -> None:
         await self.run(_single(self.ops.publish_config()))
 
+    async def eviction_policy(self) -> str:
+        return str(await self.run(self.ops.eviction_policy()))
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -508,3 +570,12 @@ class AsyncClient(_Base):
 
 def _single(cmd: Command) -> Op:
     return (yield cmd)
+
+
+def _not_utf8(exc: UnicodeError) -> errors.KubeqError:
+    return errors.InvalidText(f"an argument is not valid UTF-8: {exc}")
+
+
+def _eval_command(script: Script) -> str:
+    """EVALSHA_RO for a `no-writes` script: a read-only user and a replica can run it."""
+    return "EVALSHA_RO" if script.read_only else "EVALSHA"

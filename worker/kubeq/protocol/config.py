@@ -17,6 +17,9 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+DEFAULT_IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+MAX_ATTEMPTS_CAP = 1000
 
 
 def check_name(kind: str, value: str) -> str:
@@ -73,15 +76,18 @@ class QueueConfig(_Frozen):
     priorities: tuple[PriorityLevel, ...] = DEFAULT_LEVELS
     default_priority: str | None = None
     mode: Literal["strict", "weighted"] = "strict"
-    max_attempts: int = Field(default=5, ge=1, le=1000)
+    max_attempts: int = Field(default=5, ge=1, le=MAX_ATTEMPTS_CAP)
     backoff: Backoff = Backoff()
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     result_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     dead_letter_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
-    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    #: None: the result TTL, capped at 24 h. Never longer than the result TTL: an
+    #: idempotent resubmit returns the first task's id, whose result must still be there.
+    idempotency_ttl_seconds: int | None = Field(default=None, ge=1)
     max_backlog: int | None = Field(default=None, ge=1)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
+    max_result_bytes: int = Field(default=DEFAULT_MAX_RESULT_BYTES, ge=1)
     rate_limit: RateLimit | None = None
 
     @field_validator("name")
@@ -110,7 +116,23 @@ class QueueConfig(_Frozen):
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
                 f"lease_seconds ({self.lease_seconds})"
             )
+        if (
+            self.idempotency_ttl_seconds is not None
+            and self.idempotency_ttl_seconds > self.result_ttl_seconds
+        ):
+            raise ValueError(
+                f"idempotency_ttl_seconds ({self.idempotency_ttl_seconds}) must not exceed "
+                f"result_ttl_seconds ({self.result_ttl_seconds}): a resubmit within the key's "
+                "TTL returns the first task's id, whose result would already be gone"
+            )
         return self
+
+    @property
+    def idempotency_ttl(self) -> int:
+        """Seconds an idempotency key lives: as set, else the result TTL capped at 24 h."""
+        if self.idempotency_ttl_seconds is not None:
+            return self.idempotency_ttl_seconds
+        return min(DEFAULT_IDEMPOTENCY_TTL_SECONDS, self.result_ttl_seconds)
 
     @property
     def full_name(self) -> str:

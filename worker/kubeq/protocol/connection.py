@@ -1,6 +1,7 @@
 """Redis connections from a URL, and the translation of redis-py errors into kubeq's.
 
-Schemes: redis:// and rediss:// (TLS; ?ssl_cert_reqs=none|required, ssl_ca_certs=...),
+Schemes: redis:// and rediss:// (TLS; ?ssl_cert_reqs=none|required, ssl_ca_certs=...,
+and ssl_certfile=...&ssl_keyfile=... for a client certificate),
 unix://, username/password in the URL for ACL users, redis+sentinel://h1:26379,h2:26379/
 <service>[/db] for Sentinel, and redis+cluster://host:port for Redis Cluster.
 """
@@ -22,27 +23,27 @@ import redis.sentinel
 
 import redis
 from kubeq.protocol import errors
+from kubeq.protocol.target import SCHEMES, RedisTarget, describe
 
-SCHEMES = (
-    "redis",
-    "rediss",
-    "unix",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
-)
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "SCHEMES",
+    "RedisTarget",
+    "connect",
+    "connect_async",
+    "describe",
+    "redacted",
+    "translate",
+    "translated",
+    "with_credentials",
+]
+
 DEFAULT_TIMEOUT = 5.0
 
 
-def redacted(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        user = parts.username or ""
-        netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+def redacted(url: object) -> str:
+    """How to name `url` in a message or log: its safe description (target.describe)."""
+    return str(describe(url))
 
 
 def with_credentials(
@@ -53,14 +54,22 @@ def with_credentials(
     tls: bool = False,
     tls_insecure: bool = False,
     tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> str:
     """The URL with separately supplied credentials and TLS settings folded in (pure).
 
     Kubernetes hands these over apart from the URL (the password from a Secret), so the
-    worker and the operator both build the effective URL here, the same way.
+    worker and the operator both build the effective URL here, the same way. A client
+    certificate (mutual TLS) is `tls_cert_file` with its `tls_key_file`. A URL that does
+    not parse is returned as it is: connecting to it raises InvalidURL, which says why.
     """
+    if describe(url).problem is not None:
+        return url
     parts = urlsplit(url)
     scheme = parts.scheme
+    # TLS options imply TLS: on a plain connection redis-py fails on them with a TypeError.
+    tls = tls or tls_insecure or any((tls_ca_file, tls_cert_file, tls_key_file))
     if tls and scheme.startswith("redis") and not scheme.startswith("rediss"):
         scheme = "rediss" + scheme[len("redis") :]
     netloc = parts.netloc
@@ -74,40 +83,40 @@ def with_credentials(
         query["ssl_cert_reqs"] = "none"
     if tls_ca_file is not None:
         query["ssl_ca_certs"] = tls_ca_file
+    if tls_cert_file is not None:
+        query["ssl_certfile"] = tls_cert_file
+    if tls_key_file is not None:
+        query["ssl_keyfile"] = tls_key_file
     return urlunsplit((scheme, netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def _check(url: str) -> str:
-    if not isinstance(url, str) or "://" not in url:
-        raise errors.InvalidURL(f"Redis URL {url!r} has no scheme; expected one of {SCHEMES}")
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise errors.InvalidURL(
-            f"Redis URL scheme {scheme!r} is not supported; expected one of {', '.join(SCHEMES)}"
-        )
-    parts = urlsplit(url)
-    if scheme.endswith("+sentinel"):
-        return scheme  # a host list, checked by _sentinel_parts
-    try:
-        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is malformed: {exc}") from None
-    if scheme != "unix" and not parts.hostname:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} names no host")
-    return scheme
+def _check(url: str) -> RedisTarget:
+    """The URL's description, or InvalidURL naming only what `describe` lets through."""
+    target = describe(url)
+    if target.problem is not None:
+        raise errors.InvalidURL(f"Redis URL {target} {target.problem}")
+    return target
+
+
+def _query_names(url: str) -> str:
+    """The names (never the values) of the URL's query options, for an error message."""
+    query = url.partition("?")[2]
+    names = sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)})
+    return ", ".join(n for n in names if n.isidentifier()) or "none"
 
 
 def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """Hosts, service and options of a Sentinel URL that `_check` accepted."""
     parts = urlsplit(url)
     hosts = []
     for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = hp.partition(":")
-        if not host or not (port or "26379").isdigit():
-            raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} has a bad host {hp!r}")
+        if hp.startswith("["):  # [IPv6]:port
+            host, _, port = hp[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = hp.partition(":")
         hosts.append((host, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise errors.InvalidURL(f"Sentinel URL {redacted(url)!r} names no service: .../<service>")
     kwargs: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
     if parts.username:
         kwargs["username"] = unquote(parts.username)
@@ -134,7 +143,8 @@ _ASYNCIO = _Flavour(
 
 
 def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]) -> Any:
-    scheme = _check(url)
+    target = _check(url)
+    scheme = target.scheme or ""
     common = {
         "decode_responses": True,
         "socket_timeout": timeout,
@@ -151,8 +161,12 @@ def _client(flavour: _Flavour, url: str, timeout: float, options: dict[str, Any]
         if scheme.endswith("+cluster"):
             return flavour.cluster.from_url(url.replace("+cluster", "", 1), **common)
         return flavour.plain.from_url(url, **common)
-    except (ValueError, TypeError) as exc:
-        raise errors.InvalidURL(f"Redis URL {redacted(url)!r} is invalid: {exc}") from None
+    except (ValueError, TypeError):
+        # redis-py's text may quote an option's value (a password in ?password=): not shown.
+        raise errors.InvalidURL(
+            f"Redis URL {target} is invalid: redis-py refused its options "
+            f"(query options: {_query_names(url)})"
+        ) from None
 
 
 def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any) -> Any:
@@ -166,21 +180,63 @@ def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT, **options: Any)
 
 
 def translate(exc: BaseException, where: str = "Redis") -> errors.KubeqError | None:
-    """The kubeq error for a redis-py exception, or None when it is not a known kind."""
+    """The kubeq error for a redis-py exception; None only for what is not Redis's.
+
+    Every error reply becomes a KubeqError: a caller never meets a raw redis-py error.
+    """
     text = str(exc)
-    if isinstance(exc, redis.exceptions.AuthenticationError) or (
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
         isinstance(exc, redis.exceptions.ResponseError)
-        and text.startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+        # Inside a script, Redis 7 reports an ACL refusal as ERR, not NOPERM.
+        and (text.startswith("NOPERM") or "The user executing the script can't" in text)
+    ):
+        return errors.PermissionDenied(f"{where} denied this ACL user (NOPERM): {text}")
+    if isinstance(exc, redis.exceptions.AuthenticationError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
     ):
         return errors.AuthenticationFailed(f"{where} refused the credentials: {text}")
-    if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("QUEUEFULL"):
-        _, backlog, limit, fresh = text.split()
+    # redis-py strips the code of the replies it maps to its own classes.
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return errors.PermissionDenied(f"{where} denied this ACL user: NOPERM {text}")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return errors.RedisOutOfMemory(
+            f"{where} is out of memory (maxmemory reached); nothing was written: OOM {text}"
+        )
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return errors.ConnectionFailed(f"{where} is a read-only replica (failover?): {text}")
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return _reply_error(text, where)
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+        return errors.ConnectionFailed(f"{where} is unreachable: {text or type(exc).__name__}")
+    if isinstance(exc, redis.exceptions.RedisError):
+        return errors.ProtocolError(f"{where} failed: {type(exc).__name__}: {text}")
+    return None
+
+
+def _reply_error(text: str, where: str) -> errors.KubeqError:
+    """An error reply from Redis or from one of kubeq's scripts, by its leading code."""
+    # Redis prefixes a script's own error replies with nothing, its runtime errors with
+    # "ERR user_script..." or "ERR Error running script"; codes may follow either.
+    code, _, rest = text.partition(" ")
+    if code == "NOPERM" or "NOPERM" in text.split(":")[0]:
+        return errors.PermissionDenied(f"{where} denied this ACL user: {text}")
+    if code == "OOM" or text.startswith("-OOM") or " OOM " in f" {text} ":
+        return errors.RedisOutOfMemory(
+            f"{where} is out of memory (maxmemory reached); nothing was written: {text}"
+        )
+    if code == "QUEUEFULL":
+        backlog, limit, fresh = rest.split()
         return errors.QueueFull(
             f"queue is full: backlog {backlog} + {fresh} new tasks would exceed maxBacklog {limit}"
         )
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
-        return errors.ConnectionFailed(f"{where} is unreachable: {text or type(exc).__name__}")
-    return None
+    if code == "TASKEXISTS":
+        return errors.TaskExists(
+            f"task id {rest} is already in use (pending, running, dead or finished): "
+            "choose a new id, or use an idempotency key to make a resubmit return it"
+        )
+    if code in ("BADBATCH", "BADSETTLE", "BADSUBMIT", "PROTOCOL"):
+        return errors.ScriptError(f"{where} refused a protocol call: {text}")
+    return errors.ScriptError(f"{where} answered an error: {text}")
 
 
 @contextlib.contextmanager

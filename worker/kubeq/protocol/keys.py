@@ -41,47 +41,69 @@ class QueueKeys:
     def leases(self, level: str) -> str:
         return f"{self.prefix}leases:{level}"
 
-    @property
+    @cached_property
     def tasks(self) -> str:
         """HASH id -> task record JSON, for every non-terminal and dead-lettered task."""
         return f"{self.prefix}tasks"
 
-    @property
+    @cached_property
+    def meta(self) -> str:
+        """HASH id -> "<level>|<max attempts>|<enqueued ms>[|<seq>]", written by submit.
+
+        What scripts need of a task, in a form Lua splits without decoding user data: no
+        script ever decodes a task record, so no record can make a script fail midway.
+        """
+        return f"{self.prefix}meta"
+
+    @cached_property
+    def seq(self) -> str:
+        """Counter numbering submitted tasks: FIFO among tasks due in the same ms."""
+        return f"{self.prefix}seq"
+
+    def claims(self, worker: str) -> str:
+        """HASH of one worker's last claim: its claim id and what each chunk leased.
+
+        Lives as long as a lease, so a claim retried after a lost reply returns the same
+        tasks instead of charging new attempts.
+        """
+        return f"{self.prefix}claims:{worker}"
+
+    @cached_property
     def attempts(self) -> str:
         """HASH id -> attempts charged so far."""
         return f"{self.prefix}attempts"
 
-    @property
+    @cached_property
     def holders(self) -> str:
         """HASH id -> "token|worker|started_ms" while leased: the fencing state."""
         return f"{self.prefix}holders"
 
-    @property
+    @cached_property
     def fence(self) -> str:
         """Counter handing out fencing tokens; monotonic for the queue's lifetime."""
         return f"{self.prefix}fence"
 
-    @property
+    @cached_property
     def dead(self) -> str:
         """ZSET id -> dead-lettered at ms."""
         return f"{self.prefix}dead"
 
-    @property
+    @cached_property
     def dead_info(self) -> str:
         """HASH id -> outcome JSON (reason, error) of dead-lettered tasks."""
         return f"{self.prefix}dead_info"
 
-    @property
+    @cached_property
     def cancelled(self) -> str:
         """SET of running task ids whose cancellation waits for the next heartbeat."""
         return f"{self.prefix}cancel"
 
-    @property
+    @cached_property
     def results(self) -> str:
         """HASH id -> terminal record {"task":..., "outcome":...} (completed, cancelled)."""
         return f"{self.prefix}results"
 
-    @property
+    @cached_property
     def results_expiry(self) -> str:
         """ZSET id -> ms when its terminal record expires (the result TTL).
 
@@ -93,41 +115,41 @@ class QueueKeys:
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"
 
-    @property
+    @cached_property
     def wake(self) -> str:
         """Bounded list pushed by submit so idle workers block instead of polling."""
         return f"{self.prefix}wake"
 
-    @property
+    @cached_property
     def done_channel(self) -> str:
         """Pub/sub channel announcing ids that reached a terminal state."""
         return f"{self.prefix}done"
 
-    @property
+    @cached_property
     def workers(self) -> str:
         """ZSET worker id -> last heartbeat ms."""
         return f"{self.prefix}workers"
 
-    @property
+    @cached_property
     def worker_info(self) -> str:
         """HASH worker id -> JSON (pod, in-flight count, started, concurrency)."""
         return f"{self.prefix}worker_info"
 
-    @property
+    @cached_property
     def counters(self) -> str:
         """HASH of cumulative totals (submitted, completed, retried, dead, ...)."""
         return f"{self.prefix}counters"
 
-    @property
+    @cached_property
     def config(self) -> str:
         """The published QueueConfig JSON."""
         return f"{self.prefix}config"
 
-    @property
+    @cached_property
     def maintenance_lock(self) -> str:
         return f"{self.prefix}lock:maintenance"
 
-    @property
+    @cached_property
     def rate_bucket(self) -> str:
         return f"{self.prefix}rate"
 
@@ -139,6 +161,8 @@ class QueueKeys:
         return [
             *per_level,
             self.tasks,
+            self.meta,
+            self.seq,
             self.attempts,
             self.holders,
             self.fence,

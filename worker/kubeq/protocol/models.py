@@ -111,7 +111,8 @@ class QueueStats(BaseModel):
 
     def oldest_age_seconds(self) -> float:
         ages = [self.at - lv.oldest_enqueued_at for lv in self.levels if lv.oldest_enqueued_at]
-        return max(ages, default=0) / 1000.0
+        # Enqueue times come from producers' clocks: never report a negative age.
+        return max(max(ages, default=0), 0) / 1000.0
 
 
 class WorkerInfo(BaseModel):

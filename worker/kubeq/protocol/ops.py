@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import random
 import re
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from kubeq.protocol import errors
 from kubeq.protocol.backoff import retry_delay_ms
-from kubeq.protocol.config import QueueConfig
+from kubeq.protocol.config import MAX_ATTEMPTS_CAP, QueueConfig
 from kubeq.protocol.keys import QueueKeys
 from kubeq.protocol.models import (
     ClaimedTask,
@@ -37,9 +38,22 @@ from kubeq.protocol.models import (
 )
 
 MAX_TYPE_LENGTH = 200
+# The safe pattern of task types (docs/security.md): no spaces, control characters or
+# markup, so a type can never forge a log line or colour a terminal.
+TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}}$"
+TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
-DEFAULT_CHUNK = 1000
+#: Most tasks one script call handles (= MAX_BATCH in lua/_lib.lua). Every operation
+#: chunks a bigger request into several calls, so no script ever unpacks an unbounded table.
+MAX_SCRIPT_BATCH = 1000
+DEFAULT_CHUNK = MAX_SCRIPT_BATCH
+#: Deepest nesting of lists/objects accepted in a payload or a result.
+MAX_PAYLOAD_DEPTH = 64
+#: Longest accepted `delay`, and the latest accepted `eta_ms` (end of year 9999).
+MAX_DELAY_SECONDS = 10 * 366 * 24 * 3600
+MAX_ETA_MS = 253_402_300_799_999
+MAX_REAP_ROUNDS = 64  # one reap() call returns at most this many batches of expired leases
 WAKE_CAP = 64
 PROMOTE_LIMIT = 1000
 WORKER_TTL_FACTOR = 3  # a worker silent for 3 leases is deregistered
@@ -84,13 +98,21 @@ class TaskRequest:
 
 @dataclass(frozen=True)
 class Settlement:
-    """How one leased task ends: see settle.lua for the actions."""
+    """How one leased task ends: see settle.lua for the actions.
+
+    Fenced by `token` and `worker` together: only the holder of that very lease settles.
+    A retry is sent as `delay_ms`, a duration the script adds to Redis's clock, so a
+    skewed worker clock cannot move it; `due_ms` is the worker's own estimate of that time
+    (for its wake-ups), never sent.
+    """
 
     task_id: str
     token: int
     level_index: int
     action: SettleAction
-    outcome: str = "{}"  # JSON
+    outcome: str = "{}"  # JSON, checked to be UTF-8 when built
+    delay_ms: int = 0
+    worker: str = ""
     due_ms: int = 0
 
 
@@ -119,8 +141,14 @@ def new_task_id() -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _quoted(text: str) -> str:
-    """JSON string literal of a task type: a handful of distinct values, encoded once."""
+def _type_literal(text: str) -> str:
+    """A task type, checked and as a JSON string literal: a handful of distinct values,
+    checked and encoded once each (exceptions are not cached)."""
+    if not TASK_TYPE_RE.match(text):
+        raise errors.InvalidTask(
+            f"task type must be 1-{MAX_TYPE_LENGTH} characters of A-Z a-z 0-9 and _.:/@+- "
+            f"(it reaches logs, terminals and metric labels), got {text[:MAX_TYPE_LENGTH]!r}"
+        )
     return _dumps(text)
 
 
@@ -129,11 +157,73 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _dumps = _ENCODER.encode
 
 
-class QueueOps:
-    """Builds every operation for one queue. Pure: no connection, no clock."""
+_CONTAINERS = (dict, list, tuple)
 
-    def __init__(self, config: QueueConfig) -> None:
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when lists/dicts nest deeper than `limit` (iterative: no recursion to blow)."""
+    if not isinstance(value, _CONTAINERS):
+        return False
+    # Fast path for the common payload: one level of scalars.
+    top = value.values() if isinstance(value, dict) else value
+    nested = [c for c in top if isinstance(c, _CONTAINERS)]
+    if not nested:
+        return limit < 1
+    stack: list[tuple[Any, int]] = [(c, 2) for c in nested]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+    return False
+
+
+def utf8_size(text: str) -> int:
+    """Encoded size of `text`; UnicodeEncodeError for a lone surrogate."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _utf8_safe(text: str) -> str:
+    """`text` with lone surrogates escaped (\\udXXX): for kubeq's own outcome records,
+    whose error messages come from arbitrary exceptions and must always be storable."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _chunks(items: Sequence[Any], size: int = MAX_SCRIPT_BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _check_count(name: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise errors.ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise errors.ConfigError(f"{name} must be at most {high}, got {value!r}")
+    return value
+
+
+EncodedTask: TypeAlias = tuple[str, int, int, int, str | None, str, str, int]
+
+
+class QueueOps:
+    """Builds every operation for one queue. Pure: no connection, no clock.
+
+    `server_clock`: scripts read Redis's own clock (TIME) instead of the `now` a caller
+    passes; `now` then only stamps informational fields (created_at, finished_at).
+    """
+
+    def __init__(self, config: QueueConfig, *, server_clock: bool = False) -> None:
         self.config = config
+        self.server_clock = server_clock
         self.keys = QueueKeys(config.namespace, config.name)
         self.levels = config.level_names
         self._level_index = {name: i + 1 for i, name in enumerate(self.levels)}
@@ -144,15 +234,21 @@ class QueueOps:
         self._per_level3 = [x for i in range(len(self.levels)) for x in self._level_keys3(i)]
         self._weights = [p.weight for p in config.priorities]
         self._record_head = f'","queue":{_dumps(config.full_name)},"type":'
+        self._lease_ms = int(config.lease_seconds * 1000)
+        self._default_level = config.default_level
 
     def _level_keys3(self, i: int) -> tuple[str, str, str]:
         return self._ready[i], self._delayed[i], self._leases[i]
 
+    def _now_arg(self, now: int) -> int:
+        """What a script receives as now_ms: 0 asks it to read Redis's clock."""
+        return 0 if self.server_clock else now
+
     def level_index(self, priority: str | None) -> int:
-        name = priority if priority is not None else self.config.default_level
+        name = priority if priority is not None else self._default_level
         try:
             return self._level_index[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise errors.UnknownPriority(
                 f"unknown priority {name!r} for queue {self.config.full_name}; "
                 f"levels are {', '.join(self.levels)}"
@@ -160,93 +256,187 @@ class QueueOps:
 
     # -- submit ------------------------------------------------------------------------
 
-    def encode_task(self, req: TaskRequest, now: int) -> tuple[str, int, int, str | None, str]:
-        """Validate one request; return (id, level index, due ms, idempotency key, record)."""
-        if not isinstance(req.type, str) or not req.type or len(req.type) > MAX_TYPE_LENGTH:
-            raise errors.InvalidTask(
-                f"task type must be a non-empty string of at most {MAX_TYPE_LENGTH} characters"
-            )
+    def encode_task(self, req: TaskRequest, now: int) -> EncodedTask:
+        """Validate one request.
+
+        Returns (id, level index, delay ms, eta ms or 0, idempotency key, meta head,
+        record, 1 when the caller chose the id). Every way a request can be wrong raises
+        an InvalidTask subclass here, before anything reaches Redis.
+        """
+        if type(req.type) is not str:
+            raise errors.InvalidTask(f"task type must be a string, got {req.type!r}")
+        type_literal = _type_literal(req.type)
         level = self.level_index(req.priority)
-        try:
-            payload = _dumps(req.payload)
-        except (TypeError, ValueError) as exc:
-            raise errors.PayloadNotJSON(
-                f"payload of a {req.type!r} task is not JSON: {exc}"
-            ) from None
-        size = len(payload.encode()) if len(payload) * 4 > self.config.max_payload_bytes else 0
-        if size > self.config.max_payload_bytes:
-            raise errors.PayloadTooLarge(
-                f"payload of a {req.type!r} task is {size} bytes; the limit of queue "
-                f"{self.config.full_name} is {self.config.max_payload_bytes} bytes"
-            )
-        if req.delay is not None and req.delay < 0:
-            raise errors.InvalidTask(f"delay must not be negative, got {req.delay}")
-        due = now
-        if req.eta_ms is not None:
-            due = max(now, int(req.eta_ms))
-        elif req.delay:
-            due = now + int(req.delay * 1000)
+        payload = self._encode_payload(req)
+        delay_ms, eta_ms, due = self._timing(req, now)
         key = req.idempotency_key
-        if key is not None and (not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH):
+        if key is not None:
+            if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+                raise errors.InvalidTask(
+                    f"idempotency key must be a string of 1-{MAX_IDEMPOTENCY_KEY_LENGTH} "
+                    f"characters, got {key!r}"
+                )
+            try:
+                utf8_size(key)
+            except UnicodeEncodeError:
+                raise errors.InvalidText(f"idempotency key {key!r} is not valid UTF-8") from None
+        max_attempts = req.max_attempts
+        if max_attempts is None:
+            max_attempts = self.config.max_attempts  # validated by QueueConfig
+        elif (
+            type(max_attempts) is not int  # not bool either
+            or not 1 <= max_attempts <= MAX_ATTEMPTS_CAP
+        ):
             raise errors.InvalidTask(
-                f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+                f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS_CAP}, "
+                f"got {max_attempts!r}"
             )
-        max_attempts = (
-            req.max_attempts if req.max_attempts is not None else self.config.max_attempts
-        )
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise errors.InvalidTask(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         if req.id is None:
             task_id = new_task_id()
-        elif _ID_RE.match(req.id):
+        elif isinstance(req.id, str) and _ID_RE.match(req.id):
             task_id = req.id
         else:
             raise errors.InvalidTask(f"task id {req.id!r} must be 1-128 of [A-Za-z0-9._:-]")
         # Built by hand around the already-encoded payload: encoding it twice would double
         # the cost of the hot path.
         quoted_key = "null" if key is None else _dumps(key)
+        level_name = self.levels[level - 1]
         record = (
-            f'{{"id":"{task_id}{self._record_head}{_quoted(req.type)},'
-            f'"priority":"{self.levels[level - 1]}","max_attempts":{max_attempts},'
+            f'{{"id":"{task_id}{self._record_head}{type_literal},'
+            f'"priority":"{level_name}","max_attempts":{max_attempts},'
             f'"created_at":{now},"due_at":{due},"idempotency_key":{quoted_key},'
             f'"payload":{payload}}}'
         )
-        return task_id, level, due, key, record
+        meta_head = f"{level_name}|{max_attempts}|{due}"
+        return task_id, level, delay_ms, eta_ms, key, meta_head, record, int(req.id is not None)
+
+    def _encode_payload(self, req: TaskRequest) -> str:
+        try:
+            payload = _dumps(req.payload)
+        except RecursionError:
+            raise self._too_deep(req) from None
+        except (TypeError, ValueError) as exc:
+            raise errors.PayloadNotJSON(
+                f"payload of a {req.type!r} task is not JSON: {exc}"
+            ) from None
+        # Walk the structure only when the text has enough brackets to be too deep.
+        if payload.count("[") + payload.count("{") > MAX_PAYLOAD_DEPTH and json_depth_exceeds(
+            req.payload, MAX_PAYLOAD_DEPTH
+        ):
+            raise self._too_deep(req)
+        try:
+            size = utf8_size(payload)
+        except UnicodeEncodeError as exc:
+            raise errors.InvalidText(
+                f"payload of a {req.type!r} task has a string that is not valid UTF-8: {exc}"
+            ) from None
+        if size > self.config.max_payload_bytes:
+            raise errors.PayloadTooLarge(
+                f"payload of a {req.type!r} task is {size} bytes; the limit of queue "
+                f"{self.config.full_name} is {self.config.max_payload_bytes} bytes"
+            )
+        return payload
+
+    @staticmethod
+    def _too_deep(req: TaskRequest) -> errors.PayloadTooDeep:
+        return errors.PayloadTooDeep(
+            f"payload of a {req.type!r} task nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+        )
+
+    @staticmethod
+    def _timing(req: TaskRequest, now: int) -> tuple[int, int, int]:
+        """(delay ms, eta ms or 0, informational due ms) of a request."""
+        delay, eta = req.delay, req.eta_ms
+        if delay is None and eta is None:
+            return 0, 0, now
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or not 0 <= delay <= MAX_DELAY_SECONDS
+        ):
+            raise errors.InvalidTask(
+                f"delay must be a finite number of seconds from 0 to {MAX_DELAY_SECONDS}, "
+                f"got {delay!r}"
+            )
+        latest = min(MAX_ETA_MS, now + MAX_DELAY_SECONDS * 1000)
+        if eta is not None and (
+            isinstance(eta, bool) or not isinstance(eta, int) or not 0 <= eta <= latest
+        ):
+            raise errors.InvalidTask(
+                f"eta_ms must be an integer epoch ms at most {MAX_DELAY_SECONDS} s "
+                f"(about 10 years) from now, got {eta!r}"
+            )
+        if eta is not None:
+            # Absolute: the script compares it with its own now (max(now, eta)).
+            return 0, max(eta, 1), max(now, eta)
+        delay_ms = int(delay * 1000) if delay else 0
+        return delay_ms, 0, now + delay_ms
 
     def submit_many(
         self, requests: Iterable[TaskRequest], now: int, chunk_size: int = DEFAULT_CHUNK
     ) -> Op:
-        encoded = [self.encode_task(r, now) for r in requests]  # validate all before writing
+        _check_count("chunk_size", chunk_size, 1, MAX_SCRIPT_BATCH)
+        # Validate every item before writing any chunk.
+        encoded = [self.encode_task(r, now) for r in requests]
+        seen: set[str] = set()
+        for task_id, *_ in encoded:
+            if task_id in seen:
+                raise errors.TaskExists(
+                    f"task id {task_id} appears more than once in one submit_many call; "
+                    "nothing was submitted"
+                )
+            seen.add(task_id)
         accepted: list[str] = []
-        for start in range(0, len(encoded), chunk_size):
-            call = self._submit_chunk(encoded[start : start + chunk_size], now)
+        for chunk in _chunks(encoded, chunk_size):
             try:
-                ids = yield call
-            except errors.QueueFull as exc:
-                raise errors.QueueFull(str(exc), accepted=accepted) from None
+                ids = yield self._submit_chunk(chunk, now)
+            except errors.KubeqError as exc:
+                # Whatever failed, say exactly what earlier chunks enqueued; a lost reply
+                # leaves this chunk's fate unknown, a refusal means nothing of it was written.
+                exc.accepted = list(accepted)
+                exc.uncertain = (
+                    [t[0] for t in chunk] if isinstance(exc, errors.ConnectionFailed) else []
+                )
+                raise
             accepted.extend(ids)
         return accepted
 
-    def _submit_chunk(
-        self, chunk: Sequence[tuple[str, int, int, str | None, str]], now: int
-    ) -> ScriptCall:
+    def _submit_chunk(self, chunk: Sequence[EncodedTask], now: int) -> ScriptCall:
         k = self.keys
         idem_keys: list[str] = []
+        slots: dict[str, int] = {}
         args: list[str | int | float] = [
-            now,
+            self._now_arg(now),
             self.config.max_backlog or 0,
             WAKE_CAP,
-            self.config.idempotency_ttl_seconds * 1000,
+            self.config.idempotency_ttl * 1000,
             len(self.levels),
             len(chunk),
+            int(any(t[4] is not None or t[7] for t in chunk)),
         ]
-        for task_id, level, due, key, record in chunk:
+        for task_id, level, delay_ms, eta_ms, key, meta_head, record, chosen in chunk:
             idem = 0
             if key is not None:
-                idem_keys.append(k.idempotency(key))
-                idem = len(idem_keys)
-            args += [task_id, level, due if due > now else 0, idem, record]
-        keys = [k.tasks, k.wake, k.counters, *self._ready, *self._delayed, *idem_keys]
+                # One KEYS slot per distinct key: a key repeated within the chunk is one key.
+                idem = slots.get(key, 0)
+                if not idem:
+                    idem_keys.append(k.idempotency(key))
+                    idem = slots[key] = len(idem_keys)
+            # Only a caller-chosen id needs the existence check: a generated one is 128
+            # random bits.
+            args += [task_id, level, delay_ms, eta_ms, idem, meta_head, record, chosen]
+        keys = [
+            k.tasks,
+            k.wake,
+            k.counters,
+            k.meta,
+            k.seq,
+            k.results,
+            *self._ready,
+            *self._delayed,
+            *idem_keys,
+        ]
         return ScriptCall("submit", keys, args)
 
     # -- claim -------------------------------------------------------------------------
@@ -264,38 +454,86 @@ class QueueOps:
         return sorted(order, key=lambda i: rng.random() ** (1.0 / self._weights[i]), reverse=True)
 
     def claim(
-        self, worker: str, n: int, now: int, order: Sequence[int], lease_ms: int | None = None
+        self,
+        worker: str,
+        n: int,
+        now: int,
+        order: Sequence[int],
+        lease_ms: int | None = None,
+        claim_id: str | None = None,
     ) -> Op:
+        """Lease up to `n` tasks, in script calls of at most MAX_SCRIPT_BATCH.
+
+        `claim_id`: repeat a claim whose reply was lost with the same id, and the tasks it
+        leased come back (still held, attempt charged once) instead of new ones.
+        """
+        _check_count("claim size", n, 0)
+        lease = _check_count("lease_ms", lease_ms if lease_ms is not None else self._lease_ms, 1)
+        if not isinstance(worker, str) or not worker:
+            raise errors.ConfigError(f"worker id must be a non-empty string, got {worker!r}")
+        if claim_id is not None and (not isinstance(claim_id, str) or not claim_id):
+            raise errors.ConfigError(f"claim_id must be a non-empty string, got {claim_id!r}")
         k = self.keys
         rate = self.config.rate_limit
-        keys = [k.tasks, k.attempts, k.holders, k.fence, k.counters, k.rate_bucket, k.wake]
+        keys = [
+            k.tasks,
+            k.attempts,
+            k.holders,
+            k.fence,
+            k.counters,
+            k.rate_bucket,
+            k.wake,
+            k.meta,
+            k.claims(worker),
+        ]
         for i in order:
             keys += self._level_keys3(i)
-        lease = lease_ms if lease_ms is not None else int(self.config.lease_seconds * 1000)
-        args: list[str | int | float] = [
-            now,
-            n,
-            worker,
-            lease,
-            len(order),
-            PROMOTE_LIMIT,
-            repr(rate.per_second / 1000.0) if rate else 0,
-            rate.burst if rate else 0,
-            *[i + 1 for i in order],
-        ]
-        reply = yield ScriptCall("claim", keys, args)
-        return self.parse_claim(reply, worker, now)
+        tasks: list[ClaimedTask] = []
+        malformed: list[MalformedClaim] = []
+        wait = 0
+        chunk = 0
+        left = n
+        while left > 0:
+            want = min(left, MAX_SCRIPT_BATCH)
+            args: list[str | int | float] = [
+                self._now_arg(now),
+                want,
+                worker,
+                lease,
+                len(order),
+                PROMOTE_LIMIT,
+                repr(rate.per_second / 1000.0) if rate else 0,
+                rate.burst if rate else 0,
+                claim_id or "",
+                chunk,
+                *[i + 1 for i in order],
+            ]
+            reply = yield ScriptCall("claim", keys, args)
+            part = self.parse_claim(reply, worker, now)
+            tasks += part.tasks
+            malformed += part.malformed
+            wait = part.rate_wait_ms
+            got = len(part.tasks) + len(part.malformed)
+            if got < want or wait > 0:
+                break
+            left -= got
+            chunk += 1
+        return Claim(tasks, malformed, wait)
 
     def parse_claim(self, reply: list[Any], worker: str, now: int) -> Claim:
+        """Each task on its own: one that cannot be parsed, whatever the reason, becomes a
+        MalformedClaim (dead-lettered alone by the worker); the rest of the batch runs."""
         tasks: list[ClaimedTask] = []
         malformed: list[MalformedClaim] = []
         for item in reply[1:]:
             level_s, token_s, attempts_s, task_id, record = item.split(" ", 4)
             level, token, attempts = int(level_s), int(token_s), int(attempts_s)
-            data: Any = None
             try:
                 data = json.loads(record)
+                if not isinstance(data, dict):
+                    raise TypeError(f"record is a JSON {type(data).__name__}, not an object")
                 data.update(
+                    id=task_id,
                     attempts=attempts,
                     status=TaskStatus.RUNNING,
                     started_at=now,
@@ -303,8 +541,9 @@ class QueueOps:
                     token=token,
                 )
                 task = Task.model_validate(data)
-            except (ValueError, TypeError, ValidationError) as exc:
-                malformed.append(MalformedClaim(task_id, token, level, attempts, str(exc)[:500]))
+            except Exception as exc:  # any defect of one record is that task's alone
+                message = _utf8_safe(f"{type(exc).__name__}: {exc}"[:500])
+                malformed.append(MalformedClaim(task_id, token, level, attempts, message))
                 continue
             tasks.append(ClaimedTask(task=task, token=token, level_index=level))
         return Claim(tasks, malformed, int(reply[0]))
@@ -321,32 +560,31 @@ class QueueOps:
     ) -> Op:
         """`held`: (task id, token, level index) of every lease the worker holds."""
         k = self.keys
-        lease = lease_ms if lease_ms is not None else int(self.config.lease_seconds * 1000)
-        args: list[str | int | float] = [
-            now,
-            worker,
-            lease,
-            info.model_dump_json(),
-            len(self.levels),
-            len(held),
-        ]
-        for task_id, token, level in held:
-            args += [task_id, token, level]
+        lease = _check_count("lease_ms", lease_ms if lease_ms is not None else self._lease_ms, 1)
         keys = [k.holders, k.cancelled, k.workers, k.worker_info, *self._leases]
-        lost, cancelled = yield ScriptCall("heartbeat", keys, args)
-        return HeartbeatReply(lost=list(lost), cancelled=list(cancelled))
+        lost: list[str] = []
+        cancelled: list[str] = []
+        info_json = info.model_dump_json()
+        for chunk in [*_chunks(held)] or [[]]:
+            args: list[str | int | float] = [
+                self._now_arg(now),
+                worker,
+                lease,
+                info_json,
+                len(self.levels),
+                len(chunk),
+            ]
+            for task_id, token, level in chunk:
+                args += [task_id, token, level]
+            part_lost, part_cancelled = yield ScriptCall("heartbeat", keys, args)
+            lost += part_lost
+            cancelled += part_cancelled
+        return HeartbeatReply(lost=lost, cancelled=cancelled)
 
     def settle(self, settlements: Sequence[Settlement], now: int) -> Op:
         k = self.keys
-        args: list[str | int | float] = [
-            now,
-            self.config.result_ttl_seconds * 1000,
-            len(self.levels),
-            len(settlements),
-            k.done_channel,
-        ]
         for s in settlements:
-            args += [s.task_id, s.token, s.level_index, s.action, s.due_ms, s.outcome]
+            self._check_settlement(s)
         keys = [
             k.tasks,
             k.attempts,
@@ -356,17 +594,47 @@ class QueueOps:
             k.dead,
             k.dead_info,
             k.wake,
-            *self._per_level3,
+            k.meta,
             k.results,
             k.results_expiry,
+            *self._per_level3,
         ]
-        reply = yield ScriptCall("settle", keys, args)
-        return [bool(x) for x in reply]
+        applied: list[bool] = []
+        for chunk in _chunks(settlements):
+            args: list[str | int | float] = [
+                self._now_arg(now),
+                self.config.result_ttl_seconds * 1000,
+                len(self.levels),
+                len(chunk),
+                k.done_channel,
+                self.config.dead_letter_retention_seconds * 1000,
+            ]
+            for s in chunk:
+                args += [s.task_id, s.token, s.worker, s.level_index, s.action, s.delay_ms]
+                args.append(s.outcome)
+            reply = yield ScriptCall("settle", keys, args)
+            applied += [bool(x) for x in reply]
+        return applied
 
-    # Outcome builders: the worker and tests describe endings through these.
+    def _check_settlement(self, s: Settlement) -> None:
+        if (
+            s.action not in _ACTIONS
+            or isinstance(s.level_index, bool)
+            or not isinstance(s.level_index, int)
+            or not 1 <= s.level_index <= len(self.levels)
+            or isinstance(s.delay_ms, bool)
+            or not isinstance(s.delay_ms, int)
+            or s.delay_ms < 0
+            or not isinstance(s.outcome, str)
+        ):
+            raise errors.InvalidTask(f"invalid settlement {s!r}: nothing was settled")
 
-    @staticmethod
+    # Outcome builders: the worker and tests describe endings through these. Each encodes
+    # its outcome (and checks it is UTF-8) here, so one bad result fails its own task and
+    # can never poison a settle batch.
+
     def completion(
+        self,
         claimed: ClaimedTask,
         result: Any,
         now: int,
@@ -374,12 +642,25 @@ class QueueOps:
         status: str = "completed",
         reason: str | None = None,
     ) -> Settlement:
-        """Raises PayloadNotJSON when the result cannot be stored."""
+        """Raises ResultNotJSON or ResultTooLarge when the result cannot be stored."""
+        if json_depth_exceeds(result, MAX_PAYLOAD_DEPTH):
+            raise errors.ResultNotJSON(
+                f"result of task {claimed.id} nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            )
         try:
-            outcome = _dumps(
+            encoded = _dumps(result)
+            size = utf8_size(encoded)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise errors.ResultNotJSON(f"result of task {claimed.id} is not JSON: {exc}") from None
+        if size > self.config.max_result_bytes:
+            raise errors.ResultTooLarge(
+                f"result of task {claimed.id} is {size} bytes; the limit of queue "
+                f"{self.config.full_name} is {self.config.max_result_bytes} bytes"
+            )
+        rest = _utf8_safe(
+            _dumps(
                 {
                     "status": status,
-                    "result": result,
                     "finished_at": now,
                     "started_at": claimed.task.started_at,
                     "worker": claimed.task.worker,
@@ -387,10 +668,17 @@ class QueueOps:
                     "reason": reason,
                 }
             )
-        except (TypeError, ValueError) as exc:
-            raise errors.PayloadNotJSON(f"result of task {claimed.id} is not JSON: {exc}") from None
+        )
+        outcome = f'{{"result":{encoded},{rest[1:]}'
         action: SettleAction = "complete" if status == "completed" else "cancel"
-        return Settlement(claimed.id, claimed.token, claimed.level_index, action, outcome)
+        return Settlement(
+            claimed.id,
+            claimed.token,
+            claimed.level_index,
+            action,
+            outcome,
+            worker=claimed.task.worker or "",
+        )
 
     def failure(
         self,
@@ -401,54 +689,86 @@ class QueueOps:
         *,
         permanent: bool = False,
         reason: str | None = None,
+        delay: float | None = None,
     ) -> Settlement:
-        """Retry with backoff, or dead-letter when permanent or out of attempts."""
+        """Retry with backoff (or after `delay` seconds), or dead-letter when permanent or
+        out of attempts."""
         task = claimed.task
-        outcome = _dumps(
-            {
-                "status": "dead",
-                "finished_at": now,
-                "started_at": task.started_at,
-                "worker": task.worker,
-                "attempts": task.attempts,
-                "error": error.model_dump(),
-                "reason": reason or ("permanent_error" if permanent else "attempts_exhausted"),
-            }
+        outcome = _utf8_safe(
+            _dumps(
+                {
+                    "status": "dead",
+                    "finished_at": now,
+                    "started_at": task.started_at,
+                    "worker": task.worker,
+                    "attempts": task.attempts,
+                    "error": error.model_dump(),
+                    "reason": reason or ("permanent_error" if permanent else "attempts_exhausted"),
+                }
+            )
         )
+        worker = task.worker or ""
         if permanent or task.attempts >= task.max_attempts:
-            return Settlement(task.id, claimed.token, claimed.level_index, "dead", outcome)
-        due = now + retry_delay_ms(self.config.backoff, task.attempts, rng)
-        return Settlement(task.id, claimed.token, claimed.level_index, "retry", outcome, due)
+            return Settlement(
+                task.id, claimed.token, claimed.level_index, "dead", outcome, worker=worker
+            )
+        if delay is not None and math.isfinite(delay) and delay >= 0:
+            delay_ms = int(min(delay, MAX_DELAY_SECONDS) * 1000)
+        else:
+            delay_ms = retry_delay_ms(self.config.backoff, task.attempts, rng)
+        return Settlement(
+            task.id,
+            claimed.token,
+            claimed.level_index,
+            "retry",
+            outcome,
+            delay_ms,
+            worker,
+            now + delay_ms,
+        )
 
     @staticmethod
     def release(claimed: ClaimedTask) -> Settlement:
-        return Settlement(claimed.id, claimed.token, claimed.level_index, "release")
+        return Settlement(
+            claimed.id,
+            claimed.token,
+            claimed.level_index,
+            "release",
+            worker=claimed.task.worker or "",
+        )
 
     @staticmethod
     def dead_letter_malformed(m: MalformedClaim, worker: str, now: int) -> Settlement:
-        outcome = _dumps(
-            {
-                "status": "dead",
-                "finished_at": now,
-                "worker": worker,
-                "attempts": m.attempts,
-                "reason": "malformed_record",
-                "error": {"type": "MalformedRecord", "message": m.error},
-            }
+        outcome = _utf8_safe(
+            _dumps(
+                {
+                    "status": "dead",
+                    "finished_at": now,
+                    "worker": worker,
+                    "attempts": m.attempts,
+                    "reason": "malformed_record",
+                    "error": {"type": "MalformedRecord", "message": m.error},
+                }
+            )
         )
-        return Settlement(m.task_id, m.token, m.level_index, "dead", outcome)
+        return Settlement(m.task_id, m.token, m.level_index, "dead", outcome, worker=worker)
 
     # -- maintenance ---------------------------------------------------------------------
 
-    def reap(self, now: int, limit: int = 1000) -> Op:
+    def reap(self, now: int, limit: int = MAX_SCRIPT_BATCH, rounds: int = MAX_REAP_ROUNDS) -> Op:
+        """Expired leases and results, in batches of `limit`, until none are left (or
+        `rounds` batches ran: the caller's next reap continues)."""
+        _check_count("reap limit", limit, 1, MAX_SCRIPT_BATCH)
         k = self.keys
         args: list[str | int | float] = [
-            now,
+            self._now_arg(now),
             len(self.levels),
             limit,
             k.done_channel,
             self.config.result_ttl_seconds * 1000,
             int(self.config.lease_seconds * 1000 * WORKER_TTL_FACTOR),
+            self.config.max_attempts,
+            self.config.dead_letter_retention_seconds * 1000,
         ]
         keys = [
             k.tasks,
@@ -463,17 +783,25 @@ class QueueOps:
             k.worker_info,
             k.results,
             k.results_expiry,
+            k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
         ]
-        requeued, dead, cancelled, expired = yield ScriptCall("reap", keys, args)
-        return ReapReport(
-            requeued=list(requeued),
-            dead=list(dead),
-            cancelled=list(cancelled),
-            results_expired=int(expired),
-        )
+        report = ReapReport(requeued=[], dead=[], cancelled=[])
+        for _ in range(rounds):
+            requeued, dead, cancelled, expired, more = yield ScriptCall("reap", keys, args)
+            report.requeued += requeued
+            report.dead += dead
+            report.cancelled += cancelled
+            report.results_expired += int(expired)
+            if not int(more):
+                break
+        return report
 
-    def expire_dead_letters(self, now: int, limit: int = 1000) -> Op:
+    def expire_dead_letters(self, now: int, limit: int = MAX_SCRIPT_BATCH) -> Op:
+        _check_count("limit", limit, 1)
+        if self.server_clock:
+            seconds, micros = yield Command(("TIME",))
+            now = int(seconds) * 1000 + int(micros) // 1000
         cutoff = now - self.config.dead_letter_retention_seconds * 1000
         ids = yield Command(("ZRANGEBYSCORE", self.keys.dead, "-inf", cutoff, "LIMIT", 0, limit))
         if not ids:
@@ -498,10 +826,11 @@ class QueueOps:
             k.dead,
             k.results,
             k.results_expiry,
+            k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._delayed[i])],
         ]
         args: list[str | int | float] = [
-            now,
+            self._now_arg(now),
             task_id,
             self.config.result_ttl_seconds * 1000,
             k.done_channel,
@@ -524,13 +853,13 @@ class QueueOps:
             k.results_expiry,
             *self._delayed,
         ]
-        reply = yield ScriptCall("status", keys, [task_id, len(self.levels), now])
+        reply = yield ScriptCall("status", keys, [task_id, len(self.levels), self._now_arg(now)])
         return parse_status(task_id, reply)
 
     def stats(self, now: int) -> Op:
         k = self.keys
-        keys = [k.tasks, k.dead, k.workers, k.counters, *self._per_level3]
-        reply = yield ScriptCall("stats", keys, [now, len(self.levels)])
+        keys = [k.meta, k.dead, k.workers, k.counters, *self._per_level3]
+        reply = yield ScriptCall("stats", keys, [self._now_arg(now), len(self.levels)])
         dead, workers, flat = reply[0], reply[1], reply[2]
         counters = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
         levels = []
@@ -548,7 +877,7 @@ class QueueOps:
             )
         return QueueStats(
             queue=self.config.full_name,
-            at=now,
+            at=int(reply[-1]),
             levels=levels,
             dead=int(dead),
             workers=int(workers),
@@ -575,9 +904,21 @@ class QueueOps:
         return sorted(out, key=lambda w: w.id)
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> Op:
-        listed = _scored(
-            (yield Command(("ZRANGE", self.keys.dead, offset, offset + limit - 1, "WITHSCORES")))
-        )
+        """Dead letters from `offset`, oldest first, read in pages of MAX_SCRIPT_BATCH."""
+        _check_count("offset", offset, 0)
+        _check_count("limit", limit, 1)
+        out: list[DeadLetter] = []
+        while len(out) < limit:
+            start = offset + len(out)
+            stop = start + min(limit - len(out), MAX_SCRIPT_BATCH) - 1
+            page = yield from self._dead_page(start, stop)
+            out += page
+            if len(page) < stop - start + 1:
+                break
+        return out
+
+    def _dead_page(self, start: int, stop: int) -> Op:
+        listed = _scored((yield Command(("ZRANGE", self.keys.dead, start, stop, "WITHSCORES"))))
         ids = [member for member, _ in listed]
         if not ids:
             return []
@@ -598,16 +939,30 @@ class QueueOps:
 
     def requeue_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> Op:
         if ids is None:
+            _check_count("limit", limit, 1)
             ids = yield Command(("ZRANGE", self.keys.dead, 0, limit - 1))
         if not ids:
             return []
         k = self.keys
-        keys = [k.tasks, k.attempts, k.dead, k.dead_info, k.wake, k.counters, *self._ready]
-        args: list[str | int | float] = [len(self.levels), *self.levels, len(ids), *ids]
-        return list((yield ScriptCall("requeue", keys, args)))
+        keys = [
+            k.tasks,
+            k.attempts,
+            k.dead,
+            k.dead_info,
+            k.wake,
+            k.counters,
+            k.meta,
+            *self._ready,
+        ]
+        out: list[str] = []
+        for chunk in _chunks(list(ids)):
+            args: list[str | int | float] = [len(self.levels), *self.levels, len(chunk), *chunk]
+            out += yield ScriptCall("requeue", keys, args)
+        return out
 
     def purge_dead(self, ids: Sequence[str] | None = None, limit: int = 1000) -> Op:
         if ids is None:
+            _check_count("limit", limit, 1)
             ids = yield Command(("ZRANGE", self.keys.dead, 0, limit - 1))
         if not ids:
             return 0
@@ -615,10 +970,18 @@ class QueueOps:
 
     def _purge(self, ids: Sequence[str]) -> Op:
         k = self.keys
-        reply = yield ScriptCall(
-            "purge", [k.tasks, k.attempts, k.dead, k.dead_info], [len(ids), *ids]
-        )
-        return int(reply)
+        purged = 0
+        for chunk in _chunks(list(ids)):
+            purged += int(
+                (
+                    yield ScriptCall(
+                        "purge",
+                        [k.tasks, k.attempts, k.dead, k.dead_info, k.meta],
+                        [len(chunk), *chunk],
+                    )
+                )
+            )
+        return purged
 
     def finished_page(self, cursor: int, count: int = 1000) -> Op:
         """One page of finished tasks (completed, cancelled) and the cursor of the next.
@@ -632,6 +995,44 @@ class QueueOps:
 
     def publish_config(self) -> Command:
         return Command(("SET", self.keys.config, self.config.model_dump_json()))
+
+    @staticmethod
+    def eviction_policy() -> Op:
+        """Redis's maxmemory-policy, from INFO memory (CONFIG GET may be forbidden)."""
+        info = yield Command(("INFO", "memory"))
+        return parse_eviction_policy(info)
+
+
+_ACTIONS = frozenset(("complete", "cancel", "retry", "dead", "release"))
+
+
+def parse_eviction_policy(info: Any) -> str:
+    """maxmemory_policy from an INFO reply, parsed (a dict) or raw text."""
+    if isinstance(info, dict):
+        value = info.get("maxmemory_policy")
+        if value is None:  # a cluster client answers per node: take any node's
+            nested = [v for v in info.values() if isinstance(v, dict)]
+            value = nested[0].get("maxmemory_policy") if nested else None
+        if value is not None:
+            return str(value)
+    elif isinstance(info, str | bytes):
+        text = info.decode() if isinstance(info, bytes) else info
+        for line in text.splitlines():
+            if line.startswith("maxmemory_policy:"):
+                return line.split(":", 1)[1].strip()
+    raise errors.ProtocolError("INFO memory did not report maxmemory_policy")
+
+
+def policy_problem(policy: str) -> str | None:
+    """None when Redis keeps every key (noeviction); else what goes wrong, for a warning."""
+    if policy == "noeviction":
+        return None
+    return (
+        f"Redis runs maxmemory-policy {policy!r}: under memory pressure it may evict accepted "
+        "tasks, leases, idempotency keys and the published config. kubeq requires "
+        "maxmemory-policy noeviction (then a full Redis refuses writes instead, and kubeq "
+        "reports RedisOutOfMemory)."
+    )
 
 
 def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
@@ -648,7 +1049,7 @@ def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
 def _loads_dict(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -681,13 +1082,22 @@ def _compose(task_id: str, record: str | None, outcome: str | None, status: Task
 
 def terminal_task(task_id: str, terminal: str) -> Task:
     """A Task from its terminal record {"task": ..., "outcome": ...}."""
-    parsed = _loads_dict(terminal) or {}
+    parsed = _loads_dict(terminal)
+    if parsed is None:
+        # A damaged task record inside it: the outcome, kubeq's own JSON, is still the tail.
+        head, _, tail = terminal.rpartition(',"outcome":')
+        parsed = {"task": head.removeprefix('{"task":'), "outcome": _loads_dict(tail[:-1])}
     outcome = parsed.get("outcome") or {}
+    task = parsed.get("task")
+    try:
+        status = TaskStatus(outcome.get("status", "completed"))
+    except ValueError:
+        status = TaskStatus.COMPLETED
     return _compose(
         task_id,
-        _dumps(parsed.get("task")),
+        task if isinstance(task, str) else _dumps(task),
         _dumps(outcome),
-        TaskStatus(outcome.get("status", "completed")),
+        status,
     )
 
 

@@ -10,7 +10,6 @@ it stopped a handler and asks for `cancelled()` or `released()`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from kubeq.app import App, TaskContext, TaskHandle, run_in_process
 from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
-from kubeq.protocol.errors import PayloadNotJSON
+from kubeq.protocol.errors import ResultNotStorable
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
@@ -171,8 +170,8 @@ class TaskRunner:
             result = result.model_dump(mode="json")
         try:
             s = self.ops.completion(claimed, result, self.clock())
-        except PayloadNotJSON as exc:
-            err = TaskError(type="ResultNotJSON", message=str(exc))
+        except ResultNotStorable as exc:
+            err = TaskError(type=type(exc).__name__, message=str(exc))
             return self._failure(claimed, err, permanent=True, reason="result_not_json")
         return self._outcome(claimed, s, "completed")
 
@@ -202,10 +201,10 @@ class TaskRunner:
         delay: float | None = None,
     ) -> Outcome:
         now = self.clock()
-        s = self.ops.failure(claimed, err, now, self.rng, permanent=permanent, reason=reason)
+        s = self.ops.failure(
+            claimed, err, now, self.rng, permanent=permanent, reason=reason, delay=delay
+        )
         if s.action == "retry":
-            if delay is not None:
-                s = dataclasses.replace(s, due_ms=now + int(delay * 1000))
             return self._outcome(claimed, s, "retried", reason, failed)
         label = reason or ("permanent_error" if permanent else "attempts_exhausted")
         return self._outcome(claimed, s, "dead", label, failed)

@@ -12,6 +12,8 @@ import logging.config
 import time
 from typing import Any
 
+from kubeq.text import printable
+
 TASK_FIELDS = ("event", "queue", "task_id", "type", "attempt", "reason", "worker")
 
 
@@ -34,10 +36,17 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record: task types, ids and messages carry data from Redis, so their
+    control characters are escaped (a newline in a task type cannot forge a line); only a
+    traceback keeps its own line breaks, below the line."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg, safe.args = printable(record.getMessage()), None
+        safe.exc_text = None  # a cache filled by another formatter would skip escaping
+        line = super().format(safe)
         extra = [
-            f"{k}={record.__dict__[k]}"
+            f"{k}={printable(record.__dict__[k])}"
             for k in TASK_FIELDS
             if record.__dict__.get(k) is not None and k not in ("event",)
         ]
@@ -45,6 +54,12 @@ class TextFormatter(logging.Formatter):
             return line
         head, sep, tail = line.partition("\n")  # keep a traceback below the fields
         return f"{head} [{' '.join(extra)}]{sep}{tail}"
+
+    def formatException(self, ei: Any) -> str:
+        return printable(super().formatException(ei), newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return printable(super().formatStack(stack_info), newlines=True)
 
 
 def logging_config(fmt: str = "text", level: str = "INFO") -> dict[str, Any]:

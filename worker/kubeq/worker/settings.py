@@ -21,6 +21,9 @@ class WorkerSettings(BaseSettings):
     redis_tls: bool = False  # turns redis:// into rediss://
     redis_tls_insecure_skip_verify: bool = False
     redis_tls_ca_file: str | None = None
+    # A client certificate and its key (PEM files) for mutual TLS (tls-auth-clients yes).
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
     queue: str = "default"
     namespace: str = "default"
     #: "package.module:attribute" of the App whose handlers this worker runs
@@ -54,6 +57,8 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("redis_tls_cert_file and redis_tls_key_file go together")
         qc = self.queue_config
         if qc is not None and (qc.name, qc.namespace) != (self.queue, self.namespace):
             raise ValueError(
@@ -72,5 +77,7 @@ class WorkerSettings(BaseSettings):
             tls=self.redis_tls,
             tls_insecure=self.redis_tls_insecure_skip_verify,
             tls_ca_file=self.redis_tls_ca_file,
+            tls_cert_file=self.redis_tls_cert_file,
+            tls_key_file=self.redis_tls_key_file,
         )
         return url, {}

@@ -1,11 +1,13 @@
+#!lua flags=no-writes
 -- stats: the queue's backlog per priority level and its totals, in one round trip.
--- KEYS[1] tasks HASH  KEYS[2] dead ZSET  KEYS[3] workers ZSET  KEYS[4] counters HASH
+-- Flags: no-writes (run with EVALSHA_RO: works for a read-only ACL user and on replicas).
+-- KEYS[1] meta HASH  KEYS[2] dead ZSET  KEYS[3] workers ZSET  KEYS[4] counters HASH
 -- KEYS[5 .. 4+3L] three keys per level, in level order: ready LIST, delayed ZSET, leases ZSET
--- ARGV[1] now_ms  ARGV[2] L
+-- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] L
 -- Returns: {dead, workers, counters (flat field/value list),
 --           then per level: ready, delayed (not yet due), due, in-flight,
---           enqueued-at ms of the oldest ready task (-1 when none)}
-local now = tonumber(ARGV[1])
+--           enqueued-at ms of the oldest ready task (-1 when none)}, now_ms}
+local now = clock(ARGV[1])
 local L = tonumber(ARGV[2])
 local out = {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 for lv = 0, L - 1 do
@@ -15,11 +17,8 @@ for lv = 0, L - 1 do
   local oldest = -1
   local head = redis.call('LINDEX', ready, 0)
   if head then
-    local record = redis.call('HGET', KEYS[1], head)
-    if record then
-      local task = cjson.decode(record)
-      oldest = tonumber(task['due_at']) or tonumber(task['created_at']) or -1
-    end
+    local m = meta_of(redis.call('HGET', KEYS[1], head))
+    if m then oldest = m.enqueued end
   end
   -- The oldest due delayed task has waited since its due time, longer than the list's head.
   local first_due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
@@ -32,4 +31,5 @@ for lv = 0, L - 1 do
   out[#out + 1] = redis.call('ZCARD', leases)
   out[#out + 1] = oldest
 end
+out[#out + 1] = now
 return out
