@@ -50,7 +50,7 @@ test: lint
 unit: setup
 	$(BIN)/pytest -q tests/unit
 
-# The model-based protocol test at length (~20 min): 2-5x the examples, twice the steps, batches up
+# The model-based protocol test at length: 5x the runs, twice as long, batches up
 # to 20k, random (not derandomized) sequences, failures shrunk to minimal reproductions.
 test-model-long: setup
 	KUBEQ_MODEL_LONG=1 $(BIN)/pytest -q -s tests/redis/test_model.py

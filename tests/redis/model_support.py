@@ -54,15 +54,15 @@ class Profile:
     steps: int = 50
 
     def scaled(self) -> Profile:
-        """The long profile (KUBEQ_MODEL_LONG=1, `make test-model-long`, ~20 min): more and
-        longer runs, batches up to 20k."""
+        """The long profile (KUBEQ_MODEL_LONG=1, `make test-model-long`): 5x the runs, twice
+        as long, random sequences; the big-batch profiles keep their counts but go to 20k."""
         if not os.environ.get("KUBEQ_MODEL_LONG"):
             return self
         big = self.max_submit > 1000  # 20k-task batches make every step slow
         return replace(
             self,
-            examples=self.examples * (2 if big else 5),
-            steps=self.steps * 2,
+            examples=self.examples * (1 if big else 5),
+            steps=self.steps * (1 if big else 2),
             max_submit=20_000 if big else self.max_submit,
             max_claim=20_000 if self.max_claim > 1000 else self.max_claim,
         )
