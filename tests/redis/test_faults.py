@@ -189,24 +189,25 @@ def test_a_connection_cut_mid_batch_neither_duplicates_nor_loses_tasks(
 @pytest.mark.protocol_edges
 def test_a_cut_claim_reply_costs_no_task_an_attempt(server: RedisServer) -> None:
     """The reply to a claim is lost after the script leased the tasks (issue 9, item 11).
-    With max_attempts=1, tasks that never started must still run, not be dead-lettered
-    as lease_expired."""
+    The worker does what the protocol asks: it re-sends the failed claim's claim id. With
+    max_attempts=1, tasks that never started must still run, not be dead-lettered as
+    lease_expired, and each runs once."""
     config = _config("cutclaim", max_attempts=1)
     ref = ReferenceClock()
     proxy = CuttingProxy(server.port)
     producer = Client.from_url(server.url, "cutclaim", config=config, clock=ActorClock(ref))
     worker = Client.from_url(proxy.url, "cutclaim", config=config, clock=ActorClock(ref))
     try:
+        assert worker.claim("w", 1, claim_id="warm-up").tasks == []  # loads the script
         ids = producer.submit_many([{"type": "t", "payload": i} for i in range(6)])
-        worker.claim("w", 0)  # connects and loads the claim script
         proxy.cut_reply_to(b"EVALSHA")
         ran: Counter[str] = Counter()
-        for _ in range(4):
+        for n in range(4):
             try:
-                claim = worker.claim("w", 3)
-            except KubeqError:
-                claim = None
-            for c in claim.tasks if claim else []:
+                claim = worker.claim("w", 3, claim_id=f"claim-{n}")
+            except KubeqError:  # re-sent at once, long before the lease could expire
+                claim = worker.claim("w", 3, claim_id=f"claim-{n}")
+            for c in claim.tasks:
                 ran[c.id] += 1
                 assert worker.settle([worker.ops.completion(c, None, worker.clock())]) == [True]
             ref.advance_ms((LEASE_S + 1) * 1000)

@@ -188,6 +188,8 @@ class ProtocolModel(RuleBasedStateMachine):
         self.leases: dict[str, Lease] = {}
         self.held: dict[str, dict[str, ClaimedTask]] = {w: {} for w in WORKERS}
         self.told_cancel: dict[str, set[str]] = {w: set() for w in WORKERS}  # by heartbeats
+        self.pending_claim: dict[str, tuple[str, int]] = {}  # worker -> failed claim to resend
+        self.claim_ids = (f"claim{n}" for n in itertools.count())
         self.idempotency: dict[str, str] = {}
         self.oom = False
         self.fresh_ids = (f"id{n:06d}" for n in itertools.count())
@@ -402,8 +404,12 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         client = self.clients[worker]
         t0 = self.ref.now
-        claim, err = self.call("claim", client.claim, worker, n)
+        # As the protocol asks of a worker: after a failed claim, re-send the same claim
+        # id (with the same n), so a lost reply hands back what it leased.
+        claim_id, n = self.pending_claim.pop(worker, None) or (next(self.claim_ids), n)
+        claim, err = self.call("claim", client.claim, worker, n, claim_id=claim_id)
         if err is not None:
+            self.pending_claim[worker] = (claim_id, n)
             self.reconcile()
             return
         for c in claim.tasks:
