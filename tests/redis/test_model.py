@@ -405,9 +405,13 @@ class ProtocolModel(RuleBasedStateMachine):
         client = self.clients[worker]
         t0 = self.ref.now
         # As the protocol asks of a worker: after a failed claim, re-send the same claim
-        # id (with the same n), so a lost reply hands back what it leased.
+        # id (with the same n) at once, so a lost reply hands back what it leased; if that
+        # fails too, on its next claim (live workers also do on their next heartbeat tick).
         claim_id, n = self.pending_claim.pop(worker, None) or (next(self.claim_ids), n)
         claim, err = self.call("claim", client.claim, worker, n, claim_id=claim_id)
+        if err is not None:
+            self.reconcile()
+            claim, err = self.call("claim", client.claim, worker, n, claim_id=claim_id)
         if err is not None:
             self.pending_claim[worker] = (claim_id, n)
             self.reconcile()
@@ -591,6 +595,11 @@ class ProtocolModel(RuleBasedStateMachine):
             lease = self.leases.pop(tid, None)
             if lease is None:
                 raise Violation(f"reap returned {tid}, which had no lease")
+            if not lease.delivered:
+                # Leased by a claim whose reply was lost and never re-sent (the worker
+                # stalled or died): charged like a task handed to a worker that died.
+                self.tasks[tid].deliveries += 1
+                self.tally["orphan leases reaped"] += 1
             if self.ref.now < lease.deadline:
                 raise Violation(
                     f"{actor} reaped the live lease of {tid} held by {lease.worker}, "
@@ -717,7 +726,11 @@ class ProtocolModel(RuleBasedStateMachine):
             self.ref.advance_ms(step)
             ms -= step
             for worker in WORKERS:
-                if worker not in stalled and self.held[worker]:
+                if worker in stalled:
+                    continue
+                if worker in self.pending_claim:
+                    self._claim(worker, 1)  # n is the failed claim's own
+                if self.held[worker]:
                     self._heartbeat(worker)
 
     @precondition(lambda self: self.profile.skew_ms > 0)
