@@ -408,10 +408,12 @@ class ProtocolModel(RuleBasedStateMachine):
         # id (with the same n) at once, so a lost reply hands back what it leased; if that
         # fails too, on its next claim (live workers also do on their next heartbeat tick).
         claim_id, n = self.pending_claim.pop(worker, None) or (next(self.claim_ids), n)
-        claim, err = self.call("claim", client.claim, worker, n, claim_id=claim_id)
+        # Only where replies get lost: the plain profiles run on any protocol version.
+        kw = {"claim_id": claim_id} if self.profile.drops else {}
+        claim, err = self.call("claim", client.claim, worker, n, **kw)
         if err is not None:
             self.reconcile()
-            claim, err = self.call("claim", client.claim, worker, n, claim_id=claim_id)
+            claim, err = self.call("claim", client.claim, worker, n, **kw)
         if err is not None:
             self.pending_claim[worker] = (claim_id, n)
             self.reconcile()
