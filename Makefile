@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: redis-server for the queue, prometheus/promtool for the metrics tests.
 SYSTEM_PACKAGES := redis-server prometheus
 
-.PHONY: setup system-packages demo test lint typecheck unit bench clean lock
+.PHONY: setup system-packages demo test lint typecheck unit bench clean lock test-model-long
 
 setup: system-packages $(STAMP)
 
@@ -49,6 +49,11 @@ test: lint
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
+
+# The model-based protocol test at length: 5x the runs, twice as long, batches up
+# to 20k, random (not derandomized) sequences, failures shrunk to minimal reproductions.
+test-model-long: setup
+	KUBEQ_MODEL_LONG=1 $(BIN)/pytest -q -s tests/redis/test_model.py
 
 bench: setup
 	$(BIN)/python -m bench.protocol
