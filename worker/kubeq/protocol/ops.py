@@ -491,6 +491,7 @@ class QueueOps:
         ]
         for i in order:
             keys += self._level_keys3(i)
+        keys.append(k.paused)  # last: claim.lua finds it at KEYS[#KEYS]
         tasks: list[ClaimedTask] = []
         malformed: list[MalformedClaim] = []
         wait = 0
@@ -861,7 +862,7 @@ class QueueOps:
 
     def stats(self, now: int) -> Op:
         k = self.keys
-        keys = [k.meta, k.dead, k.workers, k.counters, *self._per_level3]
+        keys = [k.meta, k.dead, k.workers, k.counters, *self._per_level3, k.paused]
         reply = yield ScriptCall("stats", keys, [self._now_arg(now), len(self.levels)])
         dead, workers, flat = reply[0], reply[1], reply[2]
         counters = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -878,9 +879,13 @@ class QueueOps:
                     oldest_enqueued_at=oldest if oldest >= 0 else None,
                 )
             )
+        paused_at, paused_reason = parse_paused(reply[-1])
         return QueueStats(
             queue=self.config.full_name,
-            at=int(reply[-1]),
+            at=int(reply[-2]),
+            paused=paused_at is not None,
+            paused_at=paused_at,
+            paused_reason=paused_reason,
             levels=levels,
             dead=int(dead),
             workers=int(workers),
@@ -1004,6 +1009,17 @@ class QueueOps:
         """Redis's maxmemory-policy, from INFO memory (CONFIG GET may be forbidden)."""
         info = yield Command(("INFO", "memory"))
         return parse_eviction_policy(info)
+
+
+def parse_paused(raw: str | None) -> tuple[int | None, str | None]:
+    """The paused key's "<ms>|<reason>" as (since ms, reason); (None, None) when running."""
+    if not raw:
+        return None, None
+    at, _, reason = raw.partition("|")
+    try:
+        return int(at), reason or None
+    except ValueError:  # written by something else: still paused, time unknown
+        return 0, raw
 
 
 _ACTIONS = frozenset(("complete", "cancel", "retry", "dead", "release"))
