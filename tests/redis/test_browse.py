@@ -6,8 +6,8 @@ import random
 from typing import Any
 
 import pytest
-import redis
 
+import redis
 from kubeq.protocol import Client, ConfigError, TaskError, TaskStatus, UnknownPriority
 from kubeq.protocol.browse import MAX_WINDOWS
 
@@ -47,7 +47,7 @@ def test_every_state_lists_exactly_the_tasks_status_reports_in_it(client: Client
     assert [c.id for c in client.claim("w", 1).tasks] == [running_id]
     pending = client.submit_many([{"type": "a"}, {"type": "b", "priority": "high"}])
     scheduled = client.submit("a", delay=60)
-    assert dc.id == done_id and rc.id == retry_id
+    assert (dc.id, rc.id) == (done_id, retry_id)
 
     expected = {
         "pending": set(pending),
@@ -97,7 +97,7 @@ def test_listing_uses_no_keyspace_scans(client: Client, redis_url: str) -> None:
     r.config_resetstat()
     for state in ("pending", "scheduled", "running", "retrying", "completed", "dead"):
         client.list_tasks(state)
-    used = {k for k in r.info("commandstats")}
+    used = set(r.info("commandstats"))
     r.close()
     assert "cmdstat_lrange" in used
     assert not {"cmdstat_keys", "cmdstat_scan"} & used
