@@ -87,8 +87,14 @@ def render_stats(
             + (", ".join(f"{k} {v}" for k, v in sorted(stats.counters.items())) or "none")
         )
     )
+    head = f"queue {stats.queue}"
+    if stats.paused:
+        since = age_since(stats.paused_at, stats.at) if stats.paused_at else "?"
+        head += f"   PAUSED for {since}" + (
+            f": {stats.paused_reason}" if stats.paused_reason else ""
+        )
     parts: list[RenderableType] = [
-        Text(printable(f"queue {stats.queue}")),
+        Text(printable(head), style="bold yellow" if stats.paused else ""),
         table,
         summary,
         counters,
