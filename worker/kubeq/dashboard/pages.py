@@ -197,7 +197,7 @@ def task_filter_form(ns: str, queue: str, levels: Sequence[str], args: dict[str,
 def task_rows(ns: str, queue: str, tasks: Sequence[Task], now: int) -> list[list[str]]:
     rows = []
     for t in tasks:
-        if t.worker:
+        if t.status.value == "running":
             detail = f"worker {t.worker}"
         elif t.error is not None:
             detail = f"{t.reason or '-'}: {t.error.type}: {t.error.message}"
