@@ -66,7 +66,7 @@ LOCK := env PIP_CONSTRAINT= PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(BIN)/pip-comp
 lock: setup
 	$(BIN)/pip install -q "pip-tools>=7.4"
 	$(LOCK) --output-file requirements/worker.txt pyproject.toml
-	$(LOCK) --extra operator --output-file requirements/operator.txt pyproject.toml
+	$(LOCK) --extra operator --extra dashboard --output-file requirements/operator.txt pyproject.toml
 	echo "hatchling>=1.21" | $(LOCK) --output-file requirements/build.txt -
 
 clean:
