@@ -957,7 +957,7 @@ def test_a_dashboard_without_a_token_secret_is_read_only_and_needs_a_redis_secre
     assert [e["name"] for e in container["env"]] == ["KUBEQ_REDIS_URL"]
     assert "--namespace=apps" in container["args"]
     values["dashboard"]["redisUrlSecret"]["name"] = ""
-    with pytest.raises(Exception, match="dashboard.redisUrlSecret.name is required"):
+    with pytest.raises(Exception, match=r"dashboard\.redisUrlSecret\.name is required"):
         _render_values(values)
     with pytest.raises(Exception, match="dashboard"):
         _render_values({"dashboard": {"enabled": True, "port": 80}})  # schema: port >= 1024
