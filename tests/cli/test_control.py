@@ -72,3 +72,12 @@ def test_dlq_requeue_and_purge_by_type(kubeq: Kubeq, queue_client: Client, make_
     assert queue_client.stats().dead == 0
     assert queue_client.status(a[0]).status == TaskStatus.PENDING
     del b
+
+
+def test_stats_shows_per_type_counters(kubeq: Kubeq, queue_client: Client) -> None:
+    queue_client.submit_many([{"type": "ingest"}] * 3 + [{"type": "report"}])
+    out = kubeq("stats").stdout
+    assert "per task type" in out
+    assert "ingest" in out
+    doc = json.loads(kubeq("-o", "json", "stats").stdout)
+    assert doc["types"] == {"ingest": {"submitted": 3}, "report": {"submitted": 1}}

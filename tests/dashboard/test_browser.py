@@ -93,6 +93,8 @@ def test_queue_page_numbers_match_redis(browser: WebDriver, dashboard: Served) -
     assert _stat(browser, "level.high.in_flight") == 1
     assert _stat(browser, "level.default.delayed") == 1
     assert "backlog 7 > target 5" in browser.find_element(By.CSS_SELECTOR, "table.scale").text
+    types = browser.find_element(By.CSS_SELECTOR, "table.types").text
+    assert "telemetry.ingest 4 0 0 0 0" in types
     # The page's script refreshes the numbers from the JSON endpoint.
     c.submit_many([{"type": "telemetry.ingest", "priority": "high"}] * 5)
     WebDriverWait(browser, 12).until(lambda d: _stat(d, "level.high.ready") == 8)

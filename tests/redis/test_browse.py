@@ -183,3 +183,22 @@ def test_scale_log_is_capped_and_newest_first(client: Client) -> None:
     log = client.scale_log(500)
     assert len(log) == 100
     assert log[0]["reason"] == "r104"
+
+
+def test_submit_counts_each_new_task_once_per_type(client: Client) -> None:
+    client.submit_many([{"type": "a"}, {"type": "b"}, {"type": "a"}])
+    client.submit("a", idempotency_key="k")
+    client.submit("a", idempotency_key="k")  # the same task again: not counted
+    assert client.type_stats() == {"a": {"submitted": 3}, "b": {"submitted": 1}}
+
+
+def test_per_type_counters_are_bounded(client: Client) -> None:
+    """A producer inventing types cannot grow the hash past its cap: the rest count as
+    "(other)"."""
+    from kubeq.protocol import browse
+
+    client.run(browse.tally(client.ops, {(f"t{i}", "completed"): 1 for i in range(1200)}))
+    types = client.type_stats()
+    assert len(types) == 1001
+    assert types["(other)"] == {"completed": 200}
+    assert client.redis.hlen(client.keys.type_counters) == 1001

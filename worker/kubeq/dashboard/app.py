@@ -181,6 +181,7 @@ def build_app(d: Dashboard) -> Starlette:
         workers = await call(client.workers)
         running = await call(client.list_tasks, "running", limit=MAX_LIST_LIMIT)
         events = await call(client.scale_log, 20)
+        types = await call(client.type_stats)
         body = _flash(request) + pages.stats_block(ns, queue, stats)
         if d.writable:
             if stats.paused:
@@ -194,6 +195,7 @@ def build_app(d: Dashboard) -> Starlette:
             f"<a href='{qpath(ns, queue, '/tasks?state=' + s)}'>{s}</a>" for s in LIST_STATES
         )
         body += f"<h2>tasks</h2><p>{links}</p>"
+        body += "<h2>per task type</h2>" + pages.types_block(types)
         body += "<h2>workers</h2>" + pages.workers_block(workers, running.tasks, stats.at)
         body += "<h2>recent scale decisions</h2>" + pages.scale_block(events, stats.at)
         api = qpath(ns, queue, "/api/stats")

@@ -289,3 +289,19 @@ def dead_actions(ns: str, queue: str) -> str:
         f"{form}<button type=submit class=danger>purge matching</button></form>"
         "<p class=muted>Leave reason and type empty to act on every dead letter.</p>"
     )
+
+
+TYPE_COLUMNS = ("submitted", "completed", "failed", "retried", "dead")
+
+
+def types_block(types: dict[str, dict[str, int]]) -> str:
+    if not types:
+        return "<p class=muted>no per-type counts yet</p>"
+    rows = []
+    for task_type, c in types.items():
+        runs = c.get("runs", 0)
+        mean = f"{c.get('duration_ms', 0) / runs:,.0f} ms" if runs else "-"
+        rows.append(
+            [h(task_type, limit=MAX_CELL_CHARS), *(str(c.get(k, 0)) for k in TYPE_COLUMNS), mean]
+        )
+    return table(["type", *TYPE_COLUMNS, "mean run"], rows, "types")

@@ -329,3 +329,34 @@ def scale_log(ops: QueueOps, limit: int = 20) -> Op:
         if isinstance(value, dict):
             out.append(value)
     return out
+
+
+TYPE_COUNTERS = ("submitted", "completed", "failed", "retried", "dead", "cancelled", "runs")
+
+
+def tally(ops: QueueOps, counts: dict[tuple[str, str], int]) -> Op:
+    """Add per-type counts {(task type, counter): increment} (the worker's outcomes)."""
+    items = [(t, c, n) for (t, c), n in counts.items()]
+    for start in range(0, len(items), MAX_SCRIPT_BATCH):
+        part = items[start : start + MAX_SCRIPT_BATCH]
+        args: list[str | int | float] = [len(part)]
+        for t, c, n in part:
+            args += [t, c, int(n)]
+        yield ScriptCall("tally", [ops.keys.type_counters], args)
+
+
+def type_stats(ops: QueueOps) -> Op:
+    """{task type: {counter: total}}: submitted, completed, failed, retried, dead,
+    cancelled, runs and duration_ms (the sum of handler run times), as counted so far."""
+    raw = yield Command(("HGETALL", ops.keys.type_counters))
+    pairs = raw.items() if isinstance(raw, dict) else _pairs(raw)
+    out: dict[str, dict[str, int]] = {}
+    for field, value in pairs:
+        task_type, sep, counter = str(field).rpartition("|")
+        if not sep:
+            continue
+        try:
+            out.setdefault(task_type, {})[counter] = int(value)
+        except ValueError:  # a foreign writer: skip the field, keep the rest
+            continue
+    return dict(sorted(out.items()))

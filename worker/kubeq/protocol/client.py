@@ -428,6 +428,11 @@ class Client(_Base):
         """The newest recorded scale decisions, newest first."""
         return list(self.run(browse.scale_log(self.ops, limit)))
 
+    def type_stats(self) -> dict[str, dict[str, int]]:
+        """Per task type: submitted, completed, failed, retried, dead, cancelled, runs and
+        duration_ms totals."""
+        return dict(self.run(browse.type_stats(self.ops)))
+
     def publish_config(self) -> None:
         """Publish this client's queue config to Redis for producers and workers."""
         self.run(_single(self.ops.publish_config()))
@@ -703,6 +708,11 @@ class AsyncClient(_Base):
     async def scale_log(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest recorded scale decisions, newest first."""
         return list(await self.run(browse.scale_log(self.ops, limit)))
+
+    async def type_stats(self) -> dict[str, dict[str, int]]:
+        """Per task type: submitted, completed, failed, retried, dead, cancelled, runs and
+        duration_ms totals."""
+        return dict(await self.run(browse.type_stats(self.ops)))
 
     async def publish_config(self) -> None:
         await self.run(_single(self.ops.publish_config()))

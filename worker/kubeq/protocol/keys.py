@@ -146,6 +146,12 @@ class QueueKeys:
         return f"{self.prefix}config"
 
     @cached_property
+    def type_counters(self) -> str:
+        """HASH "<task type>|<counter>" -> total (submitted, completed, failed, ...);
+        at most 1,000 fields, the rest counted under "(other)"."""
+        return f"{self.prefix}type_counters"
+
+    @cached_property
     def paused(self) -> str:
         """STRING set while the queue is paused (JSON: when, why): claims take nothing."""
         return f"{self.prefix}paused"
@@ -190,4 +196,5 @@ class QueueKeys:
             self.rate_bucket,
             self.paused,
             self.scale_log,
+            self.type_counters,
         ]
