@@ -141,7 +141,7 @@ def test_the_producer_cannot_settle_claim_purge_or_reconfigure(
 
 
 def test_the_worker_runs_its_functions(
-    connect: Callable[[str], Client], seeded: dict[str, Any]
+    connect: Callable[[str], Client], admin: redis.Redis, seeded: dict[str, Any]
 ) -> None:
     worker = connect("worker")
     running = seeded["running"]
@@ -158,6 +158,10 @@ def test_the_worker_runs_its_functions(
     assert worker.acquire_maintenance("w1", 1000) is True
     worker.reap()
     assert worker.expire_dead_letters() == 0
+    from kubeq.protocol import browse
+
+    worker.run(browse.tally(worker.ops, {("t", "completed"): 2, ("t", "duration_ms"): 5}))
+    assert admin.hget(QueueKeys(NS, QUEUE).type_counters, "t|completed") == b"2"
 
 
 def test_the_worker_cannot_reconfigure_or_delete_the_queue(
