@@ -22,7 +22,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import TOKEN, Served
-from kubeq.protocol import TaskError, TaskStatus
+from kubeq.protocol import TaskError, TaskStatus, WorkerInfo
 
 # Debian's chromium-driver, or a GitHub runner's preinstalled one.
 CHROMEDRIVER = shutil.which("chromedriver") or shutil.which(
@@ -41,7 +41,7 @@ def browser() -> Iterator[WebDriver]:
         "--headless=new",
         "--no-sandbox",
         "--disable-dev-shm-usage",
-        "--window-size=1200,900",
+        "--window-size=1200,1500",
     ):
         opts.add_argument(arg)
     if BROWSER:
@@ -82,6 +82,9 @@ def test_queue_page_numbers_match_redis(browser: WebDriver, dashboard: Served) -
     c.submit_many([{"type": "report.build"}] * 2)
     c.submit("report.build", delay=600)
     running = c.claim("worker-a", 1).tasks
+    held = [(t.id, t.token, t.level_index) for t in running]
+    info = WorkerInfo(id="worker-a", pod="telemetry-7d9f-x2k4q", in_flight=1, concurrency=8)
+    c.heartbeat("worker-a", held, info)
     c.record_scale({"at": c.clock(), "from": 0, "to": 2, "reason": "backlog 7 > target 5"})
     browser.get(dashboard.url + "/")
     assert "default/default" in browser.find_element(By.CSS_SELECTOR, "table.queues").text
@@ -93,13 +96,19 @@ def test_queue_page_numbers_match_redis(browser: WebDriver, dashboard: Served) -
     assert _stat(browser, "level.high.in_flight") == 1
     assert _stat(browser, "level.default.delayed") == 1
     assert "backlog 7 > target 5" in browser.find_element(By.CSS_SELECTOR, "table.scale").text
+    workers = browser.find_element(By.CSS_SELECTOR, "table.workers").text
+    assert "worker-a telemetry-7d9f-x2k4q 1/8 serving" in workers
+    assert workers.endswith("telemetry.ingest")  # what that worker runs
     types = browser.find_element(By.CSS_SELECTOR, "table.types").text
     assert "telemetry.ingest 4 0 0 0 0" in types
     # The page's script refreshes the numbers from the JSON endpoint.
     c.submit_many([{"type": "telemetry.ingest", "priority": "high"}] * 5)
     WebDriverWait(browser, 12).until(lambda d: _stat(d, "level.high.ready") == 8)
     _shot(browser, "queue")
-    assert running
+    # The worker's running task links to that task's page.
+    browser.find_element(By.CSS_SELECTOR, "table.workers a").click()
+    assert browser.find_element(By.ID, "task-state").text == "running"
+    assert running[0].id in browser.title
 
 
 def test_task_search_and_detail(browser: WebDriver, dashboard: Served) -> None:

@@ -196,7 +196,9 @@ def build_app(d: Dashboard) -> Starlette:
         )
         body += f"<h2>tasks</h2><p>{links}</p>"
         body += "<h2>per task type</h2>" + pages.types_block(types)
-        body += "<h2>workers</h2>" + pages.workers_block(workers, running.tasks, stats.at)
+        body += "<h2>workers</h2>" + pages.workers_block(
+            ns, queue, workers, running.tasks, stats.at
+        )
         body += "<h2>recent scale decisions</h2>" + pages.scale_block(events, stats.at)
         api = qpath(ns, queue, "/api/stats")
         return _page(f"{ns}/{queue}", body, d, api=api)

@@ -126,12 +126,15 @@ def sparkline(points: Sequence[tuple[int, int]], width: int = 600, height: int =
         f"<figure><svg id=backlog-chart width={width} height={height} "
         f"viewBox='0 0 {width} {height}' role=img aria-label='backlog over time'>"
         f"<polyline fill=none stroke=currentColor stroke-width=2 points='{coords}'/></svg>"
-        f"<figcaption>backlog over the last {span // 1000}s (max {top}, now {points[-1][1]})"
+        f"<figcaption>backlog over the last {span / 1000:.0f} s as sampled by this dashboard "
+        f"(max {top}, last sample {points[-1][1]})"
         "</figcaption></figure>"
     )
 
 
-def workers_block(workers: Sequence[WorkerInfo], running: Sequence[Task], now: int) -> str:
+def workers_block(
+    ns: str, queue: str, workers: Sequence[WorkerInfo], running: Sequence[Task], now: int
+) -> str:
     by_worker: dict[str, list[Task]] = {}
     for t in running:
         by_worker.setdefault(t.worker or "?", []).append(t)
@@ -139,7 +142,8 @@ def workers_block(workers: Sequence[WorkerInfo], running: Sequence[Task], now: i
     for w in workers:
         tasks = by_worker.get(w.id, [])
         shown = ", ".join(
-            f"<a href='task/{quote(t.id, safe='')}'>{h(t.type)}</a>" for t in tasks[:10]
+            f"<a href='{qpath(ns, queue, '/task/' + quote(t.id, safe=''))}'>{h(t.type)}</a>"
+            for t in tasks[:10]
         )
         if len(tasks) > 10:
             shown += f" … +{len(tasks) - 10}"
