@@ -24,10 +24,12 @@ class Served:
     dashboard: Dashboard
 
 
-def serve(redis_url: str, token: str | None) -> Iterator[Served]:
+def serve(redis_url: str, token: str | None, dashboard_url: str | None = None) -> Iterator[Served]:
+    """The dashboard connects with `dashboard_url` (default: the test Redis)."""
+    url = dashboard_url or redis_url
     d = Dashboard(
         queues=[("default", "default"), ("other", "second")],
-        connect=lambda ns, q: Client.from_url(redis_url, q, ns),
+        connect=lambda ns, q: Client.from_url(url, q, ns),
         token=token,
         sample_seconds=0.2,
     )

@@ -6,9 +6,10 @@ import random
 
 import httpx
 
-from conftest import TOKEN, Served
+from conftest import TOKEN, Served, serve
 from kubeq.dashboard.pages import MAX_SHOWN_CHARS
 from kubeq.protocol import TaskError
+from kubeq.redis_server import free_port
 
 HOSTILE = "<script>alert('x')</script>\x1b[31m\u202e<img src=x onerror=alert(1)>"
 
@@ -94,3 +95,19 @@ def test_stats_api_matches_redis(dashboard: Served) -> None:
     stats = dashboard.client.stats()
     assert doc["backlog"] == stats.backlog == 3
     assert doc["level"]["high"]["ready"] == 3
+
+
+def test_an_unreachable_redis_is_a_503_that_shows_no_password(redis_url: str) -> None:
+    bad = f"redis://someone:hunter2-secret@127.0.0.1:{free_port()}/0"
+    gen = serve(redis_url, TOKEN, dashboard_url=bad)
+    s = next(gen)
+    try:
+        r = httpx.get(s.url + "/q/default/default")
+        assert r.status_code == 503
+        assert "hunter2-secret" not in r.text
+        index = httpx.get(s.url + "/")
+        assert index.status_code == 200
+        assert "hunter2-secret" not in index.text
+        assert "class=error" in index.text
+    finally:
+        gen.close()

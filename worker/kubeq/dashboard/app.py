@@ -33,6 +33,7 @@ from kubeq.dashboard.static import CSS, JS
 from kubeq.protocol import (
     Client,
     ConfigError,
+    ConnectionFailed,
     KubeqError,
     QueueStats,
     TaskNotFound,
@@ -299,7 +300,10 @@ def build_app(d: Dashboard) -> Starlette:
         ns, queue = queue_of(request)
         if not d.writable:
             return _page("read-only", "<p id=error>This dashboard is read-only.</p>", d, status=403)
-        fields = await form(request)
+        try:
+            fields = await form(request)
+        except PermissionError as exc:
+            return _error(d, exc, 413)
         if not d.token_ok(fields.get("token")):
             return _page("refused", "<p id=error>Wrong or missing token.</p>", d, status=403)
         tid = request.path_params["id"]
@@ -318,6 +322,8 @@ def build_app(d: Dashboard) -> Starlette:
     async def on_kubeq_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, TaskNotFound):
             return _error(d, exc, 404)
+        if isinstance(exc, ConnectionFailed):
+            return _error(d, exc, 503)
         if isinstance(exc, UnknownPriority | ConfigError):
             return _error(d, exc, 400)
         return _error(d, exc, 400 if isinstance(exc, KubeqError) else 500)
