@@ -39,6 +39,7 @@ from kubeq.protocol.models import (
     QueueStats,
     Task,
     TaskError,
+    TaskPage,
     TaskStatus,
     WorkerInfo,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "Settlement",
     "Task",
     "TaskError",
+    "TaskPage",
     "TaskExists",
     "TaskFailed",
     "TaskNotFound",
