@@ -8,8 +8,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kubeq-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# System packages: redis-server for the queue, prometheus/promtool for the metrics tests.
-SYSTEM_PACKAGES := redis-server prometheus
+# System packages: redis-server for the queue, prometheus/promtool for the metrics tests,
+# chromium + chromium-driver for the dashboard's browser tests (a GitHub runner's
+# preinstalled Chrome and chromedriver serve as well).
+SYSTEM_PACKAGES := redis-server prometheus chromium chromium-driver
 
 .PHONY: setup system-packages demo test lint typecheck unit bench clean lock test-model-long
 
@@ -19,6 +21,8 @@ system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || command -v google-chrome >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || [ -x "$$CHROMEWEBDRIVER/chromedriver" ] || missing="$$missing chromium-driver"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
@@ -67,7 +71,7 @@ LOCK := env PIP_CONSTRAINT= PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(BIN)/pip-comp
 lock: setup
 	$(BIN)/pip install -q "pip-tools>=7.4"
 	$(LOCK) --output-file requirements/worker.txt pyproject.toml
-	$(LOCK) --extra operator --output-file requirements/operator.txt pyproject.toml
+	$(LOCK) --extra operator --extra dashboard --output-file requirements/operator.txt pyproject.toml
 	echo "hatchling>=1.21" | $(LOCK) --output-file requirements/build.txt -
 
 clean:

@@ -62,7 +62,12 @@ class QueueAutoscaler:
         self.metrics.observe_stats(queue, stats)
         waiting = {lv.name: lv.ready + lv.due for lv in stats.levels}
         return (
-            Observation(at=started, backlog_by_priority=waiting, in_flight=stats.in_flight),
+            Observation(
+                at=started,
+                backlog_by_priority=waiting,
+                in_flight=stats.in_flight,
+                paused=stats.paused,
+            ),
             stats,
             None,
         )
@@ -78,6 +83,22 @@ class QueueAutoscaler:
         if costs:
             await self.backend.set_deletion_costs(self.ref, costs)
 
+    async def _record(self, current: int, decision: Decision, stats: QueueStats | None) -> None:
+        """Keep the decision in the queue's capped scale log (the dashboard shows it).
+
+        Best effort: a log that cannot be written never stops scaling.
+        """
+        event = {
+            "at": stats.at if stats is not None else None,
+            "from": current,
+            "to": decision.replicas,
+            "reason": decision.reason,
+        }
+        try:
+            await self.client.record_scale(event)
+        except KubeqError as exc:
+            log.warning("%s: cannot record the scale decision (%s)", self.ref, exc)
+
     async def tick(self) -> Tick:
         queue = str(self.ref)
         observation, stats, error = await self.observe()
@@ -91,6 +112,7 @@ class QueueAutoscaler:
             await self.backend.scale(self.ref, decision.replicas)
             self.metrics.scale_events.labels(queue, decision.direction).inc()
             log.info("scaled %s %d → %d: %s", queue, current, decision.replicas, decision.reason)
+            await self._record(current, decision, stats)
         ready = await self.backend.ready_replicas(self.ref)
         self.metrics.desired.labels(queue).set(decision.replicas)
         self.metrics.current.labels(queue).set(ready)

@@ -11,6 +11,7 @@ import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,16 @@ def example_manifest(name: str) -> Path:
     show_default=True,
     help="Port for the operator's /metrics on 127.0.0.1 (0: any free port, -1: off).",
 )
+@click.option(
+    "--dashboard",
+    "dashboard_port",
+    type=click.IntRange(-1, 65535),
+    default=-1,
+    show_default=True,
+    metavar="PORT",
+    help="Serve the web dashboard on 127.0.0.1:PORT (0: any free port, -1: off); the live "
+    "view links to it. Read-only unless $KUBEQ_DASHBOARD_TOKEN is set.",
+)
 @click.option("--no-live", is_flag=True, help="Plain log lines instead of the live view.")
 @click.option(
     "--duration", type=float, default=None, help="Stop (and drain) after this many seconds."
@@ -94,6 +105,7 @@ def up_command(
     state_dir: Path,
     redis_port: int | None,
     metrics_port: int,
+    dashboard_port: int,
     no_live: bool,
     duration: float | None,
     log_level: str,
@@ -113,7 +125,14 @@ def up_command(
         )
     except InvalidSpec as exc:
         raise click.ClickException(f"invalid TaskQueue in {manifest}: {exc}") from None
-    code = asyncio.run(_up(runner, live=not no_live and sys.stdout.isatty(), duration=duration))
+    code = asyncio.run(
+        _up(
+            runner,
+            live=not no_live and sys.stdout.isatty(),
+            duration=duration,
+            dashboard_port=dashboard_port,
+        )
+    )
     sys.exit(code)
 
 
@@ -130,7 +149,53 @@ def banner(runner: LocalRunner) -> str:
     return f"kubeq up: queue {runner.ref} on {describe(runner.redis_url)} · {metrics}{where}"
 
 
-async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int:
+def _serve_dashboard(runner: LocalRunner, port: int) -> tuple[Callable[[], None], str]:
+    """Serve the dashboard of the queue `kubeq up` runs; returns its stop and its link.
+
+    In a thread of its own: uvicorn takes over SIGINT/SIGTERM only in the main thread, and
+    kubeq up's own handlers must keep draining the workers on Ctrl-C.
+    """
+    import os
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from kubeq.dashboard.app import Dashboard, build_app
+    from kubeq.dashboard.command import TOKEN_ENV
+    from kubeq.protocol import Client
+
+    url, ref = runner.redis_url, runner.ref
+    d = Dashboard(
+        queues=[(ref.namespace, ref.name)],
+        connect=lambda ns, q: Client.from_url(url, q, ns),
+        token=os.environ.get(TOKEN_ENV) or None,
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(d), log_level="warning"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(5)
+        sock.close()
+
+    return stop, f"http://127.0.0.1:{bound}/q/{ref.namespace}/{ref.name}"
+
+
+async def _up(
+    runner: LocalRunner, *, live: bool, duration: float | None, dashboard_port: int = -1
+) -> int:
     from rich.console import Console
     from rich.live import Live
 
@@ -159,7 +224,12 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
         click.echo(f"error: {printable(str(exc))}", err=True)
         return int(exit_code_for(exc) if isinstance(exc, KubeqError) else ExitCode.FAILED)
     report: StopReport | None = None
+    stop_dashboard: Callable[[], None] | None = None
+    link: str | None = None
     try:
+        if dashboard_port >= 0:
+            stop_dashboard, link = await asyncio.to_thread(_serve_dashboard, runner, dashboard_port)
+            click.echo(f"dashboard on {link}")
         if duration is not None:
             loop.call_later(duration, stop.set)
         click.echo(banner(runner))
@@ -172,12 +242,16 @@ async def _up(runner: LocalRunner, *, live: bool, duration: float | None) -> int
             _log_through(console)  # log lines above the live view, not through it
             port = runner.metrics_port if runner.metrics_port >= 0 else None
             with Live(console=console, refresh_per_second=4) as view:
-                await runner.run(stop, lambda s: view.update(render(runner.ref, s, port)))
+                await runner.run(
+                    stop, lambda s: view.update(render(runner.ref, s, port, dashboard=link))
+                )
         else:
             # One unwrapped line per tick, whatever the width of a pipe or terminal.
             await runner.run(stop, lambda s: click.echo(line(runner.ref, s)))
         click.echo("draining workers…")
     finally:
+        if stop_dashboard is not None:
+            await asyncio.to_thread(stop_dashboard)
         report = await runner.shutdown()
     for text in stop_lines(runner, report):
         click.echo(text)

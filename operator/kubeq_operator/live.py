@@ -15,9 +15,12 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
 
 
-def render(ref: QueueRef, snap: Snapshot, metrics_port: int | None = None) -> RenderableType:
+def render(
+    ref: QueueRef, snap: Snapshot, metrics_port: int | None = None, dashboard: str | None = None
+) -> RenderableType:
     tick, stats = snap.tick, snap.stats
-    levels = Table(title=f"queue {ref}", expand=True)
+    paused = " · PAUSED (kubeq resume)" if stats is not None and stats.paused else ""
+    levels = Table(title=f"queue {ref}{paused}", expand=True)
     for col in ("priority", "ready", "due", "delayed", "in flight", "backlog"):
         levels.add_column(col, justify="right" if col != "priority" else "left")
     if stats is not None:
@@ -62,6 +65,8 @@ def render(ref: QueueRef, snap: Snapshot, metrics_port: int | None = None) -> Re
     for at, text in snap.recent[-6:]:
         decisions.add_row(f"{at:6.1f} s", text)
     footer = f"operator metrics on 127.0.0.1:{metrics_port}/metrics · " if metrics_port else ""
+    if dashboard:
+        footer = f"dashboard {dashboard} · " + footer
     return Panel(
         Group(levels, summary, crash_line, decisions),
         title="kubeq up",

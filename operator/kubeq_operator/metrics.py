@@ -28,6 +28,12 @@ class OperatorMetrics:
             ["queue", "priority", "state"],
             registry=r,
         )
+        self.paused = Gauge(
+            "kubeq_queue_paused",
+            "1 while the queue is paused (`kubeq pause`): workers claim nothing.",
+            ["queue"],
+            registry=r,
+        )
         self.dead = Gauge(
             "kubeq_queue_dead_letter_tasks", "Tasks in the dead-letter set.", ["queue"], registry=r
         )
@@ -86,12 +92,14 @@ class OperatorMetrics:
             ):
                 self.tasks.labels(queue, lv.name, state).set(value)
         self.dead.labels(queue).set(stats.dead)
+        self.paused.labels(queue).set(1 if stats.paused else 0)
         self.oldest.labels(queue).set(stats.oldest_age_seconds())
 
     def forget(self, queue: str, levels: tuple[str, ...]) -> None:
         """Drop a deleted queue's series so dashboards do not show it frozen."""
         for metric in (
             self.dead,
+            self.paused,
             self.oldest,
             self.desired,
             self.current,

@@ -31,6 +31,8 @@ class Observation:
     backlog_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
     in_flight: int = 0
     reachable: bool = True
+    #: the queue is paused (`kubeq pause`): workers claim nothing, so the pool holds
+    paused: bool = False
 
     @property
     def ready(self) -> int:
@@ -181,6 +183,13 @@ def decide_replicas(
         target = policy.clamp(wanted)
         reason = reason.format(n=target) + (f" (clamped from {wanted})" if target != wanted else "")
         # Unknown is not empty: the cooldown to zero starts again once the queue is seen.
+        return _finish(target, current, reason, replace(history, empty_since=None), now)
+
+    if observation.paused:
+        # A paused queue's backlog says nothing about the workers it needs: hold, so a
+        # resume finds the pool as it was; and never start the cooldown to zero.
+        target = policy.clamp(current)
+        reason = f"queue paused: holding {target} replicas"
         return _finish(target, current, reason, replace(history, empty_since=None), now)
 
     ready, in_flight, demand = observation.ready, max(0, observation.in_flight), observation.demand

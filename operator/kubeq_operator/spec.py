@@ -406,6 +406,7 @@ class TaskQueueStatus(_Model):
     in_flight: int | None = Field(default=None, ge=0)
     dead_letter: int | None = Field(default=None, ge=0)
     backlog_by_priority: dict[str, int] | None = None
+    paused: bool | None = None
     last_scale_time: str | None = None
     last_scale_reason: str | None = Field(default=None, max_length=1024)
     selector: str | None = None

@@ -140,6 +140,7 @@ def observed_fields(tick: Tick, *, now: str) -> dict[str, Any]:
             "inFlight": stats.in_flight,
             "deadLetter": stats.dead,
             "backlogByPriority": {lv.name: lv.ready + lv.due for lv in stats.levels},
+            "paused": stats.paused,
         }
     if tick.decision.changed:
         fields |= {

@@ -113,3 +113,52 @@ def test_ctrl_c_drains_and_leaves_no_process_behind(tmp_path: Path) -> None:
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"left behind: {alive}"
     assert len(gone) == len(children)
+
+
+def test_up_serves_the_dashboard_with_its_scale_decisions(tmp_path: Path) -> None:
+    """`kubeq up --dashboard 0` prints the dashboard's link; the page shows the queue and
+    the decision that started the pool, recorded by the autoscaler in Redis."""
+    import httpx
+
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubeq.cli",
+            "up",
+            "-f",
+            str(fast_manifest(tmp_path)),
+            "--no-live",
+            "--metrics-port",
+            "-1",
+            "--dashboard",
+            "0",
+            "--duration",
+            "30",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        link = ""
+        for line in up.stdout:
+            if line.startswith("dashboard on "):
+                link = line.split()[-1]
+                break
+        assert link.startswith("http://127.0.0.1:"), "no dashboard link printed"
+        deadline = time.monotonic() + 20
+        page = ""
+        while time.monotonic() < deadline:
+            page = httpx.get(link, timeout=5).text
+            if "<table class='scale'>" in page:
+                break
+            time.sleep(0.5)
+        assert "<table class='scale'>" in page, page
+        assert "telemetry" in page
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+    assert up.returncode == 0

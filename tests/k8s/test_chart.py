@@ -868,3 +868,96 @@ def test_one_replica_runs_standalone_and_several_share_a_peering(
         (peering,) = peerings
         assert peering["kind"] == kind
         assert peering["metadata"]["name"] == env["KUBEQ_OPERATOR_PEERING_NAME"]
+
+
+# --- the optional dashboard (issue 13) ---------------------------------------------------
+
+DASHBOARD = {
+    "dashboard": {
+        "enabled": True,
+        "queue": "telemetry",
+        "namespace": "apps",
+        "also": ["ml/train"],
+        "redisUrlSecret": {"name": "kubeq-viewer", "key": "url"},
+        "tokenSecret": {"name": "kubeq-dashboard-token", "key": "token"},
+    }
+}
+
+
+def _render_values(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(
+            copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True
+        )
+    return [
+        d
+        for path, text in sorted(out.items())
+        if path.endswith(".yaml")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+
+
+def _dashboard(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [
+        o
+        for o in of_kind(objects, "Deployment")
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboard"
+    ]
+    return deployment
+
+
+def test_the_dashboard_is_off_by_default() -> None:
+    for values in VALUE_SETS:
+        assert len(of_kind(render(values), "Deployment")) == 1, values
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_dashboard_renders_valid_restricted_objects(version: str) -> None:
+    from kubeq_operator.pod_security import restricted_problems
+
+    result = helm.lint(CHART, copy.deepcopy(DASHBOARD), strict=True, namespace=NAMESPACE)
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] >= LINT_WARNING] == []
+    objects = _render_values(DASHBOARD)
+    for obj in objects:
+        validate_object(obj, version)
+    deployment = _dashboard(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_problems(pod) == []
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["command"] == ["kubeq"]
+    assert container["args"] == [
+        "dashboard",
+        "--host=0.0.0.0",
+        "--port=8480",
+        "--queue=telemetry",
+        "--namespace=apps",
+        "--also=ml/train",
+    ]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env == {
+        "KUBEQ_REDIS_URL": {"name": "kubeq-viewer", "key": "url"},
+        "KUBEQ_DASHBOARD_TOKEN": {"name": "kubeq-dashboard-token", "key": "token"},
+    }
+    services = [
+        s for s in of_kind(objects, "Service") if s["metadata"]["name"].endswith("-dashboard")
+    ]
+    (service,) = services
+    assert service["spec"]["type"] == "ClusterIP"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_a_dashboard_without_a_token_secret_is_read_only_and_needs_a_redis_secret() -> None:
+    values = copy.deepcopy(DASHBOARD)
+    values["dashboard"]["tokenSecret"]["name"] = ""
+    (container,) = _dashboard(_render_values(values))["spec"]["template"]["spec"]["containers"]
+    assert [e["name"] for e in container["env"]] == ["KUBEQ_REDIS_URL"]
+    assert "--namespace=apps" in container["args"]
+    values["dashboard"]["redisUrlSecret"]["name"] = ""
+    with pytest.raises(Exception, match=r"dashboard\.redisUrlSecret\.name is required"):
+        _render_values(values)
+    with pytest.raises(Exception, match="dashboard"):
+        _render_values({"dashboard": {"enabled": True, "port": 80}})  # schema: port >= 1024

@@ -42,7 +42,7 @@ def documented_users() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     users = documented_users()
-    assert set(users) == {"producer", "worker", "operator", "viewer"}
+    assert set(users) == {"producer", "worker", "operator", "viewer", "admin"}
     extra: tuple[str, ...] = ()
     for tokens in users.values():
         extra += ("--user", *tokens)
@@ -141,7 +141,7 @@ def test_the_producer_cannot_settle_claim_purge_or_reconfigure(
 
 
 def test_the_worker_runs_its_functions(
-    connect: Callable[[str], Client], seeded: dict[str, Any]
+    connect: Callable[[str], Client], admin: redis.Redis, seeded: dict[str, Any]
 ) -> None:
     worker = connect("worker")
     running = seeded["running"]
@@ -158,6 +158,10 @@ def test_the_worker_runs_its_functions(
     assert worker.acquire_maintenance("w1", 1000) is True
     worker.reap()
     assert worker.expire_dead_letters() == 0
+    from kubeq.protocol import browse
+
+    worker.run(browse.tally(worker.ops, {("t", "completed"): 2, ("t", "duration_ms"): 5}))
+    assert admin.hget(QueueKeys(NS, QUEUE).type_counters, "t|completed") == b"2"
 
 
 def test_the_worker_cannot_reconfigure_or_delete_the_queue(
@@ -181,6 +185,8 @@ def test_the_operator_runs_its_functions(
     assert (stats.ready, stats.in_flight, stats.dead) == (1, 1, 1)
     assert [w.id for w in operator.workers()] == ["w1"]
     operator.publish_config()
+    operator.record_scale({"at": 1, "from": 0, "to": 1, "reason": "backlog"})
+    assert b'"reason":"backlog"' in admin.lindex(QueueKeys(NS, QUEUE).scale_log, 0)
 
     async def delete_everything() -> int:
         from kubeq.protocol import AsyncClient
@@ -205,6 +211,8 @@ def test_the_operator_cannot_run_any_write_script(
     refused(admin, lambda: operator.cancel(seeded["pending"]))
     refused(admin, lambda: operator.requeue_dead([seeded["dead"]]))
     refused(admin, lambda: operator.purge_dead([seeded["dead"]]))
+    refused(admin, lambda: operator.pause())
+    refused(admin, lambda: operator.run_now(seeded["pending"]))
 
 
 def test_the_viewer_reads_everything_and_writes_nothing(
@@ -217,14 +225,51 @@ def test_the_viewer_reads_everything_and_writes_nothing(
     assert [w.id for w in viewer.workers()] == ["w1"]
     assert [d.task.id for d in viewer.dead_letters()] == [seeded["dead"]]
     assert [t.id for t in viewer.finished()] == [seeded["done"]]
+    assert [t.id for t in viewer.list_tasks("running").tasks] == [seeded["running"].id]
+    assert [t.id for t in viewer.list_tasks("pending").tasks] == [seeded["pending"]]
+    assert [t.id for t in viewer.list_tasks("completed").tasks] == [seeded["done"]]
+    assert [t.id for t in viewer.list_tasks("dead").tasks] == [seeded["dead"]]
+    assert viewer.scale_log() == []
     running = seeded["running"]
     now = viewer.clock()
+    refused(admin, lambda: viewer.pause())
+    refused(admin, lambda: viewer.run_now(seeded["pending"]))
+    refused(admin, lambda: viewer.requeue_dead_where(task_type="t"))
     refused(admin, lambda: viewer.submit("t"))
     refused(admin, lambda: viewer.cancel(seeded["pending"]))
     refused(admin, lambda: viewer.settle([viewer.ops.completion(running, "x", now)]))
     refused(admin, lambda: viewer.requeue_dead([seeded["dead"]]))
     refused(admin, lambda: viewer.purge_dead([seeded["dead"]]))
     refused(admin, lambda: viewer.publish_config())
+
+
+def test_the_admin_steers_the_queue_and_cannot_run_tasks(
+    connect: Callable[[str], Client], admin: redis.Redis, seeded: dict[str, Any]
+) -> None:
+    """The role of `kubeq pause/resume/retry/dlq` and of a dashboard started with a token."""
+    boss, producer, worker = connect("admin"), connect("producer"), connect("worker")
+    assert boss.pause("maintenance") is True
+    assert boss.stats().paused is True
+    assert worker.claim("w1", 5).tasks == []  # the worker reads the paused key
+    assert boss.resume() is True
+    later = producer.submit("t", delay=600)
+    assert boss.run_now(later) is True
+    assert [t.id for t in boss.list_tasks("dead").tasks] == [seeded["dead"]]
+    assert boss.requeue_dead_where(task_type="t") == [seeded["dead"]]
+    claimed = worker.claim("w2", 5).tasks
+    now = worker.clock()
+    error = TaskError(type="Boom", message="no")
+    worker.settle(
+        [worker.ops.failure(c, error, now, random.Random(1), permanent=True) for c in claimed]
+    )
+    assert len(boss.purge_dead_where(task_type="t")) == len(claimed)
+    running = seeded["running"]
+    refused(admin, lambda: boss.submit("t"))
+    refused(admin, lambda: boss.claim("boss", 1))
+    refused(admin, lambda: boss.settle([boss.ops.completion(running, "x", boss.clock())]))
+    refused(admin, lambda: boss.cancel(running.id))
+    refused(admin, lambda: boss.publish_config())
+    refused(admin, lambda: boss.run(_raw(("UNLINK", boss.keys.tasks))))
 
 
 def test_a_script_is_refused_whole_when_one_declared_key_is_not_writable(

@@ -268,3 +268,27 @@ async def test_an_idle_worker_blocks_instead_of_polling(redis_url: str) -> None:
             # and a submit still reaches it at once (the wait is on the wake list)
             task_id = probe.submit("echo", {"x": 1})
             await until(lambda: probe.status(task_id).status.terminal, timeout=5, what="echo")
+
+
+async def test_per_type_counters_reach_redis_for_stats(
+    redis_url: str, config: QueueConfig, client: Client
+) -> None:
+    """Issue 13: submitted (counted by submit), completed/failed/retried/dead/runs and
+    duration (flushed by the worker with its heartbeats, and at its clean exit)."""
+    ids = [client.submit("echo", {"x": i}) for i in range(3)]
+    ids += [client.submit("flaky", {"succeed_on": 2}), client.submit("permanent")]
+    async with running(redis_url, config) as _:
+        await until(lambda: terminal(client, ids), 30, "all tasks to end")
+    types = client.type_stats()
+    assert types["echo"]["submitted"] == types["echo"]["completed"] == types["echo"]["runs"] == 3
+    assert "failed" not in types["echo"]
+    assert types["flaky"] | {"duration_ms": 0} == {
+        "submitted": 1,
+        "runs": 2,
+        "failed": 1,
+        "retried": 1,
+        "completed": 1,
+        "duration_ms": 0,
+    }
+    assert (types["permanent"]["dead"], types["permanent"]["failed"]) == (1, 1)
+    assert set(types["echo"]) == {"submitted", "completed", "runs", "duration_ms"}

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kubeq.app import App, TaskContext
     from kubeq.exceptions import Permanent, Retry
-    from kubeq.protocol import AsyncClient, Client, QueueConfig, Task, TaskRequest, TaskStatus
+    from kubeq.protocol import (
+        AsyncClient,
+        Client,
+        QueueConfig,
+        Task,
+        TaskPage,
+        TaskRequest,
+        TaskStatus,
+    )
 
 __version__ = "0.1.0"
 
@@ -25,6 +33,7 @@ _WHERE = {
     "Client": "kubeq.protocol",
     "QueueConfig": "kubeq.protocol",
     "Task": "kubeq.protocol",
+    "TaskPage": "kubeq.protocol",
     "TaskRequest": "kubeq.protocol",
     "TaskStatus": "kubeq.protocol",
 }
@@ -52,6 +61,7 @@ __all__ = [
     "Retry",
     "Task",
     "TaskContext",
+    "TaskPage",
     "TaskRequest",
     "TaskStatus",
     "__version__",

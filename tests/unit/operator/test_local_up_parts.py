@@ -3,6 +3,7 @@ columns, the state directory's port."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,15 @@ def test_port_is_free_sees_a_listener() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         assert not port_is_free(s.getsockname()[1])
+
+
+def test_live_view_links_the_dashboard_and_shows_a_paused_queue() -> None:
+    ref = QueueRef("default", "telemetry")
+    snap = _snapshot(None)
+    link = "http://127.0.0.1:8480/q/default/telemetry"
+    text = _text(render(ref, snap, None, dashboard=link), 120)
+    assert link in text
+    assert "PAUSED" not in text
+    assert snap.stats is not None
+    paused = replace(snap, stats=snap.stats.model_copy(update={"paused": True}))
+    assert "PAUSED (kubeq resume)" in _text(render(ref, paused, None), 120)

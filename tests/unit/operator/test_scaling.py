@@ -436,3 +436,17 @@ def test_worked_example_in_the_docs() -> None:
         head, _, tail = reason.partition("…")
         assert d.reason.startswith(head), (t, d.reason)
         assert d.reason.endswith(tail), (t, d.reason)
+
+
+def test_a_paused_queue_holds_its_replicas_whatever_the_backlog() -> None:
+    """Paused (issue 13): workers claim nothing, so neither a big backlog nor an empty
+    queue moves the pool; the cooldown to zero does not run while paused."""
+    policy = replace(BASE, cooldown_to_zero_seconds=60)
+    busy = Observation(at=0, backlog_by_priority={"high": 5000}, paused=True)
+    d = decide_replicas(busy, policy, History(), 3, now=0)
+    assert (d.replicas, d.reason) == (3, "queue paused: holding 3 replicas")
+    empty = Observation(at=100, paused=True)
+    d = decide_replicas(empty, policy, History(empty_since=0), 3, now=100)
+    assert (d.replicas, d.history.empty_since) == (3, None)
+    # Resumed: the same backlog scales up again.
+    assert decide_replicas(replace(busy, paused=False), policy, History(), 3, now=0).replicas == 10

@@ -97,6 +97,7 @@ def test_observed_fields() -> None:
         "inFlight": 4,
         "deadLetter": 7,
         "backlogByPriority": {"high": 5, "low": 10},
+        "paused": False,
         "lastScaleTime": "t",
         "lastScaleReason": "reason 3",
     }

@@ -78,6 +78,27 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "The registered workers of the queue: in-flight tasks, concurrency, last heartbeat.",
     ),
     "dlq": ("kubeq.cli.dlq", "dlq", "List, requeue and purge dead-lettered tasks."),
+    "tasks": (
+        "kubeq.cli.control",
+        "tasks",
+        "List the queue's tasks by state, type and priority level.",
+    ),
+    "retry": (
+        "kubeq.cli.control",
+        "retry",
+        "Run a scheduled or retrying task now (exit 3 if it is in neither state).",
+    ),
+    "pause": (
+        "kubeq.cli.control",
+        "pause",
+        "Pause the queue: workers stop claiming, running tasks finish, submits still work.",
+    ),
+    "resume": ("kubeq.cli.control", "resume", "Resume a paused queue: workers claim again."),
+    "dashboard": (
+        "kubeq.dashboard.command",
+        "dashboard",
+        "Serve the web dashboard of the queue (read-only unless a token is set).",
+    ),
     "worker": (
         "kubeq.cli.worker_cmd",
         "worker",

@@ -87,14 +87,34 @@ def _report_missing(ids: list[str] | None, count: int, verb: str) -> None:
         )
 
 
+_REASON = click.option("--reason", metavar="R", help="Only dead letters with this reason.")
+_TYPE = click.option("--type", "task_type", metavar="T", help="Only tasks of this type.")
+
+
 @dlq.command()
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Requeue every dead-lettered task.")
+@_REASON
+@_TYPE
 @pass_state
-def requeue(state: State, ids: tuple[str, ...], all_: bool) -> None:
-    """Move dead-lettered tasks back to their ready lists with fresh attempts."""
-    selected = _select(ids, all_)
+def requeue(
+    state: State, ids: tuple[str, ...], all_: bool, reason: str | None, task_type: str | None
+) -> None:
+    """Move dead-lettered tasks back to their ready lists with fresh attempts.
+
+    --reason and --type select the dead letters to requeue (instead of IDS or --all).
+    """
     client = state.client()
+    if reason is not None or task_type is not None:
+        if ids or all_:
+            raise click.UsageError("give IDS, --all, or --reason/--type (one of them)")
+        matching = client.requeue_dead_where(reason=reason, task_type=task_type)
+        if state.json:
+            print_json({"requeued": matching})
+        else:
+            echo(f"requeued {len(matching)} task(s)")
+        return
+    selected = _select(ids, all_)
     if selected is None:
         # Batch by batch: every listed id is in the set, so each batch makes progress.
         requeued: list[str] = []
@@ -112,12 +132,40 @@ def requeue(state: State, ids: tuple[str, ...], all_: bool) -> None:
 @dlq.command()
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Purge every dead-lettered task.")
+@_REASON
+@_TYPE
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
-def purge(state: State, ids: tuple[str, ...], all_: bool, yes: bool) -> None:
-    """Delete dead-lettered tasks for good (asks first unless --yes)."""
-    selected = _select(ids, all_)
+def purge(
+    state: State,
+    ids: tuple[str, ...],
+    all_: bool,
+    reason: str | None,
+    task_type: str | None,
+    yes: bool,
+) -> None:
+    """Delete dead-lettered tasks for good (asks first unless --yes).
+
+    --reason and --type select the dead letters to purge (instead of IDS or --all).
+    """
     client = state.client()
+    if reason is not None or task_type is not None:
+        if ids or all_:
+            raise click.UsageError("give IDS, --all, or --reason/--type (one of them)")
+        what = " and ".join(
+            f"{k} {v!r}" for k, v in (("reason", reason), ("type", task_type)) if v is not None
+        )
+        if not yes and not click.confirm(
+            f"Purge the dead letters with {what} of {client.config.full_name}?", err=True
+        ):
+            raise CliError("nothing purged", ExitCode.FAILED)
+        gone = client.purge_dead_where(reason=reason, task_type=task_type)
+        if state.json:
+            print_json({"purged": len(gone)})
+        else:
+            echo(f"purged {len(gone)} task(s)")
+        return
+    selected = _select(ids, all_)
     if not yes:
         what = f"all {client.stats().dead}" if selected is None else str(len(selected))
         if not click.confirm(

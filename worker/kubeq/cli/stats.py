@@ -28,8 +28,17 @@ from kubeq.text import printable
 RATE_COUNTERS = ("submitted", "claimed", "completed", "retried", "dead")
 
 
-def stats_json(stats: QueueStats, rates: dict[str, float] | None = None) -> dict[str, Any]:
+TYPE_COLUMNS = ("submitted", "completed", "failed", "retried", "dead")
+
+
+def stats_json(
+    stats: QueueStats,
+    rates: dict[str, float] | None = None,
+    types: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
     data = stats.model_dump(mode="json")
+    if types is not None:
+        data["types"] = types
     data["totals"] = {
         "ready": stats.ready,
         "delayed": stats.delayed,
@@ -52,8 +61,25 @@ def rates_between(prev: QueueStats, cur: QueueStats) -> dict[str, float]:
     }
 
 
+def types_table(types: dict[str, dict[str, int]]) -> Table:
+    """Per task type totals, with the mean handler run time."""
+    table = Table(title="per task type")
+    table.add_column("type")
+    for name in (*TYPE_COLUMNS, "mean run"):
+        table.add_column(name, justify="right")
+    for task_type, c in types.items():
+        runs = c.get("runs", 0)
+        mean = f"{c.get('duration_ms', 0) / runs:,.0f} ms" if runs else "-"
+        # Type names come from producers: escaped like every other text from Redis.
+        table.add_row(printable(task_type), *(f"{c.get(k, 0):,}" for k in TYPE_COLUMNS), mean)
+    return table
+
+
 def render_stats(
-    stats: QueueStats, rates: dict[str, float] | None = None, note: str | None = None
+    stats: QueueStats,
+    rates: dict[str, float] | None = None,
+    note: str | None = None,
+    types: dict[str, dict[str, int]] | None = None,
 ) -> RenderableType:
     table = Table()
     table.add_column("priority")
@@ -87,12 +113,20 @@ def render_stats(
             + (", ".join(f"{k} {v}" for k, v in sorted(stats.counters.items())) or "none")
         )
     )
+    head = f"queue {stats.queue}"
+    if stats.paused:
+        since = age_since(stats.paused_at, stats.at) if stats.paused_at else "?"
+        head += f"   PAUSED for {since}" + (
+            f": {stats.paused_reason}" if stats.paused_reason else ""
+        )
     parts: list[RenderableType] = [
-        Text(printable(f"queue {stats.queue}")),
+        Text(printable(head), style="bold yellow" if stats.paused else ""),
         table,
         summary,
         counters,
     ]
+    if types:
+        parts.append(types_table(types))
     if rates:
         parts.append(Text("per second: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())))
     if note:
@@ -161,11 +195,13 @@ def stats(state: State, watch: bool, interval: float, iterations: int | None) ->
     if watch:
         _watch(state, interval, iterations)
         return
-    current = state.client().stats()
+    client = state.client()
+    current = client.stats()
+    types = client.type_stats()
     if state.json:
-        print_json(stats_json(current))
+        print_json(stats_json(current, types=types))
     else:
-        console().print(render_stats(current))
+        console().print(render_stats(current, types=types))
 
 
 @click.command()

@@ -39,6 +39,7 @@ from kubeq.protocol.models import (
     QueueStats,
     Task,
     TaskError,
+    TaskPage,
     TaskStatus,
     WorkerInfo,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "TaskExists",
     "TaskFailed",
     "TaskNotFound",
+    "TaskPage",
     "TaskRequest",
     "TaskStatus",
     "UnknownPriority",

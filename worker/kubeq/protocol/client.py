@@ -14,7 +14,7 @@ import redis.exceptions
 from pydantic import ValidationError
 
 import redis
-from kubeq.protocol import errors
+from kubeq.protocol import browse, errors
 from kubeq.protocol.config import QueueConfig
 from kubeq.protocol.connection import connect, connect_async, redacted, translate
 from kubeq.protocol.keys import QueueKeys
@@ -24,6 +24,7 @@ from kubeq.protocol.models import (
     QueueStats,
     ReapReport,
     Task,
+    TaskPage,
     WorkerInfo,
 )
 from kubeq.protocol.ops import (
@@ -353,6 +354,85 @@ class Client(_Base):
             if cursor == 0:
                 return
 
+    # -- seeing and steering (issue 13) -------------------------------------------------
+
+    def list_tasks(
+        self,
+        state: str,
+        *,
+        task_type: str | None = None,
+        level: str | None = None,
+        reason: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Tasks in `state` (pending, scheduled, running, retrying, completed, dead), at most
+        `limit`, filtered by type, level and (dead) reason; pass `page.cursor` back for more.
+
+        Reads bounded ranges of the queue's own lists and sets, never the keyspace.
+        """
+        page: TaskPage = self.run(
+            browse.list_tasks(
+                self.ops,
+                state,
+                task_type=task_type,
+                level=level,
+                reason=reason,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+        return page
+
+    def run_now(self, task_id: str) -> bool:
+        """Make a scheduled or retrying task due now; False if it is in neither state."""
+        return bool(self.run(browse.run_now(self.ops, task_id)))
+
+    def pause(self, reason: str | None = None) -> bool:
+        """Stop workers claiming from the queue (running tasks finish); True if it changed."""
+        return bool(self.run(browse.set_paused(self.ops, True, self.clock(), reason)))
+
+    def resume(self) -> bool:
+        """Let workers claim again after `pause`; True if the queue was paused."""
+        return bool(self.run(browse.set_paused(self.ops, False, self.clock())))
+
+    def requeue_dead_where(
+        self, *, reason: str | None = None, task_type: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Requeue the dead letters with this reason and/or type; their ids."""
+        return list(
+            self.run(
+                browse.act_on_dead(
+                    self.ops, "requeue", reason=reason, task_type=task_type, limit=limit
+                )
+            )
+        )
+
+    def purge_dead_where(
+        self, *, reason: str | None = None, task_type: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Delete for good the dead letters with this reason and/or type; their ids."""
+        return list(
+            self.run(
+                browse.act_on_dead(
+                    self.ops, "purge", reason=reason, task_type=task_type, limit=limit
+                )
+            )
+        )
+
+    def record_scale(self, event: dict[str, Any]) -> None:
+        """Append a scale decision to the queue's capped log (the operator calls this)."""
+        self.run(browse.record_scale(self.ops, event))
+
+    def scale_log(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest recorded scale decisions, newest first."""
+        return list(self.run(browse.scale_log(self.ops, limit)))
+
+    def type_stats(self) -> dict[str, dict[str, int]]:
+        """Per task type: submitted, completed, failed, retried, dead, cancelled, runs and
+        duration_ms totals."""
+        return dict(self.run(browse.type_stats(self.ops)))
+
     def publish_config(self) -> None:
         """Publish this client's queue config to Redis for producers and workers."""
         self.run(_single(self.ops.publish_config()))
@@ -554,6 +634,85 @@ class AsyncClient(_Base):
                 yield task
             if cursor == 0:
                 return
+
+    # -- seeing and steering (issue 13) -------------------------------------------------
+
+    async def list_tasks(
+        self,
+        state: str,
+        *,
+        task_type: str | None = None,
+        level: str | None = None,
+        reason: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Tasks in `state` (pending, scheduled, running, retrying, completed, dead), at most
+        `limit`, filtered by type, level and (dead) reason; pass `page.cursor` back for more.
+
+        Reads bounded ranges of the queue's own lists and sets, never the keyspace.
+        """
+        page: TaskPage = await self.run(
+            browse.list_tasks(
+                self.ops,
+                state,
+                task_type=task_type,
+                level=level,
+                reason=reason,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+        return page
+
+    async def run_now(self, task_id: str) -> bool:
+        """Make a scheduled or retrying task due now; False if it is in neither state."""
+        return bool(await self.run(browse.run_now(self.ops, task_id)))
+
+    async def pause(self, reason: str | None = None) -> bool:
+        """Stop workers claiming from the queue (running tasks finish); True if it changed."""
+        return bool(await self.run(browse.set_paused(self.ops, True, self.clock(), reason)))
+
+    async def resume(self) -> bool:
+        """Let workers claim again after `pause`; True if the queue was paused."""
+        return bool(await self.run(browse.set_paused(self.ops, False, self.clock())))
+
+    async def requeue_dead_where(
+        self, *, reason: str | None = None, task_type: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Requeue the dead letters with this reason and/or type; their ids."""
+        return list(
+            await self.run(
+                browse.act_on_dead(
+                    self.ops, "requeue", reason=reason, task_type=task_type, limit=limit
+                )
+            )
+        )
+
+    async def purge_dead_where(
+        self, *, reason: str | None = None, task_type: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Delete for good the dead letters with this reason and/or type; their ids."""
+        return list(
+            await self.run(
+                browse.act_on_dead(
+                    self.ops, "purge", reason=reason, task_type=task_type, limit=limit
+                )
+            )
+        )
+
+    async def record_scale(self, event: dict[str, Any]) -> None:
+        """Append a scale decision to the queue's capped log (the operator calls this)."""
+        await self.run(browse.record_scale(self.ops, event))
+
+    async def scale_log(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest recorded scale decisions, newest first."""
+        return list(await self.run(browse.scale_log(self.ops, limit)))
+
+    async def type_stats(self) -> dict[str, dict[str, int]]:
+        """Per task type: submitted, completed, failed, retried, dead, cancelled, runs and
+        duration_ms totals."""
+        return dict(await self.run(browse.type_stats(self.ops)))
 
     async def publish_config(self) -> None:
         await self.run(_single(self.ops.publish_config()))

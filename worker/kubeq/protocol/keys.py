@@ -146,6 +146,22 @@ class QueueKeys:
         return f"{self.prefix}config"
 
     @cached_property
+    def type_counters(self) -> str:
+        """HASH "<task type>|<counter>" -> total (submitted, completed, failed, ...);
+        at most 1,000 fields, the rest counted under "(other)"."""
+        return f"{self.prefix}type_counters"
+
+    @cached_property
+    def paused(self) -> str:
+        """STRING set while the queue is paused (JSON: when, why): claims take nothing."""
+        return f"{self.prefix}paused"
+
+    @cached_property
+    def scale_log(self) -> str:
+        """Capped LIST of recent scale decisions (JSON), newest first, for the dashboard."""
+        return f"{self.prefix}scale_log"
+
+    @cached_property
     def maintenance_lock(self) -> str:
         return f"{self.prefix}lock:maintenance"
 
@@ -178,4 +194,7 @@ class QueueKeys:
             self.config,
             self.maintenance_lock,
             self.rate_bucket,
+            self.paused,
+            self.scale_log,
+            self.type_counters,
         ]

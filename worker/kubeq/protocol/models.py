@@ -92,6 +92,10 @@ class QueueStats(BaseModel):
     dead: int
     workers: int
     counters: dict[str, int]
+    #: claims take nothing while paused (`Client.pause`); running tasks finish
+    paused: bool = False
+    paused_at: int | None = None  # ms (Redis clock)
+    paused_reason: str | None = None
 
     @property
     def ready(self) -> int:
@@ -144,3 +148,13 @@ class ReapReport(BaseModel):
 class DeadLetter(BaseModel):
     task: Task
     dead_at: int
+
+
+class TaskPage(BaseModel):
+    """One page of `Client.list_tasks`: the tasks, and the cursor of the next page."""
+
+    tasks: list[Task]
+    #: pass it back to continue; None when the listing reached its end
+    cursor: str | None = None
+    #: entries of the queue's structures read for this page (bounded per call)
+    scanned: int = 0

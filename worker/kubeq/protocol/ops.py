@@ -381,7 +381,9 @@ class QueueOps:
     ) -> Op:
         _check_count("chunk_size", chunk_size, 1, MAX_SCRIPT_BATCH)
         # Validate every item before writing any chunk.
+        requests = list(requests)
         encoded = [self.encode_task(r, now) for r in requests]
+        types = [r.type for r in requests]
         seen: set[str] = set()
         for task_id, *_ in encoded:
             if task_id in seen:
@@ -391,9 +393,10 @@ class QueueOps:
                 )
             seen.add(task_id)
         accepted: list[str] = []
-        for chunk in _chunks(encoded, chunk_size):
+        for start in range(0, len(encoded), chunk_size):
+            chunk = encoded[start : start + chunk_size]
             try:
-                ids = yield self._submit_chunk(chunk, now)
+                ids = yield self._submit_chunk(chunk, now, types[start : start + chunk_size])
             except errors.KubeqError as exc:
                 # Whatever failed, say exactly what earlier chunks enqueued; a lost reply
                 # leaves this chunk's fate unknown, a refusal means nothing of it was written.
@@ -405,7 +408,9 @@ class QueueOps:
             accepted.extend(ids)
         return accepted
 
-    def _submit_chunk(self, chunk: Sequence[EncodedTask], now: int) -> ScriptCall:
+    def _submit_chunk(
+        self, chunk: Sequence[EncodedTask], now: int, types: Sequence[str] = ()
+    ) -> ScriptCall:
         k = self.keys
         idem_keys: list[str] = []
         slots: dict[str, int] = {}
@@ -429,6 +434,10 @@ class QueueOps:
             # Only a caller-chosen id needs the existence check: a generated one is 128
             # random bits.
             args += [task_id, level, delay_ms, eta_ms, idem, meta_head, record, chosen]
+        # Per-type `submitted` counts: the chunk's distinct types, then one index per task.
+        names = list(dict.fromkeys(types))
+        index = {t: i + 1 for i, t in enumerate(names)}
+        args += [len(names), *names, *(index[t] for t in types)] if names else [0]
         keys = [
             k.tasks,
             k.wake,
@@ -439,6 +448,7 @@ class QueueOps:
             *self._ready,
             *self._delayed,
             *idem_keys,
+            k.type_counters,  # last: submit.lua finds it at KEYS[#KEYS]
         ]
         return ScriptCall("submit", keys, args)
 
@@ -491,6 +501,7 @@ class QueueOps:
         ]
         for i in order:
             keys += self._level_keys3(i)
+        keys.append(k.paused)  # last: claim.lua finds it at KEYS[#KEYS]
         tasks: list[ClaimedTask] = []
         malformed: list[MalformedClaim] = []
         wait = 0
@@ -861,7 +872,7 @@ class QueueOps:
 
     def stats(self, now: int) -> Op:
         k = self.keys
-        keys = [k.meta, k.dead, k.workers, k.counters, *self._per_level3]
+        keys = [k.meta, k.dead, k.workers, k.counters, *self._per_level3, k.paused]
         reply = yield ScriptCall("stats", keys, [self._now_arg(now), len(self.levels)])
         dead, workers, flat = reply[0], reply[1], reply[2]
         counters = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -878,9 +889,13 @@ class QueueOps:
                     oldest_enqueued_at=oldest if oldest >= 0 else None,
                 )
             )
+        paused_at, paused_reason = parse_paused(reply[-1])
         return QueueStats(
             queue=self.config.full_name,
-            at=int(reply[-1]),
+            at=int(reply[-2]),
+            paused=paused_at is not None,
+            paused_at=paused_at,
+            paused_reason=paused_reason,
             levels=levels,
             dead=int(dead),
             workers=int(workers),
@@ -1004,6 +1019,17 @@ class QueueOps:
         """Redis's maxmemory-policy, from INFO memory (CONFIG GET may be forbidden)."""
         info = yield Command(("INFO", "memory"))
         return parse_eviction_policy(info)
+
+
+def parse_paused(raw: str | None) -> tuple[int | None, str | None]:
+    """The paused key's "<ms>|<reason>" as (since ms, reason); (None, None) when running."""
+    if not raw:
+        return None, None
+    at, _, reason = raw.partition("|")
+    try:
+        return int(at), reason or None
+    except ValueError:  # written by something else: still paused, time unknown
+        return 0, raw
 
 
 _ACTIONS = frozenset(("complete", "cancel", "retry", "dead", "release"))

@@ -20,9 +20,11 @@ from kubeq.middleware import TaskEnd
 from kubeq.protocol import (
     AsyncClient,
     ClaimedTask,
+    KubeqError,
     QueueConfig,
     QueueKeys,
     WorkerInfo,
+    browse,
     system_clock,
 )
 from kubeq.protocol.ops import Command, Op, Pipeline
@@ -35,6 +37,7 @@ from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
 from kubeq.worker.maintenance import Maintenance
 from kubeq.worker.settings import WorkerSettings, idle_wait_cap
+from kubeq.worker.tally import TypeTally
 
 log = logging.getLogger("kubeq.worker")
 tlog = logging.getLogger("kubeq.task")
@@ -118,6 +121,7 @@ class Worker:
             child_keepalive=self.config.lease_seconds / 2,
         )
         self.ledger = Ledger(self.metrics)
+        self.tally = TypeTally()
         self.batcher = SettleBatcher(
             client,
             self.breaker,
@@ -382,6 +386,7 @@ class Worker:
             series.duration.observe(out.duration)
         if out.failed:
             series.failed.inc()
+        self.tally.add(out)
         self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
         self._count_for_recycling()
@@ -456,6 +461,7 @@ class Worker:
         sent = {tid: token for tid, token, _ in held}
         reply = await self.client.heartbeat(self.id, held, self.info())
         self.breaker.record_success()
+        await self.flush_tally()
         for tid in reply.lost:
             if self.ledger.is_settling(tid, sent[tid]):
                 # Settled (or being settled) since we read the ledger: the settle's own
@@ -476,8 +482,25 @@ class Worker:
             if job is not None and job.claimed.token == sent[tid]:
                 job.halt("cancel")
 
+    async def flush_tally(self) -> None:
+        """Add the per-type counts since the last flush to Redis (kept on failure)."""
+        counts = self.tally.take()
+        if not counts:
+            return
+        try:
+            await self.client.run(browse.tally(self.client.ops, counts))
+        except KubeqError as exc:
+            # Counting must never stop heartbeats or a drain: keep the counts (bounded by
+            # the registered types) for the next flush, and say why once per failure.
+            self.tally.put_back(counts)
+            log.warning("per-type counters not flushed (kept for the next heartbeat): %s", exc)
+        except BaseException:
+            self.tally.put_back(counts)
+            raise
+
     async def deregister(self) -> None:
         """Leave the worker registry on a clean exit (`kubeq workers` shows no ghost)."""
+        await self.flush_tally()
         await self.client.run(deregister_op(self.client.ops.keys, self.id))
 
     def stop_claiming(self) -> None:

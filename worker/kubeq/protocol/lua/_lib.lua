@@ -65,3 +65,15 @@ end
 -- Expiry keeps pace with completion: whoever adds k terminal records prunes up to
 -- k + PRUNE_EXTRA expired ones.
 local PRUNE_EXTRA = 16
+
+-- Per-task-type counters: HASH field "<type>|<counter>" -> total. At most TYPE_FIELDS
+-- fields: a new type beyond that counts under "(other)", so producers inventing types can
+-- never grow the hash (or a dashboard's table) without bound.
+local TYPE_FIELDS = 1000
+local function count_type(key, task_type, counter, n)
+  local field = task_type .. '|' .. counter
+  if redis.call('HEXISTS', key, field) == 0 and redis.call('HLEN', key) >= TYPE_FIELDS then
+    field = '(other)|' .. counter
+  end
+  redis.call('HINCRBY', key, field, n)
+end

@@ -7,6 +7,8 @@
 -- KEYS[9] this worker's claims HASH (claim id and what each chunk leased)
 -- KEYS[10 ..] three keys per level, in the order to serve them:
 --             ready LIST, delayed ZSET, leases ZSET
+-- KEYS[#KEYS] the queue's paused STRING (last, after the levels): while it exists a claim
+--             takes nothing new (a repeated claim still gets back what it leased)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] N (max tasks, at most MAX_BATCH)
 -- ARGV[3] worker id  ARGV[4] lease ms  ARGV[5] L (levels)  ARGV[6] promote limit per level
 -- ARGV[7] rate in tasks per ms (0: no limit)  ARGV[8] bucket burst
@@ -50,6 +52,10 @@ if claim_id ~= '' then
       return out
     end
   end
+end
+
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  return {0}
 end
 
 -- Promotion first, so a due task is claimable even when no maintenance ran. Tasks due in

@@ -3,10 +3,12 @@
 -- Flags: no-writes (run with EVALSHA_RO: works for a read-only ACL user and on replicas).
 -- KEYS[1] meta HASH  KEYS[2] dead ZSET  KEYS[3] workers ZSET  KEYS[4] counters HASH
 -- KEYS[5 .. 4+3L] three keys per level, in level order: ready LIST, delayed ZSET, leases ZSET
+-- KEYS[5+3L] the queue's paused STRING
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] L
 -- Returns: {dead, workers, counters (flat field/value list),
 --           then per level: ready, delayed (not yet due), due, in-flight,
---           enqueued-at ms of the oldest ready task (-1 when none)}, now_ms}
+--           enqueued-at ms of the oldest ready task (-1 when none)}, now_ms,
+--           the paused JSON or false}
 local now = clock(ARGV[1])
 local L = tonumber(ARGV[2])
 local out = {redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]), redis.call('HGETALL', KEYS[4])}
@@ -32,4 +34,5 @@ for lv = 0, L - 1 do
   out[#out + 1] = oldest
 end
 out[#out + 1] = now
+out[#out + 1] = redis.call('GET', KEYS[5 + 3 * L])
 return out

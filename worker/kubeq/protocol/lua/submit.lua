@@ -6,6 +6,7 @@
 -- KEYS[7 .. 6+L]        ready LIST of each level, in level order
 -- KEYS[7+L .. 6+2L]     delayed ZSET of each level, in level order
 -- KEYS[7+2L ..]         idempotency keys, referenced by index from the task tuples
+-- KEYS[#KEYS]          type_counters HASH (last, after the idempotency keys)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] max_backlog (0: unbounded)  ARGV[3] wake cap
 -- ARGV[4] idempotency TTL ms  ARGV[5] L (levels)  ARGV[6] N (tasks, at most MAX_BATCH)
 -- ARGV[7] 1 when some task has an idempotency key or a caller-chosen id (else no checks)
@@ -13,6 +14,8 @@
 --   idempotency key index (0: none), meta "<level>|<max attempts>|<enqueued ms>" (the
 --   producer's clock: informational, for stats' oldest-task age), task record JSON,
 --   1 when the caller chose the id (checked to be new) or 0 (128 random bits: not checked)
+-- then K (distinct task types in the chunk), K type names, and N type indexes (1-based),
+--   one per tuple: fresh tasks are counted per type (`submitted`) in type_counters
 -- Returns: N ids (the first task's id on an idempotency hit), or, with nothing written,
 --   the error "QUEUEFULL <backlog> <max> <new>" or "TASKEXISTS <id>".
 local now = clock(ARGV[1])
@@ -132,4 +135,16 @@ if ready_now > 0 then
   redis.call('LTRIM', KEYS[2], -wake_cap, -1)
 end
 redis.call('HINCRBY', KEYS[3], 'submitted', #fresh)
+local types_at = 8 + n * T
+local k_types = tonumber(ARGV[types_at]) or 0
+if k_types > 0 then
+  local per_type = {}
+  for _, i in ipairs(fresh) do
+    local t = tonumber(ARGV[types_at + k_types + 1 + i])
+    if t then per_type[t] = (per_type[t] or 0) + 1 end
+  end
+  for t, count in pairs(per_type) do
+    count_type(KEYS[#KEYS], ARGV[types_at + t], 'submitted', count)
+  end
+end
 return ids

@@ -1,0 +1,1 @@
+"""The web dashboard (`kubeq dashboard`; needs the `dashboard` extra: Starlette, uvicorn)."""
