@@ -38,11 +38,14 @@ from kubeq_operator.manifests import (
     build_deployment,
     build_metrics_service,
     build_pdb,
+    config_map_name,
     deployment_name,
     managed_replicas,
     selector_labels,
     selector_string,
 )
+from kubeq_operator.preflight import Kind as RefKind
+from kubeq_operator.preflight import problems, references
 from kubeq_operator.spec import TaskQueueSpec
 
 LAST_APPLIED_ANNOTATION = "kubeq.io/last-applied"
@@ -267,6 +270,15 @@ class KubeApi:
 # --- the backend -----------------------------------------------------------------------------
 
 
+class UnresolvedReferences(Exception):
+    """The pod template refers to Secrets/ConfigMaps (keys) that do not exist: its pods
+    could not start, so it is not rolled out."""
+
+    def __init__(self, found: list[str]) -> None:
+        super().__init__("pods could not start: " + "; ".join(found))
+        self.problems = found
+
+
 class DeploymentMissing(ApiError):
     def __init__(self, ref: QueueRef) -> None:
         super().__init__(404, f"Deployment {ref.namespace}/{deployment_name(ref.name)} not found")
@@ -323,9 +335,23 @@ class K8sBackend:
             # Created meanwhile (another replica, or a restore racing a reconcile): patch it.
             await self.api.patch(path, apply_patch(manifest, await self.api.get(path)))
 
+    async def check_references(self, ref: QueueRef, deployment: Manifest) -> None:
+        """Raise UnresolvedReferences when the pods of `deployment` could not start."""
+        own = ("ConfigMap", config_map_name(ref.name))  # applied together with the Deployment
+        refs = [r for r in references(deployment) if (r.kind, r.name) != own]
+        kinds = {"Secret": SECRETS, "ConfigMap": CONFIG_MAPS}
+        objects: dict[tuple[RefKind, str], Mapping[str, Any] | None] = {}
+        for kind, name in sorted({(r.kind, r.name) for r in refs}):
+            objects[(kind, name)] = await self.api.get(kinds[kind].path(ref.namespace, name))
+        found = problems(refs, objects)
+        if found:
+            raise UnresolvedReferences(found)
+
     async def apply(self, ref: QueueRef, spec: TaskQueueSpec, config: QueueConfig) -> None:
         del config  # the builders derive it from the spec; the Protocol passes it for others
         owner = await self._owner(ref)
+        # Before any write: a template whose pods cannot start is not rolled out at all.
+        await self.check_references(ref, self.desired_deployment(ref, spec))
         name, ns = ref.name, ref.namespace
         # A new Deployment starts at the autoscaler's last count (a restored one keeps its
         # size) or minReplicas; the API server would default a missing count to 1.

@@ -15,6 +15,7 @@ import datetime
 import gzip
 import importlib.resources
 import itertools
+import re
 import secrets
 import time
 import uuid
@@ -52,9 +53,53 @@ def _merge(value: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+# A resource quantity as the API server parses it ("cannot be handled as a Deployment").
+_QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([eE][+-]?[0-9]+)|[KMGTPE]i|[numkMGTPE])?$"
+)
+
+# A request the test wants refused: the error to answer with, or None to serve it normally.
+Fault = Callable[[kmock.Request], "kmock.KubernetesError | None"]
+
+
+def _invalid(message: str, kind: str = "Deployment") -> kmock.KubernetesError:
+    return kmock.KubernetesError(
+        status=422, reason="Invalid", message=f"{kind} is invalid: {message}"
+    )
+
+
+def validate_deployment(obj: Mapping[str, Any]) -> None:
+    """The checks of a real API server that the operator has error paths for: an env var
+    name the kubelet cannot set (422), an unparseable resource quantity (400)."""
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for i, container in enumerate(pod.get("containers") or []):
+        where = f"spec.template.spec.containers[{i}]"
+        for j, env in enumerate(container.get("env") or []):
+            name = str((env or {}).get("name", ""))
+            if not name or "=" in name or not name.isprintable() or not name.isascii():
+                raise _invalid(
+                    f'{where}.env[{j}].name: Invalid value: "{name}": a valid environment'
+                    " variable name must consist only of printable ASCII characters other"
+                    " than '='"
+                )
+        resources = container.get("resources") or {}
+        for part in ("limits", "requests"):
+            for resource, value in (resources.get(part) or {}).items():
+                if not _QUANTITY.match(str(value)):
+                    raise kmock.KubernetesError(
+                        status=400,
+                        reason="BadRequest",
+                        message=f'Deployment in version "v1" cannot be handled as a Deployment:'
+                        f" quantities must match the regular expression (resources.{part}."
+                        f"{resource}: {value!r})",
+                    )
+
+
 @attrs.define(kw_only=True)
 class KubeqEmulator(kmock.KubernetesEmulator):
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    # Injected failures, consulted for every request (tests append and remove them).
+    faults: list[Fault] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -200,8 +245,25 @@ class KubeqEmulator(kmock.KubernetesEmulator):
                 pending.cancel()
             await bus.unmark(marker)
 
+    def _check(self, request: kmock.Request) -> None:
+        """Refuse what a real API server refuses (after a patch: the object it would store)."""
+        for fault in self.faults:
+            error = fault(request)
+            if error is not None:
+                raise error
+        resource = request.resource
+        if resource is None or getattr(resource, "plural", None) != "deployments":
+            return
+        if request.action == kmock.action.CREATE and isinstance(request.data, Mapping):
+            validate_deployment(request.data)
+        elif request.action == kmock.action.UPDATE and isinstance(request.data, Mapping):
+            live = self._live(request)
+            if live is not None:
+                validate_deployment(_merge(live, request.data))
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         action = request.action
+        self._check(request)
         if request.resource is not None and isinstance(request.data, Mapping | list):
             # In place: kmock's filters recognise a request by its identity.
             if action == kmock.action.CREATE and isinstance(request.data, Mapping):

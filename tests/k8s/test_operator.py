@@ -6,16 +6,12 @@ ReplicaSets or Pods (tests create Pod objects), and Deployment status stays empt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.k8s.emulator import (
     KubeqEmulator,
-    api_for,
     eventually,
-    kubeconfig_for,
     running_operator,
 )
 
@@ -43,14 +39,6 @@ from kubeq_operator.manifests import (
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 NS = "default"
 IMAGE = "registry.example/telemetry-worker:1.0"
-
-
-@pytest.fixture
-async def api(kmock: KubeqEmulator, tmp_path: Path) -> AsyncIterator[KubeApi]:
-    with kubeconfig_for(str(kmock.url), tmp_path):
-        client = api_for(str(kmock.url))
-        yield client
-        await client.close()
 
 
 def taskqueue(name: str, redis_url: str, **spec: Any) -> dict[str, Any]:

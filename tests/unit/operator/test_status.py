@@ -112,3 +112,43 @@ def test_scale_event_and_change_detection() -> None:
     assert not st.changed({"a": 1, "b": 2}, {"a": 1})
     assert st.changed({"a": 1}, {"a": 2})
     assert st.invalid_spec_message(["a: x", "b: y"]) == "a: x; b: y"
+
+
+def cond(type: str, status: str, reason: str, message: str = "m") -> Condition:
+    return Condition.model_validate(
+        {"type": type, "status": status, "reason": reason, "message": message}
+    )
+
+
+def test_transition_events_warn_on_failure_and_announce_recovery() -> None:
+    ok = cond("Ready", "True", "Reconciled", "fine")
+    failed = cond("Ready", "False", "ApplyFailed", "422: refused")
+    # New and False, or True → False: a Warning with the condition's reason and message.
+    assert st.transition_event(None, failed) == ("Warning", "ApplyFailed", "422: refused")
+    assert st.transition_event(ok, failed) == ("Warning", "ApplyFailed", "422: refused")
+    # Still False, for another reason or with another message: a new Warning.
+    missing = cond("Ready", "False", "MissingReference", 'Secret "s" not found')
+    assert st.transition_event(failed, missing) == (
+        "Warning",
+        *("MissingReference",),
+        missing.message,
+    )
+    other = cond("Ready", "False", "ApplyFailed", "500: etcd down")
+    assert st.transition_event(failed, other) == ("Warning", "ApplyFailed", "500: etcd down")
+    # Unchanged: nothing (a failing retry loop does not flood Events).
+    assert st.transition_event(failed, failed) is None
+    # Recovery: a Normal Event named after the condition.
+    assert st.transition_event(failed, ok) == ("Normal", "Reconciled", "fine")
+    scaling = cond("Scaling", "True", "Stable", "2 replicas")
+    broken = cond("Scaling", "False", "AutoscalerError", "WRONGTYPE")
+    assert st.transition_event(broken, scaling) == ("Normal", "ScalingResumed", "2 replicas")
+    # First seen True, or True staying True: nothing to announce.
+    assert st.transition_event(None, ok) is None
+    assert st.transition_event(ok, cond("Ready", "True", "Reconciled", "other")) is None
+    # False by choice is announced as Normal, not as a Warning.
+    disabled = cond("Scaling", "False", "AutoscalingDisabled", "spec.replicas 3")
+    assert st.transition_event(scaling, disabled) == (
+        "Normal",
+        "AutoscalingDisabled",
+        "spec.replicas 3",
+    )
