@@ -53,7 +53,7 @@ def keda_decide(
     cooldown: float = KEDA_COOLDOWN,
 ) -> Decision:
     """KEDA + HPA on a Redis list: waiting tasks only; by default 300 s down, 300 s to zero."""
-    listed = obs.ready  # LLEN of the list: in-flight tasks are not in it
+    listed = obs.waiting  # LLEN of the list: in-flight tasks are not in it
     raw = min(policy.max_replicas, math.ceil(listed / policy.target_backlog_per_replica))
     history = history.record(now, raw, down_window)
     active_since = history.empty_since

@@ -60,9 +60,9 @@ class QueueAutoscaler:
         self.metrics.probe.labels(queue).observe(self.clock() - started)
         self.metrics.reachable.labels(queue).set(1)
         self.metrics.observe_stats(queue, stats)
-        waiting = {lv.name: lv.ready + lv.due for lv in stats.levels}
+        waiting = {lv.name: lv.waiting for lv in stats.levels}
         return (
-            Observation(at=started, backlog_by_priority=waiting, in_flight=stats.in_flight),
+            Observation(at=started, waiting_by_priority=waiting, in_flight=stats.in_flight),
             stats,
             None,
         )

@@ -16,9 +16,15 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.waiting = Gauge(
+            "kubeq_queue_waiting_tasks",
+            "Tasks waiting for a worker: ready + due, per priority.",
+            ["queue", "priority"],
+            registry=r,
+        )
         self.backlog = Gauge(
             "kubeq_queue_backlog_tasks",
-            "Tasks the autoscaler counts: ready + due + in flight, per priority.",
+            "Tasks the autoscaler counts: waiting (ready + due) + in flight, per priority.",
             ["queue", "priority"],
             registry=r,
         )
@@ -77,6 +83,7 @@ class OperatorMetrics:
 
     def observe_stats(self, queue: str, stats: QueueStats) -> None:
         for lv in stats.levels:
+            self.waiting.labels(queue, lv.name).set(lv.waiting)
             self.backlog.labels(queue, lv.name).set(lv.backlog)
             for state, value in (
                 ("ready", lv.ready),
@@ -103,6 +110,7 @@ class OperatorMetrics:
         for direction in ("up", "down"):
             _remove(self.scale_events, queue, direction)
         for lv in levels:
+            _remove(self.waiting, queue, lv)
             _remove(self.backlog, queue, lv)
             for state in ("ready", "due", "delayed", "in_flight"):
                 _remove(self.tasks, queue, lv, state)

@@ -28,18 +28,18 @@ class Observation:
     """One reading of the queue, taken at `at` (seconds, same clock as `now`)."""
 
     at: float
-    backlog_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
+    waiting_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
     in_flight: int = 0
     reachable: bool = True
 
     @property
-    def ready(self) -> int:
-        return sum(max(0, n) for n in self.backlog_by_priority.values())
+    def waiting(self) -> int:
+        return sum(max(0, n) for n in self.waiting_by_priority.values())
 
     @property
-    def demand(self) -> int:
-        """Tasks that need a worker now: waiting (ready or due) plus running."""
-        return self.ready + max(0, self.in_flight)
+    def backlog(self) -> int:
+        """Tasks that need a worker now: waiting (ready or due) plus in flight."""
+        return self.waiting + max(0, self.in_flight)
 
 
 @dataclass(frozen=True)
@@ -183,14 +183,18 @@ def decide_replicas(
         # Unknown is not empty: the cooldown to zero starts again once the queue is seen.
         return _finish(target, current, reason, replace(history, empty_since=None), now)
 
-    ready, in_flight, demand = observation.ready, max(0, observation.in_flight), observation.demand
+    waiting, in_flight, demand = (
+        observation.waiting,
+        max(0, observation.in_flight),
+        observation.backlog,
+    )
     empty_since = None
     if demand == 0:
         empty_since = history.empty_since if history.empty_since is not None else observation.at
     raw = math.ceil(demand / policy.target_backlog_per_replica)
     busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
     notes = [
-        f"backlog {demand} (ready {ready} + in-flight {in_flight})"
+        f"backlog {demand} (waiting {waiting} + in-flight {in_flight})"
         f" / target {policy.target_backlog_per_replica} → {raw}"
     ]
     if busy > raw:

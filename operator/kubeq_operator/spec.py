@@ -358,9 +358,11 @@ class TaskQueueStatus(_Model):
     observed_generation: int | None = Field(default=None, ge=0)
     replicas: int | None = Field(default=None, ge=0)
     desired_replicas: int | None = Field(default=None, ge=0)
-    backlog: int | None = Field(default=None, ge=0)
+    waiting: int | None = Field(default=None, ge=0)
     in_flight: int | None = Field(default=None, ge=0)
+    backlog: int | None = Field(default=None, ge=0)
     dead_letter: int | None = Field(default=None, ge=0)
+    waiting_by_priority: dict[str, int] | None = None
     backlog_by_priority: dict[str, int] | None = None
     last_scale_time: str | None = None
     last_scale_reason: str | None = Field(default=None, max_length=1024)

@@ -152,11 +152,15 @@ def observed_fields(tick: Tick, *, now: str) -> dict[str, Any]:
     }
     if tick.stats is not None:
         stats = tick.stats
+        # One definition everywhere (kubeq.protocol.LevelStats): waiting = ready + due,
+        # backlog = waiting + in flight (what the autoscaler scales on).
         fields |= {
-            "backlog": stats.ready,
+            "waiting": stats.waiting,
             "inFlight": stats.in_flight,
+            "backlog": stats.backlog,
             "deadLetter": stats.dead,
-            "backlogByPriority": {lv.name: lv.ready + lv.due for lv in stats.levels},
+            "waitingByPriority": {lv.name: lv.waiting for lv in stats.levels},
+            "backlogByPriority": {lv.name: lv.backlog for lv in stats.levels},
         }
     if tick.decision.changed:
         fields |= {

@@ -188,7 +188,8 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
                 lambda b: b["status"].get("desiredReplicas") == 4,
                 what="status.desiredReplicas",
             )
-            assert tq["status"]["backlog"] == 35
+            assert (tq["status"]["waiting"], tq["status"]["backlog"]) == (35, 35)
+            assert tq["status"]["waitingByPriority"]["default"] == 35
             assert tq["status"]["backlogByPriority"]["default"] == 35
             assert "backlog 35" in tq["status"]["lastScaleReason"]
             assert condition(tq, "Scaling")["reason"] == "ScaledUp"
@@ -227,7 +228,8 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
             await eventually(lambda: events(api, "burst"), has_event("ScaledDown"), what="Event")
             tq = await get(api, tq_path("burst"))
             assert tq["status"]["inFlight"] == 4
-            assert tq["status"]["backlog"] == 0
+            assert tq["status"]["waiting"] == 0
+            assert tq["status"]["backlog"] == 4  # waiting + in flight
         finally:
             producer.close()
 

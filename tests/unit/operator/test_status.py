@@ -93,10 +93,12 @@ def test_observed_fields() -> None:
     assert fields == {
         "replicas": 1,
         "desiredReplicas": 3,
-        "backlog": 15,  # ready + due
+        "waiting": 15,  # ready + due
         "inFlight": 4,
+        "backlog": 19,  # waiting + in flight
         "deadLetter": 7,
-        "backlogByPriority": {"high": 5, "low": 10},
+        "waitingByPriority": {"high": 5, "low": 10},
+        "backlogByPriority": {"high": 9, "low": 10},
         "lastScaleTime": "t",
         "lastScaleReason": "reason 3",
     }

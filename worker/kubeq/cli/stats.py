@@ -29,8 +29,12 @@ RATE_COUNTERS = ("submitted", "claimed", "completed", "retried", "dead")
 
 def stats_json(stats: QueueStats, rates: dict[str, float] | None = None) -> dict[str, Any]:
     data = stats.model_dump(mode="json")
+    # The names of kubeq.protocol.LevelStats, as on the TaskQueue status and the metrics:
+    # waiting = ready + due, backlog = waiting + in flight.
     data["totals"] = {
-        "ready": stats.ready,
+        "ready": sum(lv.ready for lv in stats.levels),
+        "due": sum(lv.due for lv in stats.levels),
+        "waiting": stats.waiting,
         "delayed": stats.delayed,
         "in_flight": stats.in_flight,
         "backlog": stats.backlog,
@@ -71,14 +75,17 @@ def render_stats(
     due = sum(lv.due for lv in stats.levels)
     table.add_row(
         "total",
-        str(stats.ready - due),
+        str(stats.waiting - due),
         str(due),
         str(stats.delayed),
         str(stats.in_flight),
-        fmt_age(stats.oldest_age_seconds()) if stats.ready else "-",
+        fmt_age(stats.oldest_age_seconds()) if stats.waiting else "-",
         style="bold",
     )
-    summary = Text(f"backlog {stats.backlog}   dead-letter {stats.dead}   workers {stats.workers}")
+    summary = Text(
+        f"waiting {stats.waiting}   backlog {stats.backlog} (waiting + in-flight)"
+        f"   dead-letter {stats.dead}   workers {stats.workers}"
+    )
     counters = Text(
         "counters: " + (", ".join(f"{k} {v}" for k, v in sorted(stats.counters.items())) or "none")
     )
