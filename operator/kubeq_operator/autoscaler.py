@@ -9,13 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubeq.protocol import AsyncClient, KubeqError, QueueStats, WorkerInfo
 from kubeq_operator.backend import Backend, QueueRef
 from kubeq_operator.manifests import deletion_cost_annotations
 from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy, decide_replicas
+from kubeq_operator.scaling import (
+    Decision,
+    History,
+    Observation,
+    ScalingPolicy,
+    decide_replicas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +86,33 @@ class QueueAutoscaler:
 
     async def tick(self) -> Tick:
         queue = str(self.ref)
+        # The pool first, then Redis: a decision made from this pair is applied only if no
+        # other decision (another operator replica's) came after the pool was read, and
+        # any decision before that read is already in what Redis shows now.
+        view = await self.backend.view(self.ref)
+        current = view.replicas
         observation, stats, error = await self.observe()
-        current = await self.backend.replicas(self.ref)
         decision = decide_replicas(observation, self.policy, self.history, current, self.clock())
-        self.history = decision.history
         if decision.replicas < current:
             # The registry is read only before a scale-down: ticks stay one round trip.
             await self._mark_idle_first()
+        if decision.changed and not await self.backend.scale(
+            self.ref, decision.replicas, basis=view.basis
+        ):
+            log.info("%s: not scaled to %d, a newer decision came first", queue, decision.replicas)
+            decision = superseded(decision, current, self.history)
+        self.history = decision.history
         if decision.changed:
-            await self.backend.scale(self.ref, decision.replicas)
             self.metrics.scale_events.labels(queue, decision.direction).inc()
             log.info("scaled %s %d → %d: %s", queue, current, decision.replicas, decision.reason)
-        ready = await self.backend.ready_replicas(self.ref)
         self.metrics.desired.labels(queue).set(decision.replicas)
-        self.metrics.current.labels(queue).set(ready)
-        return Tick(decision, current, ready, stats, error)
+        self.metrics.current.labels(queue).set(view.ready)
+        return Tick(decision, current, view.ready, stats, error)
+
+
+def superseded(decision: Decision, current: int, before: History) -> Decision:
+    """The decision not taken: the pool stays as read, and the scale time is not moved
+    (the recommendations seen still count for the stabilization windows)."""
+    history = replace(decision.history, last_scale_at=before.last_scale_at)
+    reason = f"superseded by a newer scale decision (wanted {decision.replicas})"
+    return replace(decision, replicas=current, reason=reason, history=history, direction="none")

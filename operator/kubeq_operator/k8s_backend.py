@@ -29,7 +29,7 @@ import kubernetes.client
 import kubernetes.config
 
 from kubeq.protocol import QueueConfig
-from kubeq_operator.backend import QueueRef
+from kubeq_operator.backend import PoolView, QueueRef
 from kubeq_operator.manifests import (
     DELETION_COST_ANNOTATION,
     Manifest,
@@ -49,7 +49,10 @@ from kubeq_operator.preflight import problems, references
 from kubeq_operator.spec import TaskQueueSpec
 
 LAST_APPLIED_ANNOTATION = "kubeq.io/last-applied"
+# Counts the scale decisions applied to a Deployment: each one tests it (see `scale`).
+SCALE_DECISION_ANNOTATION = "kubeq.io/scale-decision"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class ApiError(Exception):
@@ -262,12 +265,45 @@ class KubeApi:
     async def patch(self, path: str, body: Manifest) -> Any:
         return await self.request("PATCH", path, body, content_type=MERGE_PATCH)
 
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+        return await self.request("PATCH", path, ops, content_type=JSON_PATCH)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
 # --- the backend -----------------------------------------------------------------------------
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def scale_basis(meta: Mapping[str, Any]) -> str:
+    """What a scale decision tests: the decision counter annotation, or (before the first
+    decision) the object's resourceVersion."""
+    seq = (meta.get("annotations") or {}).get(SCALE_DECISION_ANNOTATION)
+    return f"seq:{seq}" if seq is not None else f"rv:{meta.get('resourceVersion', '')}"
+
+
+def scale_patch(basis: str, replicas: int) -> list[dict[str, Any]]:
+    """A JSON patch that sets replicas only if no decision came since `basis`, and counts
+    this decision (compare-and-swap: the API server refuses a failed `test` whole)."""
+    kind, _, value = basis.partition(":")
+    key = "/metadata/annotations/" + _pointer(SCALE_DECISION_ANNOTATION)
+    if kind == "seq":
+        nxt = str(int(value) + 1) if value.isdigit() else "1"
+        return [
+            {"op": "test", "path": key, "value": value},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+            {"op": "replace", "path": key, "value": nxt},
+        ]
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": value},
+        {"op": "add", "path": "/spec/replicas", "value": replicas},
+        {"op": "add", "path": key, "value": "1"},
+    ]
 
 
 class UnresolvedReferences(Exception):
@@ -371,10 +407,30 @@ class K8sBackend:
             raise DeploymentMissing(ref)
         return dict(body)
 
-    async def scale(self, ref: QueueRef, replicas: int) -> None:
+    async def view(self, ref: QueueRef) -> PoolView:
+        body = await self.deployment(ref)
+        meta = body.get("metadata") or {}
+        return PoolView(
+            replicas=int((body.get("spec") or {}).get("replicas", 1)),  # the server's default
+            ready=int((body.get("status") or {}).get("readyReplicas") or 0),
+            basis=scale_basis(meta),
+        )
+
+    async def scale(self, ref: QueueRef, replicas: int, basis: str | None = None) -> bool:
         path = DEPLOYMENTS.path(ref.namespace, deployment_name(ref.name))
-        await self.api.patch(path, {"spec": {"replicas": replicas}})
+        if basis is None:
+            await self.api.patch(path, {"spec": {"replicas": replicas}})
+        else:
+            try:
+                await self.api.json_patch(path, scale_patch(basis, replicas))
+            except ApiError as exc:
+                # A failed `test` (422) or a stale resourceVersion (409): another decision
+                # was made since our view. Not an error: the next round sees it.
+                if exc.status in (409, 422):
+                    return False
+                raise
         self._scaled[ref] = replicas
+        return True
 
     async def replicas(self, ref: QueueRef) -> int:
         spec = (await self.deployment(ref)).get("spec") or {}

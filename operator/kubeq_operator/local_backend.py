@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kubeq.protocol import QueueConfig
 from kubeq.redis_server import free_port
-from kubeq_operator.backend import QueueRef
+from kubeq_operator.backend import PoolView, QueueRef
 from kubeq_operator.manifests import config_hash, queue_config_json
 from kubeq_operator.spec import TaskQueueSpec
 
@@ -49,6 +49,7 @@ class _Pool:
     workers: list[WorkerProcess] = field(default_factory=list)
     costs: dict[str, int] = field(default_factory=dict)
     serial: int = 0
+    decisions: int = 0  # scale decisions applied: the basis of the next one
 
 
 class LocalBackend:
@@ -84,10 +85,20 @@ class LocalBackend:
                 self._stop(pool, w)
             self._converge(ref, pool)
 
-    async def scale(self, ref: QueueRef, replicas: int) -> None:
+    async def view(self, ref: QueueRef) -> PoolView:
         pool = self.pools[ref]
+        self._converge(ref, pool)
+        ready = sum(1 for w in self._active(pool) if w.alive)
+        return PoolView(pool.desired, ready, str(pool.decisions))
+
+    async def scale(self, ref: QueueRef, replicas: int, basis: str | None = None) -> bool:
+        pool = self.pools[ref]
+        if basis is not None and basis != str(pool.decisions):
+            return False  # another decision since that view
+        pool.decisions += 1
         pool.desired = replicas
         self._converge(ref, pool)
+        return True
 
     async def replicas(self, ref: QueueRef) -> int:
         pool = self.pools[ref]
