@@ -59,6 +59,9 @@ def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorSettings) -> No
     # all of them, hence a random priority per process unless one is configured.
     settings.peering.name = cfg.peering_name
     settings.peering.standalone = cfg.standalone
+    # kopf's default is 60 s: a minute without scaling after the leader dies. Replicas
+    # heartbeat every max(1, lifetime - 5..10) s, so this bounds the takeover time.
+    settings.peering.lifetime = cfg.peering_lifetime_seconds
     settings.peering.mandatory = not cfg.standalone
     settings.peering.priority = (
         cfg.priority if cfg.priority is not None else random.randrange(1, 2**31)
@@ -369,6 +372,18 @@ class Operator:
         q.failures = q.failures + 1 if tick.error else 0
         return backoff(poll, q.failures) if tick.error else poll
 
+    def release(self, body: Mapping[str, Any]) -> None:
+        """The queue's daemon stopped (peering paused this replica, the object is going, or
+        the operator exits): export nothing stale, and start afresh if it comes back, since
+        another replica may have changed everything meanwhile."""
+        ref = queue_ref(body)
+        self.metrics.clear_queue(str(ref))
+        q = self.queues.get(ref)
+        if q is not None:
+            q.autoscaler = None  # its history is of a time another replica may have acted in
+            q.written = None
+            q.settled = None
+
     # -- the child Deployment -------------------------------------------------------------
 
     async def restore(
@@ -511,12 +526,15 @@ async def autoscaler(
 ) -> None:
     # A daemon per TaskQueue, not a timer: each queue has its own poll interval (and backoff).
     op = _operator(memo)
-    while not stopped:
-        delay = await op.tick(body, logger)
-        deadline = time.monotonic() + delay
-        # Short sleeps checking `stopped`, not `stopped.wait()`: that can raise at shutdown.
-        while not stopped and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(left, 0.2))
+    try:
+        while not stopped:
+            delay = await op.tick(body, logger)
+            deadline = time.monotonic() + delay
+            # Short sleeps checking `stopped`, not `stopped.wait()`: that can raise at shutdown.
+            while not stopped and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(min(left, 0.2))
+    finally:
+        op.release(body)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})

@@ -95,6 +95,29 @@ class OperatorMetrics:
         self.dead.labels(queue).set(stats.dead)
         self.oldest.labels(queue).set(stats.oldest_age_seconds())
 
+    def gauges(self) -> tuple[Gauge, ...]:
+        """The series that state a current value (a counter only ever adds up)."""
+        return (
+            self.waiting,
+            self.backlog,
+            self.tasks,
+            self.dead,
+            self.oldest,
+            self.desired,
+            self.current,
+            self.reachable,
+        )
+
+    def clear_queue(self, queue: str) -> None:
+        """Drop every gauge series of a queue this process no longer watches (a replica
+        paused by peering, a daemon stopped): dashboards `sum` the replicas' series, so a
+        frozen copy would count the queue twice."""
+        for gauge in self.gauges():
+            for family in gauge.collect():
+                for sample in family.samples:
+                    if sample.labels.get("queue") == queue:
+                        _remove(gauge, *sample.labels.values())
+
     def forget(self, queue: str, levels: tuple[str, ...]) -> None:
         """Drop a deleted queue's series so dashboards do not show it frozen."""
         for metric in (

@@ -38,6 +38,7 @@ from kubeq_operator.k8s_backend import KubeApi
 from kubeq_operator.settings import OperatorSettings
 
 T = TypeVar("T")
+PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kubeq" / "crds"
 
 
 def _merge(value: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +116,20 @@ class KubeqEmulator(kmock.KubernetesEmulator):
             verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             subresources=set(names.subresources),
         )
+        # kopf's peering resources, from the CRDs the chart ships (for operator replicas).
+        for path in sorted(PEERING_CRDS.glob("kopf-*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            spec, crd_names = crd["spec"], crd["spec"]["names"]
+            for version in spec["versions"]:
+                key = f"{spec['group']}/{version['name']}/{crd_names['plural']}"
+                self.resources[key] = kmock.ResourceInfo(
+                    kind=crd_names["kind"],
+                    singular=crd_names["singular"],
+                    shortnames=set(crd_names.get("shortNames", [])),
+                    namespaced=spec["scope"] == "Namespaced",
+                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                    subresources=set(),
+                )
 
     def _version(self) -> str:
         return str(next(self._versions))
