@@ -68,7 +68,13 @@ class QueueAutoscaler:
         self.metrics.observe_stats(queue, stats)
         waiting = {lv.name: lv.waiting for lv in stats.levels}
         return (
-            Observation(at=started, waiting_by_priority=waiting, in_flight=stats.in_flight),
+            Observation(
+                at=started,
+                waiting_by_priority=waiting,
+                in_flight=stats.in_flight,
+                submitted=stats.counters.get("submitted", 0),
+                claimed=stats.counters.get("claimed", 0),
+            ),
             stats,
             None,
         )

@@ -259,6 +259,7 @@ class Autoscaling(_Model):
     max_step_down: int | None = Field(default=None, ge=1)
     poll_interval_seconds: float = Field(default=10, ge=0.5, le=3600)
     fallback_replicas: int | None = Field(default=None, ge=0, le=1000)
+    target_drain_seconds: float | None = Field(default=None, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
