@@ -3,7 +3,14 @@
 The four gaps (see KUBERNETES-TESTING.md): a resourceVersion that changes on every write
 (plus uid, creationTimestamp and a generation bumped on spec changes), generateName,
 201 on POST, and 422 for a failed JSON-patch `test`. The TaskQueue resource is registered
-from crds/ (kmock ignores CRD objects) and the built-in kinds from kmock's bundle.
+from crds/ (kmock ignores CRD objects) and the built-in kinds from kmock's bundle, kopf's
+peering kinds from the chart's CRDs.
+
+Beyond those, it answers as an API server where the operator has a path for it: 422 for
+an invalid Deployment (an env var name with `=`, a probe without a handler or with a bad
+port), 400 for an unparseable quantity, 409 for a stale resourceVersion, `/status`
+writing only `.status` (and the main resource ignoring it), owner-reference garbage
+collection, and injected failures (`faults`) for any request.
 """
 
 from __future__ import annotations
@@ -83,6 +90,19 @@ def validate_deployment(obj: Mapping[str, Any]) -> None:
                     " variable name must consist only of printable ASCII characters other"
                     " than '='"
                 )
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind)
+            if probe is None:
+                continue
+            handlers = [h for h in ("httpGet", "tcpSocket", "exec", "grpc") if h in probe]
+            if len(handlers) != 1:
+                raise _invalid(f"{where}.{kind}: Required value: must specify a handler type")
+            port = (probe.get(handlers[0]) or {}).get("port")
+            names = {p.get("name") for p in container.get("ports") or []}
+            if handlers[0] in ("httpGet", "tcpSocket") and not (
+                (isinstance(port, int) and 1 <= port <= 65535) or port in names
+            ):
+                raise _invalid(f"{where}.{kind}.{handlers[0]}.port: Invalid value: {port!r}")
         resources = container.get("resources") or {}
         for part in ("limits", "requests"):
             for resource, value in (resources.get(part) or {}).items():
@@ -276,9 +296,56 @@ class KubeqEmulator(kmock.KubernetesEmulator):
             if live is not None:
                 validate_deployment(_merge(live, request.data))
 
+    def _status_only(self, request: kmock.Request) -> None:
+        """The status subresource writes `.status` only; the main resource of a kind with a
+        status subresource ignores `.status` (as a real API server does)."""
+        if request.action != kmock.action.UPDATE or not isinstance(request.data, Mapping):
+            return
+        resource = request.resource
+        # `in` first: indexing a missing resource creates it (kmock's defaultdict style).
+        if resource is None or resource not in self.resources:
+            return
+        if "status" not in self.resources[resource].subresources:
+            return
+        data = dict(request.data)
+        if request.subresource == "status":
+            keep = {"status": data.get("status") or {}}
+            meta = data.get("metadata") or {}
+            if "resourceVersion" in meta:
+                keep["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+            object.__setattr__(request, "data", keep)
+        elif "status" in data:
+            data.pop("status")
+            object.__setattr__(request, "data", data)
+
+    async def _collect_garbage(self) -> None:
+        """Owner-reference garbage collection: delete every object all of whose owners are
+        gone (foreground cascades are not emulated; dependents go right after)."""
+        while True:
+            async with self._lock:
+                live = {
+                    (obj.raw.get("metadata") or {}).get("uid")
+                    for _, obj in self.objects.items()
+                    if not obj.deleted
+                }
+                orphans = [
+                    (key, obj)
+                    for key, obj in self.objects.items()
+                    if not obj.deleted
+                    and (refs := (obj.raw.get("metadata") or {}).get("ownerReferences"))
+                    and all(r.get("uid") not in live for r in refs)
+                ]
+                for key, obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+            if not orphans:
+                return
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         action = request.action
         self._check(request)
+        self._status_only(request)
         if request.resource is not None and isinstance(request.data, Mapping | list):
             # In place: kmock's filters recognise a request by its identity.
             if action == kmock.action.CREATE and isinstance(request.data, Mapping):
@@ -295,6 +362,8 @@ class KubeqEmulator(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
+        if action in (kmock.action.DELETE, kmock.action.UPDATE):
+            await self._collect_garbage()
         return response
 
 

@@ -1,6 +1,6 @@
 """The operator under real kopf, against the Kubernetes emulator and a real redis-server.
 
-kmock has no controllers: no garbage collection (owner references are asserted instead), no
+The emulator garbage-collects owned objects but runs no controllers: no
 ReplicaSets or Pods (tests create Pod objects), and Deployment status stays empty.
 """
 
