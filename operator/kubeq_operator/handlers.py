@@ -102,7 +102,17 @@ def fingerprint(body: Mapping[str, Any]) -> str:
     """What a reconcile depends on: the object's identity and its spec (level-based: the
     daemon compares this with the last settled one, whatever kopf thinks has changed)."""
     meta = body.get("metadata") or {}
-    return json.dumps([meta.get("uid"), body.get("spec")], sort_keys=True, default=str)
+    spec = body.get("spec")
+    return json.dumps([meta.get("uid"), spec], sort_keys=True, default=_plain)
+
+
+def _plain(value: object) -> object:
+    """JSON for the views kopf may hand out instead of dicts and lists."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 @dataclass

@@ -154,3 +154,28 @@ def test_transition_events_warn_on_failure_and_announce_recovery() -> None:
         "AutoscalingDisabled",
         "spec.replicas 3",
     )
+
+
+def test_fingerprint_sees_spec_changes_through_views() -> None:
+    from collections.abc import Iterator, Mapping
+
+    from kubeq_operator.handlers import fingerprint
+
+    class View(Mapping[str, object]):  # what kopf may hand out instead of a dict
+        def __init__(self, src: dict[str, object]) -> None:
+            self.src = src
+
+        def __getitem__(self, key: str) -> object:
+            return self.src[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.src)
+
+        def __len__(self) -> int:
+            return len(self.src)
+
+    a = {"metadata": {"uid": "u"}, "spec": View({"worker": {"env": [{"name": "A"}]}})}
+    b = {"metadata": {"uid": "u"}, "spec": View({"worker": {"env": []}})}
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) == fingerprint({"metadata": {"uid": "u"}, "spec": dict(a["spec"])})
+    assert fingerprint(a) != fingerprint({**a, "metadata": {"uid": "other"}})
