@@ -1,22 +1,32 @@
-"""kubeq's autoscaler vs KEDA's rule, on the same worker pool and the same bursty trace.
+"""kubeq's autoscaler vs KEDA's rule, on the same worker pool and the same traces.
 
-Both runs use `kubeq up`'s machinery (real worker processes, a private redis-server,
-bench/autoscale-queue.yaml) and replay bench/traces/bursty.json in real time. Only the
+Every run uses `kubeq up`'s machinery (real worker processes, a private redis-server,
+bench/autoscale-queue.yaml) and replays a trace of bench/traces/ in real time. Only the
 scaling decision differs:
 
-- kubeq: backlog = ready + due + in flight, stabilization windows from the manifest,
-  cooldown to zero after the queue is completely empty, idle workers removed first.
-- KEDA's rule as a Redis-list ScaledObject applies it: desired = ceil(list length /
+- kubeq: scaling on throughput (`targetDrainSeconds: 2`: enough workers for the measured
+  arrival rate plus draining what waits within 2 s, at the per-worker capacity measured
+  by Little's law; ceil(backlog / target) until measured), the in-flight floor,
+  stabilization windows from the manifest, cooldown to zero after the queue is
+  completely empty, idle workers removed first.
+- keda: KEDA's rule as a Redis-list ScaledObject applies it: desired = ceil(list length /
   target) (waiting tasks only: in-flight work is invisible), the HPA's default 300 s
   scale-down stabilization, KEDA's default 300 s cooldown before zero, and no
   idle-first removal (the ReplicaSet removes the youngest pods, busy or not).
-- keda-same-windows: KEDA's rule with kubeq's windows (15 s down, 30 s to zero), to
-  separate what is counted and who is removed from how long each waits.
+- keda-same-windows: KEDA's rule with the manifest's windows (15 s down, 30 s to zero),
+  to separate the rule from the windows.
+
+Traces: `bursty` (short-task bursts, one mixing in 8-15 s tasks) and `long` (a burst of
+short tasks, then 12-20 s tasks: longer than the workers' 10 s termination grace period,
+so a scale-down that removes a busy worker interrupts them).
 
 Reported per run: replica-seconds (the integral of running workers over the trace),
-p95/p99 queue wait (from each task's own record: started_at - due_at), and interrupted
-tasks (released by a draining worker or reaped after a kill). Run:
-`python -m bench.autoscale` (about 8 minutes).
+p95/p99 queue wait (from each task's own record: started_at - due_at), interrupted tasks
+(released by a draining worker or reaped after a kill) and repeated claims (claims beyond
+one per task: work done again). Each rule runs `--repeat` times (default 5) on each trace,
+rules in rotated order; bench/results/autoscale.json holds every run and, per trace and
+rule, the median, min and max. Run: `python -m bench.autoscale` (about 65 minutes on
+2 cores; `--budget-seconds` caps it, `--traces`/`--rules` pick a subset).
 """
 
 from __future__ import annotations
