@@ -21,6 +21,7 @@ from kubeq_operator.scaling import (
     Observation,
     ScalingPolicy,
     decide_replicas,
+    keep_busy,
 )
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,18 @@ class QueueAutoscaler:
             None,
         )
 
-    async def _mark_idle_first(self) -> None:
-        """Deletion costs from the workers' reported in-flight counts: the idle go first."""
+    async def _mark_idle_first(self) -> int | None:
+        """Deletion costs from the workers' reported in-flight counts: the idle go first.
+        Returns how many (not draining) workers are busy; None if the registry is unread."""
         try:
             workers: list[WorkerInfo] = await self.client.workers()
         except KubeqError as exc:
             log.warning("%s: cannot read the worker registry (%s): no idle-first", self.ref, exc)
-            return
+            return None
         costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
         if costs:
             await self.backend.set_deletion_costs(self.ref, costs)
+        return sum(1 for w in workers if w.in_flight > 0 and not w.draining)
 
     async def tick(self) -> Tick:
         queue = str(self.ref)
@@ -101,7 +104,9 @@ class QueueAutoscaler:
         decision = decide_replicas(observation, self.policy, self.history, current, self.clock())
         if decision.replicas < current:
             # The registry is read only before a scale-down: ticks stay one round trip.
-            await self._mark_idle_first()
+            busy = await self._mark_idle_first()
+            if busy is not None:
+                decision = keep_busy(decision, current, busy, self.history)
         if decision.changed and not await self.backend.scale(
             self.ref, decision.replicas, basis=view.basis
         ):

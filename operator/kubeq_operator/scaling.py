@@ -238,6 +238,23 @@ def _finish(
     return Decision(target, reason, history, _direction(current, target), rec)
 
 
+def keep_busy(decision: Decision, current: int, busy: int, before: History) -> Decision:
+    """A scale-down that removes only idle workers: never below the `busy` workers (those
+    reporting tasks in flight). A removed worker drains, but a task longer than its grace
+    period would be interrupted and run again; an idle one loses nothing. The pods go
+    idle-first (deletion costs), so the count is all that needs guarding. `before` is the
+    history the decision started from (its scale time stays if nothing changes now)."""
+    if decision.direction != "down" or decision.replicas >= busy:
+        return decision
+    target = min(current, busy)
+    reason = f"{decision.reason}, kept at {target}: {busy} workers busy (only idle ones go)"
+    direction = _direction(current, target)
+    history = decision.history
+    if direction == "none":
+        history = replace(history, last_scale_at=before.last_scale_at)
+    return replace(decision, replicas=target, reason=reason, history=history, direction=direction)
+
+
 def decide_replicas(
     observation: Observation,
     policy: ScalingPolicy,

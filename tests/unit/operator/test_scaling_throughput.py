@@ -121,3 +121,22 @@ def test_window_is_bounded() -> None:
     for t in range(100):
         history = history.count(obs(t, 0, 1, t, t), POLICY.rate_window_seconds)
     assert [e[0] for e in history.counts] == [94, 95, 96, 97, 98, 99]
+
+
+def test_scale_down_removes_only_idle_workers() -> None:
+    from kubeq_operator.scaling import Decision, keep_busy
+
+    before = History(last_scale_at=5.0)
+    down = Decision(3, "r", replace(before, last_scale_at=9.0), "down", 3)
+    # 8 workers, 6 of them busy: down to 6 (the two idle ones), not 3.
+    kept = keep_busy(down, current=8, busy=6, before=before)
+    assert (kept.replicas, kept.direction) == (6, "down")
+    assert kept.reason == "r, kept at 6: 6 workers busy (only idle ones go)"
+    assert kept.history.last_scale_at == 9.0
+    # All busy: no change, and the scale time stays where it was.
+    held = keep_busy(down, current=8, busy=8, before=before)
+    assert (held.replicas, held.direction, held.history.last_scale_at) == (8, "none", 5.0)
+    # Enough idle workers, or not a scale-down: untouched.
+    assert keep_busy(down, current=8, busy=2, before=before) is down
+    up = Decision(9, "r", before, "up", 9)
+    assert keep_busy(up, current=8, busy=8, before=before) is up
