@@ -359,8 +359,13 @@ class K8sBackend:
         path = kind.path(meta["namespace"], meta["name"])
         live = await self.api.get(path)
         if live is not None:
-            await self.api.patch(path, apply_patch(manifest, live))
-            return
+            try:
+                await self.api.patch(path, apply_patch(manifest, live))
+                return
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                # Deleted between the read and the patch: create it instead.
         try:
             await self.api.create(
                 kind.path(meta["namespace"]), _deep_merge(with_last_applied(manifest), create_extra)
