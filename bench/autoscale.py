@@ -1,22 +1,32 @@
-"""kubeq's autoscaler vs KEDA's rule, on the same worker pool and the same bursty trace.
+"""kubeq's autoscaler vs KEDA's rule, on the same worker pool and the same traces.
 
-Both runs use `kubeq up`'s machinery (real worker processes, a private redis-server,
-bench/autoscale-queue.yaml) and replay bench/traces/bursty.json in real time. Only the
+Every run uses `kubeq up`'s machinery (real worker processes, a private redis-server,
+bench/autoscale-queue.yaml) and replays a trace of bench/traces/ in real time. Only the
 scaling decision differs:
 
-- kubeq: backlog = ready + due + in flight, stabilization windows from the manifest,
-  cooldown to zero after the queue is completely empty, idle workers removed first.
-- KEDA's rule as a Redis-list ScaledObject applies it: desired = ceil(list length /
+- kubeq: scaling on throughput (`targetDrainSeconds: 2`: enough workers for the measured
+  arrival rate plus draining what waits within 2 s, at the per-worker capacity measured
+  by Little's law; ceil(backlog / target) until measured), the in-flight floor,
+  stabilization windows from the manifest, cooldown to zero after the queue is
+  completely empty, idle workers removed first.
+- keda: KEDA's rule as a Redis-list ScaledObject applies it: desired = ceil(list length /
   target) (waiting tasks only: in-flight work is invisible), the HPA's default 300 s
   scale-down stabilization, KEDA's default 300 s cooldown before zero, and no
   idle-first removal (the ReplicaSet removes the youngest pods, busy or not).
-- keda-same-windows: KEDA's rule with kubeq's windows (15 s down, 30 s to zero), to
-  separate what is counted and who is removed from how long each waits.
+- keda-same-windows: KEDA's rule with the manifest's windows (15 s down, 30 s to zero),
+  to separate the rule from the windows.
+
+Traces: `bursty` (short-task bursts, one mixing in 8-15 s tasks) and `long` (a burst of
+short tasks, then 12-20 s tasks: longer than the workers' 10 s termination grace period,
+so a scale-down that removes a busy worker interrupts them).
 
 Reported per run: replica-seconds (the integral of running workers over the trace),
-p95/p99 queue wait (from each task's own record: started_at - due_at), and interrupted
-tasks (released by a draining worker or reaped after a kill). Run:
-`python -m bench.autoscale` (about 8 minutes).
+p95/p99 queue wait (from each task's own record: started_at - due_at), interrupted tasks
+(released by a draining worker or reaped after a kill) and repeated claims (claims beyond
+one per task: work done again). Each rule runs `--repeat` times (default 5) on each trace,
+rules in rotated order; bench/results/autoscale.json holds every run and, per trace and
+rule, the median, min and max. Run: `python -m bench.autoscale` (about 65 minutes on
+2 cores; `--budget-seconds` caps it, `--traces`/`--rules` pick a subset).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import asyncio
 import json
 import math
 import random
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +49,7 @@ from kubeq_operator.local import LocalRunner
 from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy
 
 HERE = Path(__file__).parent
-RULES = ("kubeq", "keda", "keda-same-windows")
+RULES = ("kubeq", "keda-same-windows", "keda")
 KEDA_COOLDOWN = 300.0
 HPA_DOWN_WINDOW = 300.0
 
@@ -53,7 +64,7 @@ def keda_decide(
     cooldown: float = KEDA_COOLDOWN,
 ) -> Decision:
     """KEDA + HPA on a Redis list: waiting tasks only; by default 300 s down, 300 s to zero."""
-    listed = obs.ready  # LLEN of the list: in-flight tasks are not in it
+    listed = obs.waiting  # LLEN of the list: in-flight tasks are not in it
     raw = min(policy.max_replicas, math.ceil(listed / policy.target_backlog_per_replica))
     history = history.record(now, raw, down_window)
     active_since = history.empty_since
@@ -82,8 +93,8 @@ def keda_decide(
 
 
 class KedaAutoscaler(QueueAutoscaler):
-    down_window = HPA_DOWN_WINDOW
-    cooldown = KEDA_COOLDOWN
+    down_window: float = HPA_DOWN_WINDOW
+    cooldown: float = KEDA_COOLDOWN
 
     async def tick(self) -> Tick:
         observation, stats, error = await self.observe()
@@ -106,8 +117,11 @@ class KedaAutoscaler(QueueAutoscaler):
         return Tick(decision, current, ready, stats, error)
 
 
-def load_trace() -> dict[str, Any]:
-    return json.loads((HERE / "traces" / "bursty.json").read_text())
+TRACES = ("bursty", "long")
+
+
+def load_trace(name: str = "bursty") -> dict[str, Any]:
+    return dict(json.loads((HERE / "traces" / f"{name}.json").read_text()))
 
 
 def arrivals(trace: dict[str, Any], rng: random.Random) -> list[tuple[float, float]]:
@@ -123,16 +137,22 @@ def arrivals(trace: dict[str, Any], rng: random.Random) -> list[tuple[float, flo
                 else trace["short_seconds"]
             )
             out.append((at, rng.uniform(*span)))
-    return out
+    return sorted(out)
 
 
 async def run_once(rule: str, trace: dict[str, Any], seed: int) -> dict[str, Any]:
     runner = LocalRunner(HERE / "autoscale-queue.yaml", metrics_port=-1)
     await runner.start()
-    if rule == "keda":
-        runner.autoscaler = KedaAutoscaler(
+    if rule in ("keda", "keda-same-windows"):
+        keda = KedaAutoscaler(
             runner.ref, runner.autoscaler.policy, runner.client, runner.backend, runner.metrics
         )
+        if rule == "keda-same-windows":  # the windows of the manifest, as kubeq uses them
+            keda.down_window = keda.policy.scale_down_stabilization_seconds
+            keda.cooldown = keda.policy.cooldown_to_zero_seconds
+        runner.autoscaler = keda
+    elif rule != "kubeq":
+        raise ValueError(f"unknown rule {rule!r}")
     end = max(s["start"] + s["seconds"] for s in trace["segments"])
     samples: list[tuple[float, int, int, int]] = []
     stop = asyncio.Event()
@@ -156,9 +176,10 @@ async def run_once(rule: str, trace: dict[str, Any], seed: int) -> dict[str, Any
         await asyncio.sleep(0.05)
     stop.set()
     await loop_task
-    unfinished = (await runner.client.stats()).backlog
+    final = await runner.client.stats()
+    unfinished = final.backlog
     waits = [(t.started_at or 0) - t.due_at async for t in runner.client.finished(2000)]
-    counters = (await runner.client.stats()).counters
+    counters = final.counters
     await runner.shutdown()
     waits.sort()
     replica_seconds = sum(
@@ -176,28 +197,72 @@ async def run_once(rule: str, trace: dict[str, Any], seed: int) -> dict[str, Any
         "replica_seconds": round(replica_seconds, 1),
         "queue_wait_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
         "interrupted": counters.get("released", 0) + counters.get("reaped", 0),
+        # Claims beyond one per task: the work done again after an interruption.
+        "repeated_claims": counters.get("claimed", 0)
+        - counters.get("completed", 0)
+        - counters.get("dead", 0)
+        - final.in_flight,
+        "seed": seed,
         "timeline": samples,
     }
 
 
-def plot(results: list[dict[str, Any]]) -> None:
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated runs (the figures the README may quote)."""
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 1),
+        "min": round(ordered[0], 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per trace and rule: medians and ranges over the repetitions."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        out.setdefault(r["trace"], {}).setdefault(r["rule"], []).append(r)
+    return {
+        trace: {
+            rule: {
+                "runs": len(rs),
+                "replica_seconds": spread([r["replica_seconds"] for r in rs]),
+                "p95_wait_ms": spread([r["queue_wait_ms"]["p95"] for r in rs]),
+                "p99_wait_ms": spread([r["queue_wait_ms"]["p99"] for r in rs]),
+                "interrupted": spread([r["interrupted"] for r in rs]),
+                "repeated_claims": spread([r["repeated_claims"] for r in rs]),
+                "unfinished_at_trace_end": spread([r["unfinished_at_trace_end"] for r in rs]),
+            }
+            for rule, rs in by_rule.items()
+        }
+        for trace, by_rule in out.items()
+    }
+
+
+def plot(runs: list[dict[str, Any]]) -> None:
+    """Workers and backlog over time: the first repetition of each rule, per trace."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for r in results:
-        t = [s[0] for s in r["timeline"]]
-        axes[0].step(t, [s[1] for s in r["timeline"]], where="post", label=r["rule"])
-        axes[1].plot(t, [max(0, s[3]) for s in r["timeline"]], label=r["rule"])
-    axes[0].set_ylabel("running workers")
-    axes[1].set_ylabel("backlog (ready + in flight)")
-    axes[1].set_xlabel("seconds")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    axes[0].set_title("bench/autoscale: kubeq vs KEDA's rule on the same pool and trace")
+    traces = sorted({r["trace"] for r in runs})
+    fig, axes = plt.subplots(2, len(traces), figsize=(9 * len(traces), 6), squeeze=False)
+    for col, trace in enumerate(traces):
+        seen: set[str] = set()
+        for r in runs:
+            if r["trace"] != trace or r["rule"] in seen:
+                continue
+            seen.add(r["rule"])
+            t = [s[0] for s in r["timeline"]]
+            axes[0][col].step(t, [s[1] for s in r["timeline"]], where="post", label=r["rule"])
+            axes[1][col].plot(t, [max(0, s[3]) for s in r["timeline"]], label=r["rule"])
+        axes[0][col].set_title(f"trace {trace}: running workers (first run of each rule)")
+        axes[1][col].set_ylabel("backlog (waiting + in flight)")
+        axes[1][col].set_xlabel("seconds")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.grid(True, alpha=0.3)
+            ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "autoscale.png", dpi=110)
 
@@ -205,18 +270,58 @@ def plot(results: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=5, help="runs per rule and trace")
+    parser.add_argument("--rules", default=",".join(RULES))
+    parser.add_argument("--traces", default=",".join(TRACES))
+    parser.add_argument(
+        "--skip",
+        default="keda@long",
+        help="rule@trace pairs not to run (KEDA's 300 s windows never scale down within"
+        " the long trace, so it cannot interrupt anything there: it only costs time)",
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=3600,
+        help="start no repetition that could end after this (each one runs every rule)",
+    )
     args = parser.parse_args()
-    trace = load_trace()
-    results = [asyncio.run(run_once(rule, trace, args.seed)) for rule in RULES]
-    for r in results:
-        print(
-            f"{r['rule']:>6}: replica-seconds {r['replica_seconds']:>8,.0f}  "
-            f"p95 wait {r['queue_wait_ms']['p95']:>7,.0f} ms  "
-            f"interrupted {r['interrupted']}  unfinished {r['unfinished_at_trace_end']}"
-        )
+    rules, traces = args.rules.split(","), args.traces.split(",")
+    skip = {tuple(pair.split("@")) for pair in args.skip.split(",") if pair}
+    loaded = {name: load_trace(name) for name in traces}
+    # One repetition runs every rule on every trace, rules in a rotated order, so that
+    # machine noise spreads over the rules instead of landing on one of them.
+    per_repetition = sum(
+        sum(1 for r in rules if (r, name) not in skip)
+        * (max(s["start"] + s["seconds"] for s in t["segments"]) + 30)
+        for name, t in loaded.items()
+    )
+    started, runs = time.monotonic(), []
+    for rep in range(args.repeat):
+        if time.monotonic() - started + per_repetition > args.budget_seconds:
+            print(f"budget reached: {rep} repetitions")
+            break
+        order = rules[rep % len(rules) :] + rules[: rep % len(rules)]
+        for name, trace in loaded.items():
+            for rule in order:
+                if (rule, name) in skip:
+                    continue
+                r = asyncio.run(run_once(rule, trace, args.seed + rep))
+                r["trace"] = name
+                runs.append(r)
+                print(
+                    f"rep {rep} {name:>6} {rule:>17}: replica-seconds {r['replica_seconds']:>6,.0f}"
+                    f"  p95 wait {r['queue_wait_ms']['p95']:>6,.0f} ms"
+                    f"  interrupted {r['interrupted']}  repeated {r['repeated_claims']}"
+                    f"  unfinished {r['unfinished_at_trace_end']}",
+                    flush=True,
+                )
+                write("autoscale", {"traces": loaded, "summary": summarize(runs), "runs": runs})
+    summary = summarize(runs)
+    print(json.dumps(summary, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(results)
-    path = write("autoscale", {"trace": trace, "results": results})
+    plot(runs)
+    path = write("autoscale", {"traces": loaded, "summary": summary, "runs": runs})
     print(f"wrote {path} and {RESULTS / 'autoscale.png'}")
 
 

@@ -9,13 +9,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from kubeq.protocol import AsyncClient, KubeqError, QueueStats, WorkerInfo
+from kubeq.protocol import (
+    AsyncClient,
+    ConfigError,
+    ConnectionFailed,
+    KubeqError,
+    PermissionDenied,
+    QueueStats,
+    WorkerInfo,
+)
 from kubeq_operator.backend import Backend, QueueRef
 from kubeq_operator.manifests import deletion_cost_annotations
 from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy, decide_replicas
+from kubeq_operator.scaling import (
+    Decision,
+    History,
+    Observation,
+    ScalingPolicy,
+    decide_replicas,
+    keep_busy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +69,40 @@ class QueueAutoscaler:
         started = self.clock()
         try:
             stats = await self.client.stats()
-        except KubeqError as exc:
+        except (ConnectionFailed, ConfigError, PermissionDenied) as exc:
+            # Redis cannot be used: RedisReachable=False. Any other error (a script error
+            # on a damaged key, say) escapes to the tick's handler: Scaling=False.
             self.metrics.reachable.labels(queue).set(0)
             return Observation(at=started, reachable=False), None, str(exc)
         self.metrics.probe.labels(queue).observe(self.clock() - started)
         self.metrics.reachable.labels(queue).set(1)
         self.metrics.observe_stats(queue, stats)
-        waiting = {lv.name: lv.ready + lv.due for lv in stats.levels}
+        waiting = {lv.name: lv.waiting for lv in stats.levels}
         return (
             Observation(
                 at=started,
-                backlog_by_priority=waiting,
+                waiting_by_priority=waiting,
                 in_flight=stats.in_flight,
                 paused=stats.paused,
+                submitted=stats.counters.get("submitted", 0),
+                claimed=stats.counters.get("claimed", 0),
             ),
             stats,
             None,
         )
 
-    async def _mark_idle_first(self) -> None:
-        """Deletion costs from the workers' reported in-flight counts: the idle go first."""
+    async def _mark_idle_first(self) -> int | None:
+        """Deletion costs from the workers' reported in-flight counts: the idle go first.
+        Returns how many (not draining) workers are busy; None if the registry is unread."""
         try:
             workers: list[WorkerInfo] = await self.client.workers()
         except KubeqError as exc:
             log.warning("%s: cannot read the worker registry (%s): no idle-first", self.ref, exc)
-            return
+            return None
         costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
         if costs:
             await self.backend.set_deletion_costs(self.ref, costs)
+        return sum(1 for w in workers if w.in_flight > 0 and not w.draining)
 
     async def _record(self, current: int, decision: Decision, stats: QueueStats | None) -> None:
         """Keep the decision in the queue's capped scale log (the dashboard shows it).
@@ -101,19 +122,36 @@ class QueueAutoscaler:
 
     async def tick(self) -> Tick:
         queue = str(self.ref)
+        # The pool first, then Redis: a decision made from this pair is applied only if no
+        # other decision (another operator replica's) came after the pool was read, and
+        # any decision before that read is already in what Redis shows now.
+        view = await self.backend.view(self.ref)
+        current = view.replicas
         observation, stats, error = await self.observe()
-        current = await self.backend.replicas(self.ref)
         decision = decide_replicas(observation, self.policy, self.history, current, self.clock())
-        self.history = decision.history
         if decision.replicas < current:
             # The registry is read only before a scale-down: ticks stay one round trip.
-            await self._mark_idle_first()
+            busy = await self._mark_idle_first()
+            if busy is not None:
+                decision = keep_busy(decision, current, busy, self.history)
+        if decision.changed and not await self.backend.scale(
+            self.ref, decision.replicas, basis=view.basis
+        ):
+            log.info("%s: not scaled to %d, a newer decision came first", queue, decision.replicas)
+            decision = superseded(decision, current, self.history)
+        self.history = decision.history
         if decision.changed:
-            await self.backend.scale(self.ref, decision.replicas)
             self.metrics.scale_events.labels(queue, decision.direction).inc()
             log.info("scaled %s %d → %d: %s", queue, current, decision.replicas, decision.reason)
             await self._record(current, decision, stats)
-        ready = await self.backend.ready_replicas(self.ref)
         self.metrics.desired.labels(queue).set(decision.replicas)
-        self.metrics.current.labels(queue).set(ready)
-        return Tick(decision, current, ready, stats, error)
+        self.metrics.current.labels(queue).set(view.ready)
+        return Tick(decision, current, view.ready, stats, error)
+
+
+def superseded(decision: Decision, current: int, before: History) -> Decision:
+    """The decision not taken: the pool stays as read, and the scale time is not moved
+    (the recommendations seen still count for the stabilization windows)."""
+    history = replace(decision.history, last_scale_at=before.last_scale_at)
+    reason = f"superseded by a newer scale decision (wanted {decision.replicas})"
+    return replace(decision, replicas=current, reason=reason, history=history, direction="none")

@@ -29,7 +29,7 @@ from kubeq_operator.local import LocalRunner, Snapshot
 class Sample:
     t: float
     backlog: int
-    ready: int
+    waiting: int  # ready + due
     in_flight: int
     desired: int
     workers: int
@@ -191,7 +191,7 @@ async def run_demo(
                 Sample(
                     round(snap.at, 2),
                     stats.backlog,
-                    stats.ready,
+                    stats.waiting,
                     stats.in_flight,
                     snap.tick.decision.replicas,
                     snap.tick.ready,

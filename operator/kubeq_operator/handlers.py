@@ -15,12 +15,14 @@ cleanup is `optional=True`: it never needs a finalizer of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -32,7 +34,14 @@ from kubeq_operator.autoscaler import QueueAutoscaler
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.crd_schema import GROUP, PLURAL, VERSION, checked_spec
 from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.k8s_backend import TASK_QUEUES, ApiError, DeploymentMissing, K8sBackend, KubeApi
+from kubeq_operator.k8s_backend import (
+    TASK_QUEUES,
+    ApiError,
+    DeploymentMissing,
+    K8sBackend,
+    KubeApi,
+    UnresolvedReferences,
+)
 from kubeq_operator.manifests import (
     MANAGED_BY,
     OwnerRef,
@@ -55,7 +64,6 @@ from kubeq_operator.spec import Condition, TaskQueueSpec
 
 FINALIZER = "kubeq.io/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
-APPLY_RETRY_SECONDS = 10.0
 PURGE_RETRIES = 8  # then the keys are left behind (with a Warning) rather than the object stuck
 
 
@@ -64,6 +72,9 @@ def configure_kopf(settings: kopf.OperatorSettings, cfg: OperatorSettings) -> No
     # all of them, hence a random priority per process unless one is configured.
     settings.peering.name = cfg.peering_name
     settings.peering.standalone = cfg.standalone
+    # kopf's default is 60 s: a minute without scaling after the leader dies. Replicas
+    # heartbeat every max(1, lifetime - 5..10) s, so this bounds the takeover time.
+    settings.peering.lifetime = cfg.peering_lifetime_seconds
     settings.peering.mandatory = not cfg.standalone
     settings.peering.priority = (
         cfg.priority if cfg.priority is not None else random.randrange(1, 2**31)
@@ -100,6 +111,23 @@ def backoff(poll: float, failures: int) -> float:
     return float(min(poll * 2 ** min(failures, 8), max(poll, MAX_BACKOFF_SECONDS)))
 
 
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """What a reconcile depends on: the object's identity and its spec (level-based: the
+    daemon compares this with the last settled one, whatever kopf thinks has changed)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    return json.dumps([meta.get("uid"), spec], sort_keys=True, default=_plain)
+
+
+def _plain(value: object) -> object:
+    """JSON for the views kopf may hand out instead of dicts and lists."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 @dataclass
 class Queue:
     """What the operator holds in memory for one TaskQueue."""
@@ -108,11 +136,19 @@ class Queue:
     conditions: list[Condition]
     target: kopf.Body | None = None  # for Events
     generation: int | None = None
-    spec: TaskQueueSpec | None = None  # the last valid spec
+    spec: TaskQueueSpec | None = None  # the current spec, when valid: what is wanted
     config: QueueConfig | None = None
+    # The spec the live objects were last built from: what the autoscaler and the
+    # Deployment repair use. A spec the API server refused never gets here.
+    applied: TaskQueueSpec | None = None
+    applied_config: QueueConfig | None = None
+    settled: str | None = None  # fingerprint of the spec last reconciled to an end
+    retry_at: float = 0.0  # a failed reconcile is retried (by the daemon) from then on
+    reconcile_failures: int = 0
     autoscaler: QueueAutoscaler | None = None
     written: dict[str, Any] | None = None  # the status as last written
-    failures: int = 0
+    failures: int = 0  # consecutive failed autoscaler rounds
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Operator:
@@ -161,9 +197,10 @@ class Operator:
         q.target = event_target(body)
         return q
 
-    def _set(self, q: Queue, type: str, ok: bool, reason: str, message: str) -> bool:
-        """Set a condition; True when its status flipped (or it is new)."""
-        before = st.condition_status(q.conditions, type)
+    def _set(self, q: Queue, type: str, ok: bool, reason: str, message: str) -> None:
+        """Set a condition and post the Event its change deserves (`st.transition_event`):
+        every condition change goes through here, so none goes unannounced."""
+        before = st.find(q.conditions, type)
         q.conditions = st.set_condition(
             q.conditions,
             type,
@@ -173,15 +210,15 @@ class Operator:
             generation=q.generation,
             now=st.timestamp(self.wall()),
         )
-        return before != ("True" if ok else "False")
+        after = st.find(q.conditions, type)
+        assert after is not None
+        event = st.transition_event(before, after)
+        if event is not None and q.target is not None:
+            kopf.event(q.target, type=event[0], reason=event[1], message=event[2])
 
     def _redis(self, q: Queue, error: str | None) -> None:
         ok, reason, message = st.redis_condition(error)
-        if self._set(q, st.REDIS_REACHABLE, ok, reason, message) and q.target is not None:
-            if ok:
-                kopf.event(q.target, type="Normal", reason="RedisReachable", message=message)
-            else:
-                kopf.event(q.target, type="Warning", reason="RedisUnreachable", message=message)
+        self._set(q, st.REDIS_REACHABLE, ok, reason, message)
 
     def _credentials(self, q: Queue, spec: TaskQueueSpec) -> None:
         """The CredentialsSafe condition (and a Warning) while spec.redis.url has a password."""
@@ -189,8 +226,7 @@ class Operator:
             q.conditions = st.without_condition(q.conditions, st.CREDENTIALS_SAFE)
             return
         message = st.INLINE_PASSWORD_MESSAGE
-        if self._set(q, st.CREDENTIALS_SAFE, False, "InlinePassword", message) and q.target:
-            kopf.event(q.target, type="Warning", reason="InlinePassword", message=message)
+        self._set(q, st.CREDENTIALS_SAFE, False, "InlinePassword", message)
 
     async def write_status(self, q: Queue, fields: Mapping[str, Any]) -> None:
         """Merge-patch .status, skipped when nothing would change."""
@@ -206,11 +242,11 @@ class Operator:
             raise
         q.written = {**(q.written or {}), **update}
 
-    async def _connect(self, q: Queue) -> tuple[AsyncClient | None, str | None]:
-        assert q.spec is not None
-        assert q.config is not None
+    async def _connect(
+        self, q: Queue, spec: TaskQueueSpec, config: QueueConfig
+    ) -> tuple[AsyncClient | None, str | None]:
         try:
-            return await self.clients.client(q.ref, q.spec.redis, q.config), None
+            return await self.clients.client(q.ref, spec.redis, config), None
         except KubeqError as exc:
             return None, str(exc)
         except ApiError as exc:
@@ -219,8 +255,8 @@ class Operator:
     def _track(self, q: Queue, client: AsyncClient | None) -> None:
         """Create the queue's autoscaler, or hand it the new policy and client (its history,
         the stabilization windows' memory, survives spec changes)."""
-        assert q.spec is not None
-        policy = ScalingPolicy.from_spec(q.spec)
+        assert q.applied is not None
+        policy = ScalingPolicy.from_spec(q.applied)
         if q.autoscaler is None:
             if client is not None:
                 q.autoscaler = QueueAutoscaler(
@@ -231,10 +267,39 @@ class Operator:
         if client is not None:
             q.autoscaler.client = client
 
+    def _poll(self, q: Queue) -> float:
+        spec = q.applied or q.spec
+        return spec.autoscaling.poll_interval_seconds if spec is not None else 1.0
+
     # -- reconcile ------------------------------------------------------------------------
 
     async def reconcile(self, body: Mapping[str, Any], logger: kopf.Logger) -> None:
+        """Make the objects match the *current* spec (level-based), and never raise.
+
+        Called by kopf's change handlers and by the queue's daemon whenever the spec differs
+        from the one last settled, or a failed attempt is due for a retry. Every failure
+        ends on the status (Ready=False with the reason, a Warning Event, a metric), never
+        as an exception: kopf would otherwise keep the change "unhandled" and compare the
+        next spec against the old one ("the essence is the same") instead of the current.
+        """
         q = self.queue(body)
+        async with q.lock:
+            try:
+                await self._reconcile(q, body, logger)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a status write failed, or a surprise: retry later
+                self._reconcile_failed(q, "ReconcileFailed", f"{type(exc).__name__}: {exc}")
+                logger.warning(f"reconcile failed (retrying): {exc!r}")
+
+    def _reconcile_failed(self, q: Queue, reason: str, message: str) -> None:
+        self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+        q.reconcile_failures += 1
+        q.retry_at = self.clock() + backoff(self._poll(q), q.reconcile_failures - 1)
+        self._set(q, st.READY, False, reason, message)
+
+    async def _reconcile(self, q: Queue, body: Mapping[str, Any], logger: kopf.Logger) -> None:
+        key = fingerprint(body)
         q.generation = body["metadata"].get("generation")
         # Only what an API server admits: status is the operator's own and not checked.
         admitted = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
@@ -245,10 +310,9 @@ class Operator:
             message = st.invalid_spec_message(exc.problems)
             self.metrics.reconcile_errors.labels(str(q.ref)).inc()
             self._set(q, st.READY, False, "InvalidSpec", message)
-            kopf.event(event_target(body), type="Warning", reason="InvalidSpec", message=message)
+            q.settled = key  # retrying cannot help: the next spec change is reconciled afresh
             await self.write_status(q, {"observedGeneration": q.generation})
-            # Retrying cannot help: the next spec change calls the handler again.
-            raise kopf.PermanentError(f"invalid spec: {message}") from exc
+            return
 
         refused = policy_problems(
             build_deployment(q.ref.name, q.ref.namespace, spec, replicas=None),
@@ -259,17 +323,14 @@ class Operator:
             message = st.invalid_spec_message(refused)
             self.metrics.reconcile_errors.labels(str(q.ref)).inc()
             self._set(q, st.READY, False, "PolicyViolation", message)
-            kopf.event(
-                event_target(body), type="Warning", reason="PolicyViolation", message=message
-            )
+            q.settled = key  # retrying cannot help: the next spec change is reconciled afresh
             await self.write_status(q, {"observedGeneration": q.generation})
-            raise kopf.PermanentError(f"refused by the operator's pod policy: {message}")
+            return
         self._credentials(q, spec)
 
         self.backend.own(q.ref, OwnerRef.from_body(body))
-        # Before applying: a Deployment event raised by the apply compares against this.
         q.spec, q.config = spec, config
-        client, error = await self._connect(q)
+        client, error = await self._connect(q, spec, config)
         if client is not None:
             try:
                 await client.publish_config()
@@ -280,11 +341,16 @@ class Operator:
             logger.info(f"config not published, Redis unavailable: {error}")
         try:
             await self.backend.apply(q.ref, spec, config)
-        except ApiError as exc:
-            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
-            self._set(q, st.READY, False, "ApplyFailed", str(exc))
+        except UnresolvedReferences as exc:
+            self._reconcile_failed(q, "MissingReference", str(exc))
             await self.write_status(q, {})
-            raise kopf.TemporaryError(f"applying failed: {exc}", delay=APPLY_RETRY_SECONDS) from exc
+            return
+        except ApiError as exc:
+            self._reconcile_failed(q, "ApplyFailed", str(exc))
+            await self.write_status(q, {})
+            return
+        q.applied, q.applied_config = spec, config
+        q.settled, q.reconcile_failures, q.retry_at = key, 0, 0.0
         self._track(q, client)
         name = deployment_name(q.ref.name)
         self._set(q, st.READY, True, "Reconciled", f"Deployment {name} matches the spec")
@@ -297,12 +363,34 @@ class Operator:
     # -- autoscaling ----------------------------------------------------------------------
 
     async def tick(self, body: Mapping[str, Any], logger: kopf.Logger) -> float:
-        """One autoscaler round for a queue; returns the seconds until the next one."""
-        q = self.queues.get(queue_ref(body))
-        if q is None or q.spec is None:
-            return 1.0  # not reconciled yet, or never valid: nothing to scale
-        poll = q.spec.autoscaling.poll_interval_seconds
-        client, error = await self._connect(q)
+        """One round for a queue: reconcile if the spec is unsettled, then autoscale.
+        Returns the seconds until the next round. Nothing raises out of here: an error of
+        this queue, from Kubernetes or Redis, is reported on its status (Scaling=False,
+        reason AutoscalerError), as a Warning Event and in kubeq_reconcile_errors_total,
+        and retried with backoff; the other queues' daemons are not involved."""
+        q = self.queue(body)
+        try:
+            if q.settled != fingerprint(body) and self.clock() >= q.retry_at:
+                await self.reconcile(body, logger)
+            return await self._autoscale(q, logger)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+            q.failures += 1
+            message = f"{type(exc).__name__}: {exc}"
+            logger.warning(f"autoscaler round failed (retrying): {message}")
+            self._set(q, st.SCALING, False, "AutoscalerError", message)
+            with contextlib.suppress(Exception):
+                await self.write_status(q, {})
+            return backoff(self._poll(q), q.failures)
+
+    async def _autoscale(self, q: Queue, logger: kopf.Logger) -> float:
+        spec, config = q.applied, q.applied_config
+        if spec is None or config is None:
+            return self._poll(q)  # nothing applied yet: nothing to scale
+        poll = spec.autoscaling.poll_interval_seconds
+        client, error = await self._connect(q, spec, config)
         self._track(q, client)
         if q.autoscaler is None:
             self._redis(q, error)
@@ -312,19 +400,14 @@ class Operator:
         try:
             tick = await q.autoscaler.tick()
         except DeploymentMissing:
-            # Deleted and not (yet) restored by the Deployment handler: put it back.
+            # Deleted and not (yet) restored by the Deployment handler: the next round
+            # reconciles (re-creates) it, with the usual reporting and backoff.
             logger.info(f"Deployment {deployment_name(q.ref.name)} is missing: re-creating it")
-            assert q.config is not None
-            await self.backend.apply(q.ref, q.spec, q.config)
-            return poll
-        except Exception as exc:  # the loop must outlive any API or Redis surprise
-            self.metrics.reconcile_errors.labels(str(q.ref)).inc()
-            q.failures += 1
-            logger.info(f"autoscaler round failed (retrying): {exc!r}")
-            return backoff(poll, q.failures)
+            q.settled = None
+            return min(poll, 1.0)
 
         self._redis(q, tick.error)
-        ok, reason, message = st.scaling_condition(tick, enabled=q.spec.autoscaling.enabled)
+        ok, reason, message = st.scaling_condition(tick, enabled=spec.autoscaling.enabled)
         if reason == "Stable" and tick.decision.recommendation in (None, tick.decision.replicas):
             message = f"{tick.decision.replicas} replicas match the backlog"  # no churn
         self._set(q, st.SCALING, ok, reason, message)
@@ -334,6 +417,18 @@ class Operator:
         await self.write_status(q, st.observed_fields(tick, now=st.timestamp(self.wall())))
         q.failures = q.failures + 1 if tick.error else 0
         return backoff(poll, q.failures) if tick.error else poll
+
+    def release(self, body: Mapping[str, Any]) -> None:
+        """The queue's daemon stopped (peering paused this replica, the object is going, or
+        the operator exits): export nothing stale, and start afresh if it comes back, since
+        another replica may have changed everything meanwhile."""
+        ref = queue_ref(body)
+        self.metrics.clear_queue(str(ref))
+        q = self.queues.get(ref)
+        if q is not None:
+            q.autoscaler = None  # its history is of a time another replica may have acted in
+            q.written = None
+            q.settled = None
 
     # -- the child Deployment -------------------------------------------------------------
 
@@ -354,8 +449,29 @@ class Operator:
             return
         ref = QueueRef(str(meta.get("namespace")), str(owner["name"]))
         q = self.queues.get(ref)
-        if q is None or q.spec is None or q.config is None:
-            return  # not ours to judge (yet): no valid spec seen
+        if q is None:
+            return  # not ours to judge (yet)
+        async with q.lock:
+            try:
+                await self._restore(q, event_type, deployment, owner, logger)
+            except ApiError as exc:  # never out of an event handler: the daemon retries
+                self.metrics.reconcile_errors.labels(str(ref)).inc()
+                logger.info(f"checking Deployment {meta.get('name')} failed: {exc}")
+                q.settled = None
+
+    async def _restore(
+        self,
+        q: Queue,
+        event_type: str | None,
+        deployment: Mapping[str, Any],
+        owner: Mapping[str, Any],
+        logger: kopf.Logger,
+    ) -> None:
+        # What was applied last, never a spec the API server refused: that stays refused.
+        spec, config, ref = q.applied, q.applied_config, q.ref
+        meta = deployment.get("metadata") or {}
+        if spec is None or config is None:
+            return  # nothing applied yet: the reconcile creates it
         if event_type == "DELETED":
             tq = await self.api.get(TASK_QUEUES.path(ref.namespace, ref.name))
             tq_meta = (tq or {}).get("metadata") or {}
@@ -366,16 +482,18 @@ class Operator:
             ):
                 return  # deleted with its owner (garbage collection): that is no drift
             what = "was deleted"
-        elif self.backend.is_current(ref, q.spec, deployment):
+        elif self.backend.is_current(ref, spec, deployment):
             return
         else:
             what = "differs from the spec"
         message = f"Deployment {meta.get('name')} {what}: restored"
         try:
-            await self.backend.apply(ref, q.spec, q.config)
-        except ApiError as exc:
+            await self.backend.apply(ref, spec, config)
+        except (ApiError, UnresolvedReferences) as exc:
+            # The daemon's next round reconciles the current spec (reporting, backoff).
             self.metrics.reconcile_errors.labels(str(ref)).inc()
             logger.info(f"restoring Deployment {meta.get('name')} failed: {exc}")
+            q.settled = None
             return
         logger.info(message)
         if q.target is not None:
@@ -454,12 +572,15 @@ async def autoscaler(
 ) -> None:
     # A daemon per TaskQueue, not a timer: each queue has its own poll interval (and backoff).
     op = _operator(memo)
-    while not stopped:
-        delay = await op.tick(body, logger)
-        deadline = time.monotonic() + delay
-        # Short sleeps checking `stopped`, not `stopped.wait()`: that can raise at shutdown.
-        while not stopped and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(left, 0.2))
+    try:
+        while not stopped:
+            delay = await op.tick(body, logger)
+            deadline = time.monotonic() + delay
+            # Short sleeps checking `stopped`, not `stopped.wait()`: that can raise at shutdown.
+            while not stopped and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(min(left, 0.2))
+    finally:
+        op.release(body)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})

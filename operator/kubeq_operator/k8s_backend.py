@@ -29,7 +29,7 @@ import kubernetes.client
 import kubernetes.config
 
 from kubeq.protocol import QueueConfig
-from kubeq_operator.backend import QueueRef
+from kubeq_operator.backend import PoolView, QueueRef
 from kubeq_operator.manifests import (
     DELETION_COST_ANNOTATION,
     Manifest,
@@ -38,15 +38,21 @@ from kubeq_operator.manifests import (
     build_deployment,
     build_metrics_service,
     build_pdb,
+    config_map_name,
     deployment_name,
     managed_replicas,
     selector_labels,
     selector_string,
 )
+from kubeq_operator.preflight import Kind as RefKind
+from kubeq_operator.preflight import problems, references
 from kubeq_operator.spec import TaskQueueSpec
 
 LAST_APPLIED_ANNOTATION = "kubeq.io/last-applied"
+# Counts the scale decisions applied to a Deployment: each one tests it (see `scale`).
+SCALE_DECISION_ANNOTATION = "kubeq.io/scale-decision"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class ApiError(Exception):
@@ -259,12 +265,54 @@ class KubeApi:
     async def patch(self, path: str, body: Manifest) -> Any:
         return await self.request("PATCH", path, body, content_type=MERGE_PATCH)
 
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+        return await self.request("PATCH", path, ops, content_type=JSON_PATCH)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
 # --- the backend -----------------------------------------------------------------------------
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def scale_basis(meta: Mapping[str, Any]) -> str:
+    """What a scale decision tests: the decision counter annotation, or (before the first
+    decision) the object's resourceVersion."""
+    seq = (meta.get("annotations") or {}).get(SCALE_DECISION_ANNOTATION)
+    return f"seq:{seq}" if seq is not None else f"rv:{meta.get('resourceVersion', '')}"
+
+
+def scale_patch(basis: str, replicas: int) -> list[dict[str, Any]]:
+    """A JSON patch that sets replicas only if no decision came since `basis`, and counts
+    this decision (compare-and-swap: the API server refuses a failed `test` whole)."""
+    kind, _, value = basis.partition(":")
+    key = "/metadata/annotations/" + _pointer(SCALE_DECISION_ANNOTATION)
+    if kind == "seq":
+        nxt = str(int(value) + 1) if value.isdigit() else "1"
+        return [
+            {"op": "test", "path": key, "value": value},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+            {"op": "replace", "path": key, "value": nxt},
+        ]
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": value},
+        {"op": "add", "path": "/spec/replicas", "value": replicas},
+        {"op": "add", "path": key, "value": "1"},
+    ]
+
+
+class UnresolvedReferences(Exception):
+    """The pod template refers to Secrets/ConfigMaps (keys) that do not exist: its pods
+    could not start, so it is not rolled out."""
+
+    def __init__(self, found: list[str]) -> None:
+        super().__init__("pods could not start: " + "; ".join(found))
+        self.problems = found
 
 
 class DeploymentMissing(ApiError):
@@ -311,8 +359,13 @@ class K8sBackend:
         path = kind.path(meta["namespace"], meta["name"])
         live = await self.api.get(path)
         if live is not None:
-            await self.api.patch(path, apply_patch(manifest, live))
-            return
+            try:
+                await self.api.patch(path, apply_patch(manifest, live))
+                return
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                # Deleted between the read and the patch: create it instead.
         try:
             await self.api.create(
                 kind.path(meta["namespace"]), _deep_merge(with_last_applied(manifest), create_extra)
@@ -323,9 +376,23 @@ class K8sBackend:
             # Created meanwhile (another replica, or a restore racing a reconcile): patch it.
             await self.api.patch(path, apply_patch(manifest, await self.api.get(path)))
 
+    async def check_references(self, ref: QueueRef, deployment: Manifest) -> None:
+        """Raise UnresolvedReferences when the pods of `deployment` could not start."""
+        own = ("ConfigMap", config_map_name(ref.name))  # applied together with the Deployment
+        refs = [r for r in references(deployment) if (r.kind, r.name) != own]
+        kinds = {"Secret": SECRETS, "ConfigMap": CONFIG_MAPS}
+        objects: dict[tuple[RefKind, str], Mapping[str, Any] | None] = {}
+        for kind, name in sorted({(r.kind, r.name) for r in refs}):
+            objects[(kind, name)] = await self.api.get(kinds[kind].path(ref.namespace, name))
+        found = problems(refs, objects)
+        if found:
+            raise UnresolvedReferences(found)
+
     async def apply(self, ref: QueueRef, spec: TaskQueueSpec, config: QueueConfig) -> None:
         del config  # the builders derive it from the spec; the Protocol passes it for others
         owner = await self._owner(ref)
+        # Before any write: a template whose pods cannot start is not rolled out at all.
+        await self.check_references(ref, self.desired_deployment(ref, spec))
         name, ns = ref.name, ref.namespace
         # A new Deployment starts at the autoscaler's last count (a restored one keeps its
         # size) or minReplicas; the API server would default a missing count to 1.
@@ -345,10 +412,30 @@ class K8sBackend:
             raise DeploymentMissing(ref)
         return dict(body)
 
-    async def scale(self, ref: QueueRef, replicas: int) -> None:
+    async def view(self, ref: QueueRef) -> PoolView:
+        body = await self.deployment(ref)
+        meta = body.get("metadata") or {}
+        return PoolView(
+            replicas=int((body.get("spec") or {}).get("replicas", 1)),  # the server's default
+            ready=int((body.get("status") or {}).get("readyReplicas") or 0),
+            basis=scale_basis(meta),
+        )
+
+    async def scale(self, ref: QueueRef, replicas: int, basis: str | None = None) -> bool:
         path = DEPLOYMENTS.path(ref.namespace, deployment_name(ref.name))
-        await self.api.patch(path, {"spec": {"replicas": replicas}})
+        if basis is None:
+            await self.api.patch(path, {"spec": {"replicas": replicas}})
+        else:
+            try:
+                await self.api.json_patch(path, scale_patch(basis, replicas))
+            except ApiError as exc:
+                # A failed `test` (422) or a stale resourceVersion (409): another decision
+                # was made since our view. Not an error: the next round sees it.
+                if exc.status in (409, 422):
+                    return False
+                raise
         self._scaled[ref] = replicas
+        return True
 
     async def replicas(self, ref: QueueRef) -> int:
         spec = (await self.deployment(ref)).get("spec") or {}

@@ -25,7 +25,7 @@ from signal import SIGTERM
 
 from kubeq.protocol import QueueConfig
 from kubeq.redis_server import die_with_parent, free_port
-from kubeq_operator.backend import QueueRef
+from kubeq_operator.backend import PoolView, QueueRef
 from kubeq_operator.manifests import config_hash, queue_config_json
 from kubeq_operator.spec import TaskQueueSpec
 
@@ -165,6 +165,7 @@ class _Pool:
     last_error: str | None = None
     next_start: float = 0.0  # monotonic time before which no replacement starts
     ended: list[Ended] = field(default_factory=list)
+    decisions: int = 0  # scale decisions applied: the basis of the next one
 
 
 class LocalBackend:
@@ -202,10 +203,20 @@ class LocalBackend:
                 self._stop(pool, w)
             self._converge(ref, pool)
 
-    async def scale(self, ref: QueueRef, replicas: int) -> None:
+    async def view(self, ref: QueueRef) -> PoolView:
         pool = self.pools[ref]
+        self._converge(ref, pool)
+        ready = sum(1 for w in self._active(pool) if w.alive)
+        return PoolView(pool.desired, ready, str(pool.decisions))
+
+    async def scale(self, ref: QueueRef, replicas: int, basis: str | None = None) -> bool:
+        pool = self.pools[ref]
+        if basis is not None and basis != str(pool.decisions):
+            return False  # another decision since that view
+        pool.decisions += 1
         pool.desired = replicas
         self._converge(ref, pool)
+        return True
 
     async def replicas(self, ref: QueueRef) -> int:
         pool = self.pools[ref]

@@ -16,9 +16,15 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.waiting = Gauge(
+            "kubeq_queue_waiting_tasks",
+            "Tasks waiting for a worker: ready + due, per priority.",
+            ["queue", "priority"],
+            registry=r,
+        )
         self.backlog = Gauge(
             "kubeq_queue_backlog_tasks",
-            "Tasks the autoscaler counts: ready + due + in flight, per priority.",
+            "Tasks the autoscaler counts: waiting (ready + due) + in flight, per priority.",
             ["queue", "priority"],
             registry=r,
         )
@@ -83,6 +89,7 @@ class OperatorMetrics:
 
     def observe_stats(self, queue: str, stats: QueueStats) -> None:
         for lv in stats.levels:
+            self.waiting.labels(queue, lv.name).set(lv.waiting)
             self.backlog.labels(queue, lv.name).set(lv.backlog)
             for state, value in (
                 ("ready", lv.ready),
@@ -94,6 +101,29 @@ class OperatorMetrics:
         self.dead.labels(queue).set(stats.dead)
         self.paused.labels(queue).set(1 if stats.paused else 0)
         self.oldest.labels(queue).set(stats.oldest_age_seconds())
+
+    def gauges(self) -> tuple[Gauge, ...]:
+        """The series that state a current value (a counter only ever adds up)."""
+        return (
+            self.waiting,
+            self.backlog,
+            self.tasks,
+            self.dead,
+            self.oldest,
+            self.desired,
+            self.current,
+            self.reachable,
+        )
+
+    def clear_queue(self, queue: str) -> None:
+        """Drop every gauge series of a queue this process no longer watches (a replica
+        paused by peering, a daemon stopped): dashboards `sum` the replicas' series, so a
+        frozen copy would count the queue twice."""
+        for gauge in self.gauges():
+            for family in gauge.collect():
+                for sample in family.samples:
+                    if sample.labels.get("queue") == queue:
+                        _remove(gauge, *sample.labels.values())
 
     def forget(self, queue: str, levels: tuple[str, ...]) -> None:
         """Drop a deleted queue's series so dashboards do not show it frozen."""
@@ -111,6 +141,7 @@ class OperatorMetrics:
         for direction in ("up", "down"):
             _remove(self.scale_events, queue, direction)
         for lv in levels:
+            _remove(self.waiting, queue, lv)
             _remove(self.backlog, queue, lv)
             for state in ("ready", "due", "delayed", "in_flight"):
                 _remove(self.tasks, queue, lv, state)

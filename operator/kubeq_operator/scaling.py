@@ -28,20 +28,23 @@ class Observation:
     """One reading of the queue, taken at `at` (seconds, same clock as `now`)."""
 
     at: float
-    backlog_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
+    waiting_by_priority: Mapping[str, int] = field(default_factory=dict)  # ready + due
     in_flight: int = 0
     reachable: bool = True
     #: the queue is paused (`kubeq pause`): workers claim nothing, so the pool holds
     paused: bool = False
+    # The queue's cumulative counters (kubeq.protocol.QueueStats.counters), for the rates.
+    submitted: int | None = None
+    claimed: int | None = None
 
     @property
-    def ready(self) -> int:
-        return sum(max(0, n) for n in self.backlog_by_priority.values())
+    def waiting(self) -> int:
+        return sum(max(0, n) for n in self.waiting_by_priority.values())
 
     @property
-    def demand(self) -> int:
-        """Tasks that need a worker now: waiting (ready or due) plus running."""
-        return self.ready + max(0, self.in_flight)
+    def backlog(self) -> int:
+        """Tasks that need a worker now: waiting (ready or due) plus in flight."""
+        return self.waiting + max(0, self.in_flight)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class ScalingPolicy:
     # workers, whatever the target says (a target above the concurrency would otherwise
     # scale a busy pool below what it is running). None: no such floor.
     concurrency: int | None = None
+    # With it: scale on throughput (see `throughput_need`) once the rates are measured.
+    target_drain_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -93,12 +98,19 @@ class ScalingPolicy:
             enabled=a.enabled,
             static_replicas=spec.static_replicas,
             concurrency=spec.worker.concurrency,
+            target_drain_seconds=a.target_drain_seconds,
         )
 
     @property
     def window_seconds(self) -> float:
         """How much recommendation history the decision can look at."""
         return max(self.scale_up_stabilization_seconds, self.scale_down_stabilization_seconds)
+
+    @property
+    def rate_window_seconds(self) -> float:
+        """How far back arrival and claim rates are measured: short, so a burst shows
+        at once (the scale-down window smooths the noise on the way down)."""
+        return max(5.0, 2.5 * self.poll_interval_seconds)
 
     @property
     def stale_after_seconds(self) -> float:
@@ -123,6 +135,18 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()
     empty_since: float | None = None  # since when the queue has been seen completely empty
     last_scale_at: float | None = None
+    # (time, submitted, claimed, in flight) readings within the rate window, oldest first.
+    counts: tuple[tuple[float, int, int, int], ...] = ()
+
+    def count(self, obs: Observation, window: float) -> History:
+        if obs.submitted is None or obs.claimed is None:
+            return replace(self, counts=())
+        entry = (obs.at, obs.submitted, obs.claimed, max(0, obs.in_flight))
+        kept = [e for e in self.counts if obs.at - window <= e[0] < obs.at]
+        # A counter that went back (Redis flushed, restored): the old readings mean nothing.
+        if kept and (kept[-1][1] > entry[1] or kept[-1][2] > entry[2]):
+            kept = []
+        return replace(self, counts=(*kept[-(self.MAX_ENTRIES - 1) :], entry))
 
     def record(self, now: float, replicas: int, window: float) -> History:
         entries = [e for e in self.recommendations if e[0] >= now - window]
@@ -133,6 +157,62 @@ class History:
 
     def values_within(self, now: float, window: float) -> list[int]:
         return [r for at, r in self.recommendations if at >= now - window]
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the counters say over the rate window: arrivals per second, claims per second
+    and the mean number of tasks in flight."""
+
+    seconds: float
+    arrivals: float
+    claims: float
+    in_flight: float
+
+    @property
+    def service_seconds(self) -> float | None:
+        """Mean time a task holds a worker slot, by Little's law (L = λ·W: tasks in
+        flight = claim rate * time in flight); None until a claim was seen."""
+        return self.in_flight / self.claims if self.claims > 0 else None
+
+
+def measured_rates(history: History) -> Rates | None:
+    """Rates over the readings in `history`; None with fewer than two of them."""
+    if len(history.counts) < 2:
+        return None
+    (t0, s0, c0, _), (t1, s1, c1, _) = history.counts[0], history.counts[-1]
+    span = t1 - t0
+    if span <= 0:
+        return None
+    # Mean in flight over the window (trapezoids: readings need not be evenly spaced).
+    pairs = zip(history.counts, history.counts[1:], strict=False)
+    area = sum((b[0] - a[0]) * (a[3] + b[3]) / 2 for a, b in pairs)
+    return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span)
+
+
+def throughput_need(
+    rates: Rates, waiting: int, concurrency: int, drain_seconds: float
+) -> tuple[float, str] | None:
+    """Workers needed to keep up with arrivals *and* drain what waits within
+    `drain_seconds`, from the measured capacity of one worker; None when the capacity is
+    not measured yet (nothing claimed in the window).
+
+    One worker serves `concurrency` tasks at a time for `service_seconds` each, so it
+    completes concurrency / service_seconds tasks per second. Needed: (arrival rate +
+    waiting / drain_seconds) / that.
+    """
+    service = rates.service_seconds
+    if service is None or service <= 0:
+        return None
+    per_worker = concurrency / service
+    wanted = rates.arrivals + max(0, waiting) / drain_seconds
+    need = wanted / per_worker
+    why = (
+        f"arrivals {rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
+        f" = {wanted:.1f}/s at {per_worker:.1f}/s per worker ({service:.2f} s per task"
+        f" x {concurrency}) → {math.ceil(need - 1e-9)}"
+    )
+    return need, why
 
 
 @dataclass(frozen=True)
@@ -158,6 +238,23 @@ def _finish(
     if target != current:
         history = replace(history, last_scale_at=now)
     return Decision(target, reason, history, _direction(current, target), rec)
+
+
+def keep_busy(decision: Decision, current: int, busy: int, before: History) -> Decision:
+    """A scale-down that removes only idle workers: never below the `busy` workers (those
+    reporting tasks in flight). A removed worker drains, but a task longer than its grace
+    period would be interrupted and run again; an idle one loses nothing. The pods go
+    idle-first (deletion costs), so the count is all that needs guarding. `before` is the
+    history the decision started from (its scale time stays if nothing changes now)."""
+    if decision.direction != "down" or decision.replicas >= busy:
+        return decision
+    target = min(current, busy)
+    reason = f"{decision.reason}, kept at {target}: {busy} workers busy (only idle ones go)"
+    direction = _direction(current, target)
+    history = decision.history
+    if direction == "none":
+        history = replace(history, last_scale_at=before.last_scale_at)
+    return replace(decision, replicas=target, reason=reason, history=history, direction=direction)
 
 
 def decide_replicas(
@@ -192,16 +289,29 @@ def decide_replicas(
         reason = f"queue paused: holding {target} replicas"
         return _finish(target, current, reason, replace(history, empty_since=None), now)
 
-    ready, in_flight, demand = observation.ready, max(0, observation.in_flight), observation.demand
+    waiting, in_flight, demand = (
+        observation.waiting,
+        max(0, observation.in_flight),
+        observation.backlog,
+    )
     empty_since = None
     if demand == 0:
         empty_since = history.empty_since if history.empty_since is not None else observation.at
-    raw = math.ceil(demand / policy.target_backlog_per_replica)
+    history = history.count(observation, policy.rate_window_seconds)
+    rates = measured_rates(history)
+    need = None
+    if policy.target_drain_seconds is not None and policy.concurrency and rates is not None:
+        need = throughput_need(rates, waiting, policy.concurrency, policy.target_drain_seconds)
+    if need is not None:
+        raw = math.ceil(need[0] - 1e-9)  # float noise must not add a worker
+        notes = [need[1]]
+    else:
+        raw = math.ceil(demand / policy.target_backlog_per_replica)
+        notes = [
+            f"backlog {demand} (waiting {waiting} + in-flight {in_flight})"
+            f" / target {policy.target_backlog_per_replica} → {raw}"
+        ]
     busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
-    notes = [
-        f"backlog {demand} (ready {ready} + in-flight {in_flight})"
-        f" / target {policy.target_backlog_per_replica} → {raw}"
-    ]
     if busy > raw:
         notes.append(f"{in_flight} running need {busy} at concurrency {policy.concurrency}")
         raw = busy

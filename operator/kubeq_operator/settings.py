@@ -19,6 +19,9 @@ class OperatorSettings(BaseSettings):
     health_port: int = Field(default=8081, ge=0, le=65535, description="kopf's /healthz; 0: off.")
     peering_name: str = Field(default="kubeq", min_length=1)
     standalone: bool = Field(default=False, description="No peering: for a single replica.")
+    # How long a replica's heartbeat in the peering object counts: a leader silent for
+    # this long (killed, partitioned) is given up and the next replica takes over.
+    peering_lifetime_seconds: int = Field(default=15, ge=2, le=600)
     # Replicas of equal priority would all pause (kopf's rule); None draws a random one, so
     # exactly one replica of a Deployment is active and the others wait to take over.
     priority: int | None = None

@@ -300,6 +300,7 @@ class Autoscaling(_Model):
     max_step_down: int | None = Field(default=None, ge=1)
     poll_interval_seconds: float = Field(default=10, ge=0.5, le=3600)
     fallback_replicas: int | None = Field(default=None, ge=0, le=1000)
+    target_drain_seconds: float | None = Field(default=None, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -402,9 +403,11 @@ class TaskQueueStatus(_Model):
     observed_generation: int | None = Field(default=None, ge=0)
     replicas: int | None = Field(default=None, ge=0)
     desired_replicas: int | None = Field(default=None, ge=0)
-    backlog: int | None = Field(default=None, ge=0)
+    waiting: int | None = Field(default=None, ge=0)
     in_flight: int | None = Field(default=None, ge=0)
+    backlog: int | None = Field(default=None, ge=0)
     dead_letter: int | None = Field(default=None, ge=0)
+    waiting_by_priority: dict[str, int] | None = None
     backlog_by_priority: dict[str, int] | None = None
     paused: bool | None = None
     last_scale_time: str | None = None

@@ -82,6 +82,38 @@ def without_condition(conditions: Sequence[Condition], type: str) -> list[Condit
     return [c for c in conditions if c.type != type]
 
 
+# False by the user's choice, not a failure: announced, but not as a Warning.
+CHOSEN_FALSE = frozenset({"AutoscalingDisabled"})
+# The Normal Event's reason when a condition recovers (False → True).
+RECOVERED = {READY: "Reconciled", REDIS_REACHABLE: "RedisReachable", SCALING: "ScalingResumed"}
+
+
+def transition_event(
+    before: Condition | None, after: Condition
+) -> tuple[Literal["Normal", "Warning"], str, str] | None:
+    """The Event (type, reason, message) a condition change deserves, None for none.
+
+    A condition turning False, or staying False for a new reason or message, is a Warning
+    with that reason; a recovery (False → True) is Normal. A condition first seen True,
+    or unchanged, says nothing new.
+    """
+    same = before is not None and (before.status, before.reason, before.message) == (
+        after.status,
+        after.reason,
+        after.message,
+    )
+    if after.status == "False" and not same:
+        kind: Literal["Normal", "Warning"] = "Normal" if after.reason in CHOSEN_FALSE else "Warning"
+        return kind, after.reason or after.type, after.message or ""
+    if after.status == "True" and before is not None and before.status == "False":
+        return "Normal", RECOVERED.get(after.type, after.type), after.message or ""
+    return None
+
+
+def find(conditions: Sequence[Condition], type: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type), None)
+
+
 def condition_status(conditions: Sequence[Condition], type: str) -> str | None:
     return next((c.status for c in conditions if c.type == type), None)
 
@@ -135,11 +167,15 @@ def observed_fields(tick: Tick, *, now: str) -> dict[str, Any]:
     }
     if tick.stats is not None:
         stats = tick.stats
+        # One definition everywhere (kubeq.protocol.LevelStats): waiting = ready + due,
+        # backlog = waiting + in flight (what the autoscaler scales on).
         fields |= {
-            "backlog": stats.ready,
+            "waiting": stats.waiting,
             "inFlight": stats.in_flight,
+            "backlog": stats.backlog,
             "deadLetter": stats.dead,
-            "backlogByPriority": {lv.name: lv.ready + lv.due for lv in stats.levels},
+            "waitingByPriority": {lv.name: lv.waiting for lv in stats.levels},
+            "backlogByPriority": {lv.name: lv.backlog for lv in stats.levels},
             "paused": stats.paused,
         }
     if tick.decision.changed:

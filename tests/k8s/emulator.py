@@ -3,7 +3,14 @@
 The four gaps (see KUBERNETES-TESTING.md): a resourceVersion that changes on every write
 (plus uid, creationTimestamp and a generation bumped on spec changes), generateName,
 201 on POST, and 422 for a failed JSON-patch `test`. The TaskQueue resource is registered
-from crds/ (kmock ignores CRD objects) and the built-in kinds from kmock's bundle.
+from crds/ (kmock ignores CRD objects) and the built-in kinds from kmock's bundle, kopf's
+peering kinds from the chart's CRDs.
+
+Beyond those, it answers as an API server where the operator has a path for it: 422 for
+an invalid Deployment (an env var name with `=`, a probe without a handler or with a bad
+port), 400 for an unparseable quantity, 409 for a stale resourceVersion, `/status`
+writing only `.status` (and the main resource ignoring it), owner-reference garbage
+collection, and injected failures (`faults`) for any request.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import datetime
 import gzip
 import importlib.resources
 import itertools
+import re
 import secrets
 import time
 import uuid
@@ -37,6 +45,7 @@ from kubeq_operator.k8s_backend import KubeApi
 from kubeq_operator.settings import OperatorSettings
 
 T = TypeVar("T")
+PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kubeq" / "crds"
 
 
 def _merge(value: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,9 +61,66 @@ def _merge(value: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+# A resource quantity as the API server parses it ("cannot be handled as a Deployment").
+_QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([eE][+-]?[0-9]+)|[KMGTPE]i|[numkMGTPE])?$"
+)
+
+# A request the test wants refused: the error to answer with, or None to serve it normally.
+Fault = Callable[[kmock.Request], "kmock.KubernetesError | None"]
+
+
+def _invalid(message: str, kind: str = "Deployment") -> kmock.KubernetesError:
+    return kmock.KubernetesError(
+        status=422, reason="Invalid", message=f"{kind} is invalid: {message}"
+    )
+
+
+def validate_deployment(obj: Mapping[str, Any]) -> None:
+    """The checks of a real API server that the operator has error paths for: an env var
+    name the kubelet cannot set (422), an unparseable resource quantity (400)."""
+    pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for i, container in enumerate(pod.get("containers") or []):
+        where = f"spec.template.spec.containers[{i}]"
+        for j, env in enumerate(container.get("env") or []):
+            name = str((env or {}).get("name", ""))
+            if not name or "=" in name or not name.isprintable() or not name.isascii():
+                raise _invalid(
+                    f'{where}.env[{j}].name: Invalid value: "{name}": a valid environment'
+                    " variable name must consist only of printable ASCII characters other"
+                    " than '='"
+                )
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind)
+            if probe is None:
+                continue
+            handlers = [h for h in ("httpGet", "tcpSocket", "exec", "grpc") if h in probe]
+            if len(handlers) != 1:
+                raise _invalid(f"{where}.{kind}: Required value: must specify a handler type")
+            port = (probe.get(handlers[0]) or {}).get("port")
+            names = {p.get("name") for p in container.get("ports") or []}
+            if handlers[0] in ("httpGet", "tcpSocket") and not (
+                (isinstance(port, int) and 1 <= port <= 65535) or port in names
+            ):
+                raise _invalid(f"{where}.{kind}.{handlers[0]}.port: Invalid value: {port!r}")
+        resources = container.get("resources") or {}
+        for part in ("limits", "requests"):
+            for resource, value in (resources.get(part) or {}).items():
+                if not _QUANTITY.match(str(value)):
+                    raise kmock.KubernetesError(
+                        status=400,
+                        reason="BadRequest",
+                        message=f'Deployment in version "v1" cannot be handled as a Deployment:'
+                        f" quantities must match the regular expression (resources.{part}."
+                        f"{resource}: {value!r})",
+                    )
+
+
 @attrs.define(kw_only=True)
 class KubeqEmulator(kmock.KubernetesEmulator):
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    # Injected failures, consulted for every request (tests append and remove them).
+    faults: list[Fault] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -70,6 +136,20 @@ class KubeqEmulator(kmock.KubernetesEmulator):
             verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             subresources=set(names.subresources),
         )
+        # kopf's peering resources, from the CRDs the chart ships (for operator replicas).
+        for path in sorted(PEERING_CRDS.glob("kopf-*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            spec, crd_names = crd["spec"], crd["spec"]["names"]
+            for version in spec["versions"]:
+                key = f"{spec['group']}/{version['name']}/{crd_names['plural']}"
+                self.resources[key] = kmock.ResourceInfo(
+                    kind=crd_names["kind"],
+                    singular=crd_names["singular"],
+                    shortnames=set(crd_names.get("shortNames", [])),
+                    namespaced=spec["scope"] == "Namespaced",
+                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                    subresources=set(),
+                )
 
     def _version(self) -> str:
         return str(next(self._versions))
@@ -200,8 +280,72 @@ class KubeqEmulator(kmock.KubernetesEmulator):
                 pending.cancel()
             await bus.unmark(marker)
 
+    def _check(self, request: kmock.Request) -> None:
+        """Refuse what a real API server refuses (after a patch: the object it would store)."""
+        for fault in self.faults:
+            error = fault(request)
+            if error is not None:
+                raise error
+        resource = request.resource
+        if resource is None or getattr(resource, "plural", None) != "deployments":
+            return
+        if request.action == kmock.action.CREATE and isinstance(request.data, Mapping):
+            validate_deployment(request.data)
+        elif request.action == kmock.action.UPDATE and isinstance(request.data, Mapping):
+            live = self._live(request)
+            if live is not None:
+                validate_deployment(_merge(live, request.data))
+
+    def _status_only(self, request: kmock.Request) -> None:
+        """The status subresource writes `.status` only; the main resource of a kind with a
+        status subresource ignores `.status` (as a real API server does)."""
+        if request.action != kmock.action.UPDATE or not isinstance(request.data, Mapping):
+            return
+        resource = request.resource
+        # `in` first: indexing a missing resource creates it (kmock's defaultdict style).
+        if resource is None or resource not in self.resources:
+            return
+        if "status" not in self.resources[resource].subresources:
+            return
+        data = dict(request.data)
+        if request.subresource == "status":
+            keep = {"status": data.get("status") or {}}
+            meta = data.get("metadata") or {}
+            if "resourceVersion" in meta:
+                keep["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+            object.__setattr__(request, "data", keep)
+        elif "status" in data:
+            data.pop("status")
+            object.__setattr__(request, "data", data)
+
+    async def _collect_garbage(self) -> None:
+        """Owner-reference garbage collection: delete every object all of whose owners are
+        gone (foreground cascades are not emulated; dependents go right after)."""
+        while True:
+            async with self._lock:
+                live = {
+                    (obj.raw.get("metadata") or {}).get("uid")
+                    for _, obj in self.objects.items()
+                    if not obj.deleted
+                }
+                orphans = [
+                    (key, obj)
+                    for key, obj in self.objects.items()
+                    if not obj.deleted
+                    and (refs := (obj.raw.get("metadata") or {}).get("ownerReferences"))
+                    and all(r.get("uid") not in live for r in refs)
+                ]
+                for key, obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+            if not orphans:
+                return
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         action = request.action
+        self._check(request)
+        self._status_only(request)
         if request.resource is not None and isinstance(request.data, Mapping | list):
             # In place: kmock's filters recognise a request by its identity.
             if action == kmock.action.CREATE and isinstance(request.data, Mapping):
@@ -218,6 +362,8 @@ class KubeqEmulator(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
+        if action in (kmock.action.DELETE, kmock.action.UPDATE):
+            await self._collect_garbage()
         return response
 
 

@@ -868,6 +868,8 @@ def test_one_replica_runs_standalone_and_several_share_a_peering(
         (peering,) = peerings
         assert peering["kind"] == kind
         assert peering["metadata"]["name"] == env["KUBEQ_OPERATOR_PEERING_NAME"]
+        # The takeover time: the chart's value reaches the operator (default 15 s).
+        assert env["KUBEQ_OPERATOR_PEERING_LIFETIME_SECONDS"] == "15"
 
 
 # --- the optional dashboard (issue 13) ---------------------------------------------------

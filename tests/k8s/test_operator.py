@@ -1,21 +1,17 @@
 """The operator under real kopf, against the Kubernetes emulator and a real redis-server.
 
-kmock has no controllers: no garbage collection (owner references are asserted instead), no
+The emulator garbage-collects owned objects but runs no controllers: no
 ReplicaSets or Pods (tests create Pod objects), and Deployment status stays empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.k8s.emulator import (
     KubeqEmulator,
-    api_for,
     eventually,
-    kubeconfig_for,
     running_operator,
 )
 
@@ -43,14 +39,6 @@ from kubeq_operator.manifests import (
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 NS = "default"
 IMAGE = "registry.example/telemetry-worker:1.0"
-
-
-@pytest.fixture
-async def api(kmock: KubeqEmulator, tmp_path: Path) -> AsyncIterator[KubeApi]:
-    with kubeconfig_for(str(kmock.url), tmp_path):
-        client = api_for(str(kmock.url))
-        yield client
-        await client.close()
 
 
 def taskqueue(name: str, redis_url: str, **spec: Any) -> dict[str, Any]:
@@ -200,7 +188,8 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
                 lambda b: b["status"].get("desiredReplicas") == 4,
                 what="status.desiredReplicas",
             )
-            assert tq["status"]["backlog"] == 35
+            assert (tq["status"]["waiting"], tq["status"]["backlog"]) == (35, 35)
+            assert tq["status"]["waitingByPriority"]["default"] == 35
             assert tq["status"]["backlogByPriority"]["default"] == 35
             assert "backlog 35" in tq["status"]["lastScaleReason"]
             assert condition(tq, "Scaling")["reason"] == "ScaledUp"
@@ -239,7 +228,8 @@ async def test_scales_with_backlog_idle_pods_first(api: KubeApi, redis_url: str)
             await eventually(lambda: events(api, "burst"), has_event("ScaledDown"), what="Event")
             tq = await get(api, tq_path("burst"))
             assert tq["status"]["inFlight"] == 4
-            assert tq["status"]["backlog"] == 0
+            assert tq["status"]["waiting"] == 0
+            assert tq["status"]["backlog"] == 4  # waiting + in flight
         finally:
             producer.close()
 

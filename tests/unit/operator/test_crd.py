@@ -88,8 +88,9 @@ def test_printer_columns() -> None:
     columns = {c["name"]: (c["type"], c["jsonPath"]) for c in version["additionalPrinterColumns"]}
     assert columns == {
         "Ready": ("string", '.status.conditions[?(@.type=="Ready")].status'),
-        "Backlog": ("integer", ".status.backlog"),
+        "Waiting": ("integer", ".status.waiting"),
         "In-flight": ("integer", ".status.inFlight"),
+        "Backlog": ("integer", ".status.backlog"),
         "Replicas": ("integer", ".status.replicas"),
         "Desired": ("integer", ".status.desiredReplicas"),
         "Age": ("date", ".metadata.creationTimestamp"),

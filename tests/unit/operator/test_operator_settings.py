@@ -42,3 +42,17 @@ def test_kopf_options() -> None:
         "liveness_endpoint": None,
         "namespaces": ["q"],
     }
+
+
+def test_peering_lifetime_reaches_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from kubeq_operator.handlers import configure_kopf
+
+    assert OperatorSettings().peering_lifetime_seconds == 15  # kopf's own default is 60
+    monkeypatch.setenv("KUBEQ_OPERATOR_PEERING_LIFETIME_SECONDS", "6")
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, OperatorSettings(priority=7))
+    assert (settings.peering.lifetime, settings.peering.priority) == (6, 7)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        OperatorSettings(peering_lifetime_seconds=1)

@@ -236,7 +236,7 @@ def test_reason_names_the_numbers() -> None:
     policy = replace(BASE, max_replicas=8)
     obs = Observation(0, {"high": 600, "low": 300}, in_flight=50)
     d = decide_replicas(obs, policy, History(), current_replicas=2, now=0)
-    assert d.reason == "backlog 950 (ready 900 + in-flight 50) / target 100 → 10, capped at max 8"
+    assert d.reason == "backlog 950 (waiting 900 + in-flight 50) / target 100 → 10, capped at max 8"
     assert (d.replicas, d.direction, d.recommendation, d.changed) == (8, "up", 8, True)
 
 
@@ -281,7 +281,7 @@ def test_reasons(policy: ScalingPolicy, current: int, step: Step, fragment: str)
 
 def test_stale_reading_counts_as_unreachable() -> None:
     policy = replace(BASE, poll_interval_seconds=10, fallback_replicas=1)
-    obs = Observation(at=0, backlog_by_priority={"high": 5000})
+    obs = Observation(at=0, waiting_by_priority={"high": 5000})
     assert decide_replicas(obs, policy, History(), 4, now=30).replicas == 10
     d = decide_replicas(obs, policy, History(), 4, now=31)
     assert (d.replicas, d.reason) == (1, "reading 31 s old: fallbackReplicas 1")
@@ -392,7 +392,7 @@ def test_running_tasks_keep_the_workers_they_need(
         scale_down_stabilization_seconds=0,
         concurrency=10,
     )
-    obs = Observation(at=100.0, backlog_by_priority={"default": ready}, in_flight=in_flight)
+    obs = Observation(at=100.0, waiting_by_priority={"default": ready}, in_flight=in_flight)
     decision = decide_replicas(obs, policy, History(), current_replicas=6, now=100.0)
     assert decision.replicas == expected
     if in_flight > 10 and ready == 0:
@@ -442,7 +442,7 @@ def test_a_paused_queue_holds_its_replicas_whatever_the_backlog() -> None:
     """Paused (issue 13): workers claim nothing, so neither a big backlog nor an empty
     queue moves the pool; the cooldown to zero does not run while paused."""
     policy = replace(BASE, cooldown_to_zero_seconds=60)
-    busy = Observation(at=0, backlog_by_priority={"high": 5000}, paused=True)
+    busy = Observation(at=0, waiting_by_priority={"high": 5000}, paused=True)
     d = decide_replicas(busy, policy, History(), 3, now=0)
     assert (d.replicas, d.reason) == (3, "queue paused: holding 3 replicas")
     empty = Observation(at=100, paused=True)

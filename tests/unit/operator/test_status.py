@@ -93,10 +93,12 @@ def test_observed_fields() -> None:
     assert fields == {
         "replicas": 1,
         "desiredReplicas": 3,
-        "backlog": 15,  # ready + due
+        "waiting": 15,  # ready + due
         "inFlight": 4,
+        "backlog": 19,  # waiting + in flight
         "deadLetter": 7,
-        "backlogByPriority": {"high": 5, "low": 10},
+        "waitingByPriority": {"high": 5, "low": 10},
+        "backlogByPriority": {"high": 9, "low": 10},
         "paused": False,
         "lastScaleTime": "t",
         "lastScaleReason": "reason 3",
@@ -125,3 +127,68 @@ def test_redis_condition_reasons_for_security_failures() -> None:
     assert st.redis_condition("Redis at redis://u:***@h:1/0 denied this ACL user: NOPERM")[1] == (
         "PermissionDenied"
     )
+
+
+def cond(type: str, status: str, reason: str, message: str = "m") -> Condition:
+    return Condition.model_validate(
+        {"type": type, "status": status, "reason": reason, "message": message}
+    )
+
+
+def test_transition_events_warn_on_failure_and_announce_recovery() -> None:
+    ok = cond("Ready", "True", "Reconciled", "fine")
+    failed = cond("Ready", "False", "ApplyFailed", "422: refused")
+    # New and False, or True → False: a Warning with the condition's reason and message.
+    assert st.transition_event(None, failed) == ("Warning", "ApplyFailed", "422: refused")
+    assert st.transition_event(ok, failed) == ("Warning", "ApplyFailed", "422: refused")
+    # Still False, for another reason or with another message: a new Warning.
+    missing = cond("Ready", "False", "MissingReference", 'Secret "s" not found')
+    assert st.transition_event(failed, missing) == (
+        "Warning",
+        *("MissingReference",),
+        missing.message,
+    )
+    other = cond("Ready", "False", "ApplyFailed", "500: etcd down")
+    assert st.transition_event(failed, other) == ("Warning", "ApplyFailed", "500: etcd down")
+    # Unchanged: nothing (a failing retry loop does not flood Events).
+    assert st.transition_event(failed, failed) is None
+    # Recovery: a Normal Event named after the condition.
+    assert st.transition_event(failed, ok) == ("Normal", "Reconciled", "fine")
+    scaling = cond("Scaling", "True", "Stable", "2 replicas")
+    broken = cond("Scaling", "False", "AutoscalerError", "WRONGTYPE")
+    assert st.transition_event(broken, scaling) == ("Normal", "ScalingResumed", "2 replicas")
+    # First seen True, or True staying True: nothing to announce.
+    assert st.transition_event(None, ok) is None
+    assert st.transition_event(ok, cond("Ready", "True", "Reconciled", "other")) is None
+    # False by choice is announced as Normal, not as a Warning.
+    disabled = cond("Scaling", "False", "AutoscalingDisabled", "spec.replicas 3")
+    assert st.transition_event(scaling, disabled) == (
+        "Normal",
+        "AutoscalingDisabled",
+        "spec.replicas 3",
+    )
+
+
+def test_fingerprint_sees_spec_changes_through_views() -> None:
+    from collections.abc import Iterator, Mapping
+
+    from kubeq_operator.handlers import fingerprint
+
+    class View(Mapping[str, object]):  # what kopf may hand out instead of a dict
+        def __init__(self, src: dict[str, object]) -> None:
+            self.src = src
+
+        def __getitem__(self, key: str) -> object:
+            return self.src[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.src)
+
+        def __len__(self) -> int:
+            return len(self.src)
+
+    a = {"metadata": {"uid": "u"}, "spec": View({"worker": {"env": [{"name": "A"}]}})}
+    b = {"metadata": {"uid": "u"}, "spec": View({"worker": {"env": []}})}
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) == fingerprint({"metadata": {"uid": "u"}, "spec": dict(a["spec"])})
+    assert fingerprint(a) != fingerprint({**a, "metadata": {"uid": "other"}})

@@ -39,8 +39,12 @@ def stats_json(
     data = stats.model_dump(mode="json")
     if types is not None:
         data["types"] = types
+    # The names of kubeq.protocol.LevelStats, as on the TaskQueue status and the metrics:
+    # waiting = ready + due, backlog = waiting + in flight.
     data["totals"] = {
-        "ready": stats.ready,
+        "ready": sum(lv.ready for lv in stats.levels),
+        "due": sum(lv.due for lv in stats.levels),
+        "waiting": stats.waiting,
         "delayed": stats.delayed,
         "in_flight": stats.in_flight,
         "backlog": stats.backlog,
@@ -98,15 +102,17 @@ def render_stats(
     due = sum(lv.due for lv in stats.levels)
     table.add_row(
         "total",
-        str(stats.ready - due),
+        str(stats.waiting - due),
         str(due),
         str(stats.delayed),
         str(stats.in_flight),
-        fmt_age(stats.oldest_age_seconds()) if stats.ready else "-",
+        fmt_age(stats.oldest_age_seconds()) if stats.waiting else "-",
         style="bold",
     )
-    summary = Text(f"backlog {stats.backlog}   dead-letter {stats.dead}   workers {stats.workers}")
-    # Counter names come from a Redis hash any writer can add fields to.
+    summary = Text(  # counter names below come from a hash any writer can add to
+        f"waiting {stats.waiting}   backlog {stats.backlog} (waiting + in-flight)"
+        f"   dead-letter {stats.dead}   workers {stats.workers}"
+    )
     counters = Text(
         printable(
             "counters: "

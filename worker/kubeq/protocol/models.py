@@ -80,9 +80,14 @@ class LevelStats(BaseModel):
     oldest_enqueued_at: int | None  # ms; None when nothing waits
 
     @property
+    def waiting(self) -> int:
+        """Tasks waiting for a worker: ready plus due (delayed tasks whose time has come)."""
+        return self.ready + self.due
+
+    @property
     def backlog(self) -> int:
-        """What the autoscaler counts: work waiting or running now."""
-        return self.ready + self.due + self.in_flight
+        """What the autoscaler counts: work waiting or running now (waiting + in flight)."""
+        return self.waiting + self.in_flight
 
 
 class QueueStats(BaseModel):
@@ -99,7 +104,12 @@ class QueueStats(BaseModel):
 
     @property
     def ready(self) -> int:
-        return sum(lv.ready + lv.due for lv in self.levels)
+        """Ready plus due over all levels: the same as `waiting` (kept for callers)."""
+        return self.waiting
+
+    @property
+    def waiting(self) -> int:
+        return sum(lv.waiting for lv in self.levels)
 
     @property
     def in_flight(self) -> int:
