@@ -601,6 +601,7 @@ class QueueOps:
             k.results,
             k.results_expiry,
             *self._per_level3,
+            *k.flow_keys,
         ]
         applied: list[bool] = []
         for chunk in _chunks(settlements):
@@ -788,6 +789,7 @@ class QueueOps:
             k.results_expiry,
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
+            *k.flow_keys,
         ]
         report = ReapReport(requeued=[], dead=[], cancelled=[])
         for _ in range(rounds):
@@ -831,6 +833,7 @@ class QueueOps:
             k.results_expiry,
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._delayed[i])],
+            *k.flow_keys,
         ]
         args: list[str | int | float] = [
             self._now_arg(now),
