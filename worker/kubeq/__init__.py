@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from kubeq.app import App, TaskContext
     from kubeq.exceptions import Permanent, Retry
     from kubeq.protocol import AsyncClient, Client, QueueConfig, Task, TaskRequest, TaskStatus
+    from kubeq.protocol.workflow import Step, chain, chord, group
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,10 @@ _WHERE = {
     "Task": "kubeq.protocol",
     "TaskRequest": "kubeq.protocol",
     "TaskStatus": "kubeq.protocol",
+    "Step": "kubeq.protocol.workflow",
+    "chain": "kubeq.protocol.workflow",
+    "chord": "kubeq.protocol.workflow",
+    "group": "kubeq.protocol.workflow",
 }
 
 
@@ -50,9 +55,13 @@ __all__ = [
     "Permanent",
     "QueueConfig",
     "Retry",
+    "Step",
     "Task",
     "TaskContext",
     "TaskRequest",
     "TaskStatus",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]
