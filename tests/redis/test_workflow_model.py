@@ -75,7 +75,7 @@ def run_model(client: Client, clock: FakeClock, seed: int, failures: bool) -> No
             client.reap()
             continue
         if roll < 0.15 and dead_workers:
-            ghost, stale = rng.choice(dead_workers)
+            _ghost, stale = rng.choice(dead_workers)
             applied = client.settle([client.ops.completion(c, -1, 0) for c in stale])
             assert not any(applied), "a reaped lease settled"
             continue
