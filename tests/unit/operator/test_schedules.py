@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,7 +59,7 @@ def test_an_hourly_schedule_keeps_every_real_hour_across_both_changes() -> None:
     assert len(spring) == 3
     assert len(fall) == 5
     for got in (spring, fall):
-        assert all(b - a == 3_600_000 for a, b in zip(got, got[1:], strict=False))
+        assert all(b - a == 3_600_000 for a, b in itertools.pairwise(got))
 
 
 def test_interval_ticks_are_aligned_to_the_epoch() -> None:
@@ -125,6 +126,6 @@ def test_bad_schedules_are_clear_spec_errors(entry: dict[str, Any], message: str
     spec = {"redis": {"url": "redis://r"}, "worker": {"image": "i", "app": "m:app"}}
     with pytest.raises(InvalidSpec, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_spec({**spec, "schedules": [entry]})
+    ok = {"name": "a", "task": "t", "intervalSeconds": 5}
     with pytest.raises(InvalidSpec, match="used twice"):
-        ok = {"name": "a", "task": "t", "intervalSeconds": 5}
         parse_spec({**spec, "schedules": [ok, ok]})
