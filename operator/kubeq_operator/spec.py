@@ -249,8 +249,8 @@ class Schedule(_Model):
     interval_seconds: int | None = Field(default=None, ge=1, le=31536000)
     timezone: str = Field(default="UTC", min_length=1, max_length=64)
     task: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,199}$")
-    payload: Any = None
-    priority: str | None = None
+    payload: dict[str, Any] | None = None
+    priority: str | None = Field(default=None, min_length=1, max_length=63)
     missed_runs: Literal["Skip", "RunOnce"] = "Skip"
     starting_deadline_seconds: int = Field(default=60, ge=1, le=31536000)
     catch_up_limit_seconds: int = Field(default=86400, ge=1, le=31536000)
@@ -381,12 +381,12 @@ class TaskQueueSpec(_Model):
     replicas: int | None = Field(default=None, ge=0, le=1000)
     rate_limit: RateLimitSpec | None = None
     retain_redis_data: bool = True
-    schedules: list[Schedule] = Field(default_factory=list, max_length=100)
+    schedules: list[Schedule] | None = Field(default=None, max_length=100)
 
     @model_validator(mode="after")
     def _schedules_fit_the_queue(self) -> TaskQueueSpec:
-        names = [s.name for s in self.schedules]
-        for i, sched in enumerate(self.schedules):
+        names = [s.name for s in self.schedules or ()]
+        for i, sched in enumerate(self.schedules or ()):
             if names.index(sched.name) != i:
                 raise _cross_field("schedules", "schedule name '{n}' is used twice", n=sched.name)
             levels = [lv.name for lv in self.priorities.levels]
