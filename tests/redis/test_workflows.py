@@ -3,12 +3,13 @@ failure fails the workflow once, a cancel cancels its pending steps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from random import Random
 
 import pytest
 from tests.conftest import FakeClock
 
-from kubeq.protocol import Client, InvalidTask, TaskExists, TaskStatus
+from kubeq.protocol import Client, InvalidTask, QueueFull, TaskExists, TaskStatus
 from kubeq.protocol.models import ClaimedTask, TaskError
 from kubeq.protocol.workflow import Step, chain, chord, group, step_payload
 
@@ -190,3 +191,15 @@ def test_workflow_ids_are_unique_and_bad_shapes_are_invalid(client: Client) -> N
     with pytest.raises(InvalidTask):
         client.submit_workflow(group(*(Step("x") for i in range(1001))))
     assert client.stats().backlog == 1
+
+
+def test_a_workflow_that_would_overfill_the_queue_is_refused_whole(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(max_backlog=5)
+    client.submit_many([{"type": "t"}] * 2)
+    with pytest.raises(QueueFull, match="backlog 2 \\+ 4 new"):
+        client.submit_workflow(chain(Step("a"), Step("b"), Step("c")), on_failure=Step("x"))
+    assert client.stats().backlog == 2
+    assert client.redis.hlen(client.keys.flow) == 0
+    client.submit_workflow(chain(Step("a"), Step("b"), Step("c")))

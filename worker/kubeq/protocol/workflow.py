@@ -243,6 +243,7 @@ def submit_workflow(
         plan.on_failure.id if plan.on_failure else "",
         len(plan.steps),
         WAKE_CAP,
+        qops.config.max_backlog or 0,
     ]
     for s in every:
         payload = None if s.step.payload is FEED else s.step.payload
@@ -266,6 +267,7 @@ def submit_workflow(
         k.flow_wait,
         k.flows,
         *[k.ready(lv) for lv in qops.levels],
+        *[k.delayed(lv) for lv in qops.levels],
     ]
     yield ScriptCall("workflow", keys, args)
     return wf
