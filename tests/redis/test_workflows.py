@@ -9,7 +9,7 @@ from random import Random
 import pytest
 from tests.conftest import FakeClock
 
-from kubeq.protocol import Client, InvalidTask, QueueFull, TaskExists, TaskStatus
+from kubeq.protocol import AsyncClient, Client, InvalidTask, QueueFull, TaskExists, TaskStatus
 from kubeq.protocol.models import ClaimedTask, TaskError
 from kubeq.protocol.workflow import Step, chain, chord, group, step_payload
 
@@ -203,3 +203,32 @@ def test_a_workflow_that_would_overfill_the_queue_is_refused_whole(
     assert client.stats().backlog == 2
     assert client.redis.hlen(client.keys.flow) == 0
     client.submit_workflow(chain(Step("a"), Step("b"), Step("c")))
+
+
+def test_cancelling_a_pending_step_fails_its_workflow(client: Client) -> None:
+    wf = client.submit_workflow(chain(Step("a"), Step("b")), on_failure=Step("alert"))
+    assert client.cancel(f"{wf}.1") == "cancelled"
+    status = client.workflow(wf)
+    assert status.state == "failed"
+    assert [s.status for s in status.steps] == ["cancelled", "cancelled", "pending"]
+    c = run_one(client)
+    assert c is not None
+    assert (c.task.type, step_payload(c.task)["status"]) == ("alert", "cancelled")
+
+
+async def test_the_async_client_submits_reads_and_cancels_workflows(
+    redis_url: str, client: Client
+) -> None:
+    q = await AsyncClient.from_url(redis_url, client.config.name, config=client.config)
+    try:
+        wf = await q.submit_workflow(chord([Step("a"), Step("b")], Step("c")), workflow_id="aw")
+        assert wf == "aw"
+        assert [s.status for s in (await q.workflow(wf)).steps] == [
+            "pending",
+            "pending",
+            "waiting",
+        ]
+        assert await q.cancel_workflow(wf) == "running"
+        assert (await q.workflow(wf)).state == "cancelled"
+    finally:
+        await q.close()
