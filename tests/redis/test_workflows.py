@@ -9,7 +9,15 @@ from random import Random
 import pytest
 from tests.conftest import FakeClock
 
-from kubeq.protocol import AsyncClient, Client, InvalidTask, QueueFull, TaskExists, TaskStatus
+from kubeq.protocol import (
+    AsyncClient,
+    Client,
+    InvalidTask,
+    QueueFull,
+    TaskExists,
+    TaskNotFound,
+    TaskStatus,
+)
 from kubeq.protocol.models import ClaimedTask, TaskError
 from kubeq.protocol.workflow import Step, chain, chord, group, step_payload
 
@@ -232,3 +240,19 @@ async def test_the_async_client_submits_reads_and_cancels_workflows(
         assert (await q.workflow(wf)).state == "cancelled"
     finally:
         await q.close()
+
+
+def test_an_ended_workflow_is_forgotten_after_the_result_ttl_by_later_settles(
+    client: Client, clock: FakeClock
+) -> None:
+    wf = client.submit_workflow(chain(Step("a"), Step("b")))
+    while run_one(client) is not None:
+        pass
+    assert client.workflow(wf).state == "completed"
+    clock.advance(client.config.result_ttl_seconds + 1)
+    client.submit("plain")
+    run_one(client)  # an ordinary task's settle prunes what expired
+    with pytest.raises(TaskNotFound):
+        client.workflow(wf)
+    assert client.redis.hlen(client.keys.flows) == 0
+    assert client.redis.zcard(client.keys.flows_expiry) == 0

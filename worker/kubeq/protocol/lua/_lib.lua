@@ -119,7 +119,12 @@ end
 -- so each input is counted once and each release happens once.
 local function flow_plan(F, events, now)
   local w, cancelled = {}, {}
-  if #events == 0 or redis.call('EXISTS', F.flow) == 0 then return w, cancelled end
+  if #events == 0 then return w, cancelled end
+  if redis.call('EXISTS', F.flow) == 0 then
+    -- No step anywhere: still drop the state of workflows that ended long ago.
+    flow_prune(F, w, now, 16)
+    return w, cancelled
+  end
   local ids = {}
   for i, e in ipairs(events) do ids[i] = e[1] end
   local infos = redis.call('HMGET', F.flow, unpack(ids))
