@@ -129,3 +129,20 @@ def test_bad_schedules_are_clear_spec_errors(entry: dict[str, Any], message: str
     ok = {"name": "a", "task": "t", "intervalSeconds": 5}
     with pytest.raises(InvalidSpec, match="used twice"):
         parse_spec({**spec, "schedules": [ok, ok]})
+
+
+def test_fired_and_skipped_ticks_are_counted_per_schedule() -> None:
+    from kubeq_operator.metrics import OperatorMetrics
+
+    m = OperatorMetrics()
+    m.observe_schedules("ns/q", {"a": 1, "b": 0}, {"a": 0, "b": 3})
+    m.observe_schedules("ns/q", {"a": 1, "b": 0}, {"a": 2, "b": 0})
+
+    def value(schedule: str, outcome: str) -> float | None:
+        return m.registry.get_sample_value(
+            "kubeq_schedule_ticks_total",
+            {"queue": "ns/q", "schedule": schedule, "outcome": outcome},
+        )
+
+    assert (value("a", "fired"), value("a", "skipped")) == (2, 2)
+    assert (value("b", "fired"), value("b", "skipped")) == (0, 3)
