@@ -3,6 +3,7 @@ failure fails the workflow once, a cancel cancels its pending steps."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from random import Random
 
@@ -256,3 +257,37 @@ def test_an_ended_workflow_is_forgotten_after_the_result_ttl_by_later_settles(
         client.workflow(wf)
     assert client.redis.hlen(client.keys.flows) == 0
     assert client.redis.zcard(client.keys.flows_expiry) == 0
+
+
+def test_two_last_members_finishing_at_once_release_the_callback_once(
+    client: Client, make_client: Callable[..., Client]
+) -> None:
+    other = make_client(name=client.config.name)
+    for round_ in range(30):
+        wf = client.submit_workflow(chord([Step("a"), Step("b")], Step("cb")))
+        a, b = client.claim("w1", 2).tasks
+        if round_ % 2:  # both in one settle batch
+            client.settle([client.ops.completion(a, 1, 0), client.ops.completion(b, 2, 0)])
+        else:  # in two settles sent at the same moment from two connections
+            barrier = threading.Barrier(2)
+            applied: list[list[bool]] = []
+
+            def settle(c: Client, t: ClaimedTask, v: int, gate: threading.Barrier) -> None:
+                gate.wait()
+                applied.append(c.settle([c.ops.completion(t, v, 0)]))
+
+            threads = [
+                threading.Thread(target=settle, args=(client, a, 1, barrier)),
+                threading.Thread(target=settle, args=(other, b, 2, barrier)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert applied == [[True], [True]]
+        (cb,) = client.claim("w1", 10).tasks
+        assert cb.id == f"{wf}.3"
+        assert step_payload(cb.task) == [1, 2]
+        client.settle([client.ops.completion(cb, 3, 0)])
+        assert client.claim("w1", 10).tasks == []
+        assert client.workflow(wf).state == "completed"
