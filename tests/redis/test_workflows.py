@@ -272,13 +272,9 @@ def test_two_last_members_finishing_at_once_release_the_callback_once(
             barrier = threading.Barrier(2)
             applied: list[list[bool]] = []
 
-            def settle(c: Client, t: ClaimedTask, v: int, gate: threading.Barrier) -> None:
-                gate.wait()
-                applied.append(c.settle([c.ops.completion(t, v, 0)]))
-
             threads = [
-                threading.Thread(target=settle, args=(client, a, 1, barrier)),
-                threading.Thread(target=settle, args=(other, b, 2, barrier)),
+                threading.Thread(target=_settle_at_once, args=(client, a, 1, barrier, applied)),
+                threading.Thread(target=_settle_at_once, args=(other, b, 2, barrier, applied)),
             ]
             for t in threads:
                 t.start()
@@ -291,3 +287,10 @@ def test_two_last_members_finishing_at_once_release_the_callback_once(
         client.settle([client.ops.completion(cb, 3, 0)])
         assert client.claim("w1", 10).tasks == []
         assert client.workflow(wf).state == "completed"
+
+
+def _settle_at_once(
+    c: Client, t: ClaimedTask, v: int, gate: threading.Barrier, out: list[list[bool]]
+) -> None:
+    gate.wait()
+    out.append(c.settle([c.ops.completion(t, v, 0)]))
