@@ -386,7 +386,7 @@ def print_report(console: Console, r: DemoReport, out_dir: Path) -> None:
     t = Table(title="kubeq demo telemetry: summary", show_header=False)
     t.add_column(justify="left")
     t.add_column(justify="right")
-    t.add_row("tasks submitted", f"{r.submitted:,}")
+    t.add_row("tasks submitted", f"{r.submitted:,} ({r.scheduled:,} by schedules)")
     t.add_row("completed", f"{r.completed:,}")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.dead_reasons.items()))
     t.add_row("dead-lettered", f"{r.dead_lettered:,} ({reasons or 'none'})")

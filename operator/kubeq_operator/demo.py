@@ -39,7 +39,8 @@ class Sample:
 
 @dataclass
 class DemoReport:
-    submitted: int
+    submitted: int  # by the fleet and by the queue's schedules
+    scheduled: int  # of which by schedules (spec.schedules: the fleet rollup)
     completed: int
     dead_lettered: int
     dead_reasons: dict[str, int]
@@ -105,8 +106,10 @@ async def account(client: AsyncClient, submitted: int) -> dict[str, Any]:
             started.append(task.created_at)
     completed = len(waits)
     dead = await client.dead_letters(limit=1_000_000)
-    reasons = Counter(d.task.reason or "unknown" for d in dead)
+    # The fleet's tasks plus those the queue's schedules submitted (the fleet rollup).
     stats = await client.stats()
+    total = max(submitted, stats.counters.get("submitted", 0))
+    reasons = Counter(d.task.reason or "unknown" for d in dead)
     span = (max(finished) - min(started)) / 1000 if finished else 0.0
     return {
         "completed": completed,
@@ -115,7 +118,9 @@ async def account(client: AsyncClient, submitted: int) -> dict[str, Any]:
         "waits": waits,
         "span": span,
         "counters": stats.counters,
-        "unaccounted": submitted - completed - len(dead),
+        "submitted": total,
+        "scheduled": total - submitted,
+        "unaccounted": total - completed - len(dead),
         "duplicates": stats.counters.get("completed", 0) - completed,
     }
 
@@ -233,7 +238,8 @@ async def run_demo(
     waits = acc["waits"] or [0.0]
     counters = acc["counters"]
     report = DemoReport(
-        submitted=submitted,
+        submitted=acc["submitted"],
+        scheduled=acc["scheduled"],
         completed=acc["completed"],
         dead_lettered=acc["dead"],
         dead_reasons=acc["reasons"],

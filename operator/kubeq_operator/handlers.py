@@ -59,6 +59,7 @@ from kubeq_operator.redis_access import (
     secret_reader,
 )
 from kubeq_operator.scaling import ScalingPolicy
+from kubeq_operator.schedules import run_schedules
 from kubeq_operator.settings import OperatorSettings, load_settings
 from kubeq_operator.spec import Condition, TaskQueueSpec
 
@@ -414,7 +415,20 @@ class Operator:
         event = st.scale_event(tick)
         if event is not None and q.target is not None:
             kopf.event(q.target, type="Normal", reason=event[0], message=event[1])
-        await self.write_status(q, st.observed_fields(tick, now=st.timestamp(self.wall())))
+        fields = st.observed_fields(tick, now=st.timestamp(self.wall()))
+        # The schedules of the applied spec, like the rest of the round.
+        if spec.schedules and client is not None and not tick.error:
+            try:
+                done = await run_schedules(client, spec.schedules)
+            except Exception as exc:  # a schedule round never stops the autoscaler
+                self.metrics.reconcile_errors.labels(str(q.ref)).inc()
+                logger.info(f"schedule round failed (retrying next tick): {exc!r}")
+            else:
+                self.metrics.observe_schedules(str(q.ref), done.fired, done.skipped)
+                fields["schedules"] = [
+                    s.model_dump(by_alias=True, exclude_none=True) for s in done.statuses
+                ]
+        await self.write_status(q, fields)
         q.failures = q.failures + 1 if tick.error else 0
         return backoff(poll, q.failures) if tick.error else poll
 

@@ -30,8 +30,9 @@ from kubeq_operator.errors import InvalidSpec
 from kubeq_operator.local_backend import CrashInfo, LocalBackend, WorkerFates
 from kubeq_operator.metrics import OperatorMetrics
 from kubeq_operator.scaling import ScalingPolicy
+from kubeq_operator.schedules import run_schedules
 from kubeq_operator.scrape import WorkerSample, delta, merge, quantile, scrape
-from kubeq_operator.spec import TaskQueueSpec, parse_spec
+from kubeq_operator.spec import ScheduleStatus, TaskQueueSpec, parse_spec
 from kubeq_operator.state_dir import StateDir, StateDirError
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class LocalRunner:
         self.run_dir = Path()
         self.metrics = OperatorMetrics()
         self.decisions: deque[tuple[float, str]] = deque(maxlen=500)
+        self.schedules: list[ScheduleStatus] = []  # where each schedule stands, last round
         self._samples: deque[tuple[float, WorkerSample]] = deque(maxlen=64)
         self._gone = WorkerSample()  # counts of workers that have exited, kept for totals
         self._last: dict[str, WorkerSample] = {}
@@ -224,6 +226,10 @@ class LocalRunner:
 
     async def step(self) -> Snapshot:
         tick = await self.autoscaler.tick()
+        if self.spec.schedules and not tick.error:
+            done = await run_schedules(self.client, self.spec.schedules)
+            self.metrics.observe_schedules(str(self.ref), done.fired, done.skipped)
+            self.schedules = done.statuses
         now = self.clock()
         if tick.decision.changed:
             self.decisions.append(

@@ -81,6 +81,20 @@ class OperatorMetrics:
             registry=r,
         )
 
+        self.schedule_ticks = Counter(
+            "kubeq_schedule_ticks_total",
+            "Schedule ticks by outcome: fired (a task submitted) or skipped (missed, "
+            "suspended, or folded into one run).",
+            ["queue", "schedule", "outcome"],
+            registry=r,
+        )
+
+    def observe_schedules(self, queue: str, fired: dict[str, int], skipped: dict[str, int]) -> None:
+        for name, n in fired.items():
+            self.schedule_ticks.labels(queue, name, "fired").inc(n)
+        for name, n in skipped.items():
+            self.schedule_ticks.labels(queue, name, "skipped").inc(n)
+
     def register_queue(self, queue: str) -> None:
         """Create the queue's counters at zero, so rates and alerts see them before any event."""
         self.reconcile_errors.labels(queue)

@@ -11,8 +11,11 @@ Models are strict (no "5" for 5, as the API server) and frozen (a spec is an inp
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -235,6 +238,46 @@ class RateLimitSpec(_Model):
     burst: int = Field(default=1, ge=1)
 
 
+# --- schedules ---------------------------------------------------------------------------------
+
+
+class Schedule(_Model):
+    """One entry of spec.schedules: a task submitted on every tick (kubeq_operator.schedules)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    interval_seconds: int | None = Field(default=None, ge=1, le=31536000)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    task: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,199}$")
+    payload: dict[str, Any] | None = None
+    priority: str | None = Field(default=None, min_length=1, max_length=63)
+    missed_runs: Literal["Skip", "RunOnce"] = "Skip"
+    starting_deadline_seconds: int = Field(default=60, ge=1, le=31536000)
+    catch_up_limit_seconds: int = Field(default=86400, ge=1, le=31536000)
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _valid_timing(self) -> Schedule:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise _cross_field("cron", "set exactly one of cron and intervalSeconds")
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _cross_field(
+                "timezone",
+                "unknown time zone '{tz}' (an IANA name such as Europe/Berlin)",
+                tz=self.timezone,
+            ) from None
+        if self.cron is not None:
+            try:
+                CronSim(self.cron, datetime.now(zone))
+            except CronSimError as exc:
+                raise _cross_field(
+                    "cron", "invalid cron expression '{expr}': {why}", expr=self.cron, why=str(exc)
+                ) from None
+        return self
+
+
 # --- worker pool -------------------------------------------------------------------------------
 
 
@@ -339,6 +382,24 @@ class TaskQueueSpec(_Model):
     replicas: int | None = Field(default=None, ge=0, le=1000)
     rate_limit: RateLimitSpec | None = None
     retain_redis_data: bool = True
+    schedules: list[Schedule] | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _schedules_fit_the_queue(self) -> TaskQueueSpec:
+        names = [s.name for s in self.schedules or ()]
+        for i, sched in enumerate(self.schedules or ()):
+            if names.index(sched.name) != i:
+                raise _cross_field("schedules", "schedule name '{n}' is used twice", n=sched.name)
+            levels = [lv.name for lv in self.priorities.levels]
+            if sched.priority is not None and sched.priority not in levels:
+                raise _cross_field(
+                    "schedules",
+                    "schedule '{n}': priority '{p}' is not a level ({levels})",
+                    n=sched.name,
+                    p=sched.priority,
+                    levels=", ".join(levels),
+                )
+        return self
 
     @property
     def static_replicas(self) -> int:
@@ -396,6 +457,14 @@ class Condition(_Model):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
+class ScheduleStatus(_Model):
+    name: str
+    last_run: str | None = None  # RFC 3339: the tick last fired
+    next_run: str | None = None
+    last_task_id: str | None = None
+    suspended: bool | None = None
+
+
 class TaskQueueStatus(_Model):
     """The status the operator writes; dump with `model_dump(by_alias=True, exclude_none=True)`."""
 
@@ -413,6 +482,7 @@ class TaskQueueStatus(_Model):
     last_scale_time: str | None = None
     last_scale_reason: str | None = Field(default=None, max_length=1024)
     selector: str | None = None
+    schedules: list[ScheduleStatus] | None = None
 
 
 # --- parsing -------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ async def test_burst_scales_up_drains_and_scales_back_down_losing_nothing(
     assert report.unaccounted == 0
     assert report.duplicates == 0
     assert report.completed + report.dead_lettered == report.submitted > 2000
+    # and the queue's schedule (the fleet rollup, every 10 s) ran while it did
+    assert report.scheduled >= 1
     assert report.dead_lettered == report.fleet["faulty"], report.dead_reasons
     assert set(report.dead_reasons) <= {"invalid_payload", "permanent_error"}
     assert (tmp_path / "out" / "demo-telemetry.png").stat().st_size > 10_000

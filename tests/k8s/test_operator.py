@@ -6,6 +6,7 @@ ReplicaSets or Pods (tests create Pod objects), and Deployment status stays empt
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -329,3 +330,38 @@ async def test_delete_purges_redis_only_when_not_retained(api: KubeApi, redis_ur
         assert keys("keep")
     finally:
         r.close()
+
+
+async def test_schedules_fire_once_per_tick_and_show_in_status(
+    api: KubeApi, redis_url: str
+) -> None:
+    schedules = [
+        {"name": "every-second", "intervalSeconds": 1, "task": "rollup", "payload": {"k": 1}},
+        {"name": "paused", "cron": "0 3 * * *", "task": "rollup", "suspend": True},
+    ]
+    async with running_operator(clients=[api]):
+        await api.create(TASK_QUEUES.path(NS), taskqueue("sched", redis_url, schedules=schedules))
+        tq = await eventually(
+            lambda: get(api, tq_path("sched")),
+            lambda b: any(
+                s.get("lastTaskId") for s in (b.get("status") or {}).get("schedules") or []
+            ),
+            what="status.schedules with a fired tick",
+        )
+        by_name = {s["name"]: s for s in tq["status"]["schedules"]}
+        fired = by_name["every-second"]
+        assert fired["nextRun"] > fired["lastRun"]
+        assert by_name["paused"] == {"name": "paused", "suspended": True}
+        with Client.from_url(redis_url, "sched", NS) as q:
+            task = q.status(fired["lastTaskId"])
+            assert (task.type, task.payload) == ("rollup", {"k": 1})
+            assert task.idempotency_key is not None
+            assert task.idempotency_key.startswith("schedule:every-second:")
+            # One task per tick: ticks are whole seconds, each key names its own.
+            await asyncio.sleep(2.5)
+            keys = [t.idempotency_key for t in [q.status(i) for i in _pending_ids(q)]]
+            assert len(keys) == len(set(keys)) >= 2
+
+
+def _pending_ids(q: Client) -> list[str]:
+    return [i for lv in q.config.level_names for i in q.redis.lrange(q.keys.ready(lv), 0, -1)]

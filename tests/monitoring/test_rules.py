@@ -140,6 +140,7 @@ PANELS = {
     "workers-operator.json": {
         "In-flight vs concurrency", "Redis errors (workers)", "Settles refused",
         "Reconcile errors", "Redis probe latency", "Redis reachable", "Scale events",
+        "Schedule ticks",
     },
 }  # fmt: skip
 

@@ -18,6 +18,7 @@ import pytest
 import redis
 from kubeq.protocol import Client, PermissionDenied, QueueConfig, TaskError, WorkerInfo
 from kubeq.protocol.keys import QueueKeys
+from kubeq.protocol.workflow import Step, chain
 from kubeq.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,9 @@ def test_the_producer_runs_its_functions(
     assert producer.status(seeded["running"].id).status == "running"
     assert producer.result(seeded["done"], timeout=2) == "ok"
     assert producer.cancel(later) == "cancelled"
+    flow = producer.submit_workflow(chain(Step("a"), Step("b")), on_failure=Step("c"))
+    assert producer.workflow(flow).state == "running"
+    assert producer.cancel_workflow(flow) == "running"
 
 
 def test_the_producer_cannot_settle_claim_purge_or_reconfigure(
@@ -153,6 +157,12 @@ def test_the_worker_runs_its_functions(
     now = worker.clock()
     settle = [worker.ops.completion(t, n, now) for n, t in enumerate([running, *claim.tasks])]
     assert worker.settle(settle) == [True, True]
+    flow = connect("producer").submit_workflow(chain(Step("a"), Step("b")))
+    (first,) = worker.claim("w1", 5).tasks
+    assert worker.settle([worker.ops.completion(first, 1, now)]) == [True]
+    (second,) = worker.claim("w1", 5).tasks
+    assert second.id == f"{flow}.2"
+    assert worker.settle([worker.ops.completion(second, 2, now)]) == [True]
     follow_up = worker.submit("t.next", {"from": running.id})
     assert worker.status(follow_up).status == "pending"
     assert worker.acquire_maintenance("w1", 1000) is True

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         TaskRequest,
         TaskStatus,
     )
+    from kubeq.protocol.workflow import Step, chain, chord, group
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,10 @@ _WHERE = {
     "TaskPage": "kubeq.protocol",
     "TaskRequest": "kubeq.protocol",
     "TaskStatus": "kubeq.protocol",
+    "Step": "kubeq.protocol.workflow",
+    "chain": "kubeq.protocol.workflow",
+    "chord": "kubeq.protocol.workflow",
+    "group": "kubeq.protocol.workflow",
 }
 
 
@@ -59,10 +64,14 @@ __all__ = [
     "Permanent",
     "QueueConfig",
     "Retry",
+    "Step",
     "Task",
     "TaskContext",
     "TaskPage",
     "TaskRequest",
     "TaskStatus",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]

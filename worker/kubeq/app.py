@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from kubeq.middleware import Chain, Middleware
 from kubeq.protocol import AsyncClient, Client, QueueConfig
 from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE
+from kubeq.protocol.workflow import FEED, Step
 
 ExecutorKind = Literal["auto", "thread", "process"]
 P = ParamSpec("P")
@@ -161,6 +162,17 @@ class TaskHandle(Generic[P, R]):
         """Enqueue one task through the app's AsyncClient; its id."""
         c = client or await self.app.aclient()
         return await c.submit(self.name, **self._submit_args(payload, opts))
+
+    def step(
+        self, payload: Any = FEED, *, priority: str | None = None, max_attempts: int | None = None
+    ) -> Step:
+        """A workflow step of this task type (for chain, group, chord, on_failure); without
+        a payload it receives its inputs' results (see kubeq.protocol.workflow.Step)."""
+        if max_attempts is None:
+            max_attempts = self.options.max_attempts
+        if payload is not FEED:
+            payload = json_payload(payload)
+        return Step(self.name, payload, priority, max_attempts)
 
 
 class App:

@@ -211,6 +211,10 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 
 # Each CEL rule of the CRD, a spec that breaks it, and what parse_spec must say.
 CEL_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "has(self.cron) != has(self.intervalSeconds)": (
+        _with("schedules", [{"name": "s", "task": "t"}]),
+        "spec.schedules[0].cron: set exactly one of cron and intervalSeconds",
+    ),
     "has(self.url) != has(self.secretRef)": (
         _with("redis.secretRef", {"name": "s"}),
         "spec.redis.url: exactly one of url and secretRef must be set",

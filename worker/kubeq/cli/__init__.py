@@ -67,6 +67,11 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "cancel",
         "Cancel a task: pending ones at once, running ones at their next heartbeat.",
     ),
+    "schedules": (
+        "kubeq.cli.schedules",
+        "schedules",
+        "List the queue's schedules: last and next run, last task, fired and skipped ticks.",
+    ),
     "stats": (
         "kubeq.cli.stats",
         "stats",

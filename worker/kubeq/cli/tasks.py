@@ -20,6 +20,7 @@ from kubeq.cli.common import (
     print_json,
 )
 from kubeq.protocol import Client, Task, TaskFailed, TaskStatus, errors
+from kubeq.protocol.workflow import WorkflowStatus
 
 
 def _read_payload(text: str | None, file: TextIO | None) -> Any:
@@ -50,6 +51,18 @@ def _parse_eta(value: str) -> int:
 
 def _task_json(task: Task) -> dict[str, Any]:
     return task.model_dump(mode="json", exclude={"token"} if task.token is None else set())
+
+
+def _print_workflow(state: State, flow: WorkflowStatus) -> None:
+    """A workflow: its state, then one line per step (the on-failure step marked)."""
+    if state.json:
+        print_json(flow.model_dump(mode="json"))
+        return
+    echo(f"workflow {flow.id}: {flow.state}")
+    width = max(len(s.id) for s in flow.steps) if flow.steps else 0
+    for s in flow.steps:
+        role = "  (on failure)" if s.on_failure else ""
+        echo(f"  {s.id:<{width}}  {s.type:<24} {s.status}{role}")
 
 
 def _print_task(task: Task) -> None:
@@ -180,7 +193,16 @@ def submit(
 @pass_state
 def status(state: State, task_id: str) -> None:
     """Show a task: its state, attempts, times, error and result."""
-    task = state.client().status(task_id)
+    client = state.client()
+    try:
+        task = client.status(task_id)
+    except errors.TaskNotFound as not_a_task:
+        try:
+            flow = client.workflow(task_id)
+        except errors.TaskNotFound:
+            raise not_a_task from None
+        _print_workflow(state, flow)
+        return
     if state.json:
         print_json(_task_json(task))
     else:

@@ -155,3 +155,26 @@ def rollup(batch: Rollup, ctx: TaskContext) -> dict[str, Any]:
         "p95": values[min(n - 1, int(n * 0.95))],
         "std": round(math.sqrt(sum((v - mean) ** 2 for v in values) / n), 3),
     }
+
+
+class FleetRollup(BaseModel):
+    scope: Literal["fleet"] = "fleet"
+
+
+@app.task("telemetry.fleet_rollup", max_attempts=3, timeout=30, payload_model=FleetRollup)
+async def fleet_rollup(job: FleetRollup, ctx: TaskContext) -> dict[str, Any]:
+    """Scheduled (spec.schedules in examples/telemetry.yaml): each metric's fleet-wide mean
+    of the devices' moving averages, kept in one hash for dashboards."""
+    r = store()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    async for key in r.scan_iter(match=data_key(ctx, "device", "*"), count=500):
+        metric = key.rsplit(":", 1)[-1]
+        mean = await r.hget(key, "mean")
+        if mean is not None:
+            sums[metric] = sums.get(metric, 0.0) + float(mean)
+            counts[metric] = counts.get(metric, 0) + 1
+    summary = {m: round(sums[m] / counts[m], 3) for m in sums}
+    if summary:
+        await r.hset(data_key(ctx, "fleet"), mapping={m: str(v) for m, v in summary.items()})
+    return {"devices_by_metric": counts, "mean_by_metric": summary}

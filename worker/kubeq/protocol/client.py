@@ -41,6 +41,14 @@ from kubeq.protocol.ops import (
     result_of,
 )
 from kubeq.protocol.scripts import SCRIPTS, Script
+from kubeq.protocol.workflow import (
+    Node,
+    Step,
+    WorkflowStatus,
+    cancel_workflow,
+    submit_workflow,
+    workflow_status,
+)
 
 Clock = Callable[[], int]
 RECHECK = 5.0  # seconds between status checks while waiting on the done channel
@@ -240,6 +248,30 @@ class Client(_Base):
         """Enqueue many tasks, one round trip per chunk; their ids, in order."""
         reqs = [_as_request(t) for t in tasks]
         return list(self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
+
+    def submit_workflow(
+        self,
+        workflow: Node,
+        *,
+        on_failure: Step | None = None,
+        workflow_id: str | None = None,
+    ) -> str:
+        """Submit a workflow (a Step, chain, group or chord) atomically; its id. Steps are
+        `<workflow id>.<n>` in declaration order; `on_failure` runs once if a step fails."""
+        op = submit_workflow(
+            self.ops, workflow, self.clock(), on_failure=on_failure, workflow_id=workflow_id
+        )
+        return str(self.run(op))
+
+    def workflow(self, workflow_id: str) -> WorkflowStatus:
+        """The workflow's state and each step's; TaskNotFound if there is none."""
+        status: WorkflowStatus = self.run(workflow_status(self.ops, workflow_id, self.clock()))
+        return status
+
+    def cancel_workflow(self, workflow_id: str) -> str:
+        """Cancel a running workflow's pending steps and stop its running ones; the state
+        it had ('running', 'completed', 'failed', 'cancelled' or 'unknown')."""
+        return str(self.run(cancel_workflow(self.ops, workflow_id, self.clock())))
 
     def status(self, task_id: str) -> Task:
         """The task's record; TaskNotFound if there is none."""
@@ -541,6 +573,29 @@ class AsyncClient(_Base):
     ) -> list[str]:
         reqs = [_as_request(t) for t in tasks]
         return list(await self.run(self.ops.submit_many(reqs, self.clock(), chunk_size)))
+
+    async def submit_workflow(
+        self,
+        workflow: Node,
+        *,
+        on_failure: Step | None = None,
+        workflow_id: str | None = None,
+    ) -> str:
+        """`Client.submit_workflow`, for asyncio."""
+        op = submit_workflow(
+            self.ops, workflow, self.clock(), on_failure=on_failure, workflow_id=workflow_id
+        )
+        return str(await self.run(op))
+
+    async def workflow(self, workflow_id: str) -> WorkflowStatus:
+        """`Client.workflow`, for asyncio."""
+        op = workflow_status(self.ops, workflow_id, self.clock())
+        status: WorkflowStatus = await self.run(op)
+        return status
+
+    async def cancel_workflow(self, workflow_id: str) -> str:
+        """`Client.cancel_workflow`, for asyncio."""
+        return str(await self.run(cancel_workflow(self.ops, workflow_id, self.clock())))
 
     async def status(self, task_id: str) -> Task:
         task: Task = await self.run(self.ops.status(task_id, self.clock()))

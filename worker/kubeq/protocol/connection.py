@@ -234,6 +234,8 @@ def _reply_error(text: str, where: str) -> errors.KubeqError:
             f"task id {rest} is already in use (pending, running, dead or finished): "
             "choose a new id, or use an idempotency key to make a resubmit return it"
         )
+    if code == "WORKFLOWEXISTS":
+        return errors.TaskExists(f"workflow id {rest} is already in use: choose a new id")
     if code in ("BADBATCH", "BADSETTLE", "BADSUBMIT", "PROTOCOL"):
         return errors.ScriptError(f"{where} refused a protocol call: {text}")
     return errors.ScriptError(f"{where} answered an error: {text}")

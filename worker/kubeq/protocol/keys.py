@@ -169,6 +169,36 @@ class QueueKeys:
     def rate_bucket(self) -> str:
         return f"{self.prefix}rate"
 
+    @cached_property
+    def flow(self) -> str:
+        """HASH step id -> "<workflow>|<level index>|<inputs>|<successor>/<input> ..."."""
+        return f"{self.prefix}flow"
+
+    @cached_property
+    def flow_wait(self) -> str:
+        """HASH waiting step -> inputs still missing; "<step>/<i>" -> input i received."""
+        return f"{self.prefix}flow_wait"
+
+    @cached_property
+    def flows(self) -> str:
+        """HASH workflow -> "<state>|<steps left>|<on-failure step>"; "<wf>/steps" -> ids."""
+        return f"{self.prefix}flows"
+
+    @cached_property
+    def flows_expiry(self) -> str:
+        """ZSET workflow -> ms when the state of the ended workflow may be dropped."""
+        return f"{self.prefix}flows_expiry"
+
+    @cached_property
+    def flow_keys(self) -> tuple[str, str, str, str]:
+        """The four workflow keys, in the order settle, reap and cancel take them."""
+        return (self.flow, self.flow_wait, self.flows, self.flows_expiry)
+
+    @cached_property
+    def schedules(self) -> str:
+        """HASH schedule name -> JSON of its last tick, last task id and next run."""
+        return f"{self.prefix}schedules"
+
     def all_static(self, levels: tuple[str, ...]) -> list[str]:
         """Every key whose name does not depend on a task id or idempotency key."""
         per_level = [
@@ -197,4 +227,6 @@ class QueueKeys:
             self.paused,
             self.scale_log,
             self.type_counters,
+            *self.flow_keys,
+            self.schedules,
         ]

@@ -55,6 +55,12 @@ class Task(BaseModel):
     cancel_requested: bool = False
     #: fencing token of the current lease (claimed tasks only)
     token: int | None = None
+    #: the workflow this task is a step of
+    workflow: str | None = None
+    #: how a workflow step's payload comes from its inputs: "result", "results", "outcome"
+    feed: str | None = None
+    #: the outcomes of the steps this step waited for, in declaration order
+    inputs: list[Any] | None = None
 
 
 class ClaimedTask(BaseModel):

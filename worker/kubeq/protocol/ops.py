@@ -612,6 +612,7 @@ class QueueOps:
             k.results,
             k.results_expiry,
             *self._per_level3,
+            *k.flow_keys,
         ]
         applied: list[bool] = []
         for chunk in _chunks(settlements):
@@ -799,6 +800,7 @@ class QueueOps:
             k.results_expiry,
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
+            *k.flow_keys,
         ]
         report = ReapReport(requeued=[], dead=[], cancelled=[])
         for _ in range(rounds):
@@ -842,6 +844,7 @@ class QueueOps:
             k.results_expiry,
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._delayed[i])],
+            *k.flow_keys,
         ]
         args: list[str | int | float] = [
             self._now_arg(now),

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from kubeq.app import App, TaskContext, TaskHandle
 from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
+from kubeq.protocol.workflow import step_payload
 from kubeq.worker.children import ChildPool, ResultNotSendable, StartMethod
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
@@ -223,7 +224,7 @@ class TaskRunner:
             )
             return self._failure(claimed, err, permanent=True, reason="unknown_task_type")
         opts = handle.options
-        payload: Any = task.payload
+        payload: Any = step_payload(task)  # a workflow step may take its inputs' results
         if opts.payload_model is not None:
             try:
                 payload = opts.payload_model.model_validate(payload)

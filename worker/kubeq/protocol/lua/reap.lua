@@ -9,6 +9,8 @@
 -- KEYS[9] workers ZSET  KEYS[10] worker_info HASH  KEYS[11] results HASH
 -- KEYS[12] results_expiry ZSET  KEYS[13] meta HASH
 -- KEYS[14 .. 13+2L] two keys per level, in level order: ready LIST, leases ZSET
+-- KEYS[14+2L .. 17+2L] flow HASH, flow_wait HASH, flows HASH, flows_expiry ZSET (a step
+--   dead-lettered or cancelled here fails its workflow, as in settle)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] L  ARGV[3] limit (expired leases in all, and
 -- expired results; at most MAX_BATCH)  ARGV[4] done channel  ARGV[5] result TTL ms
 -- ARGV[6] worker TTL ms  ARGV[7] the queue's max attempts (for a task without meta)
@@ -21,6 +23,7 @@ local limit = tonumber(ARGV[3])
 local default_max = tonumber(ARGV[7])
 check_batch(limit, 'reap')
 local requeued, dead, cancelled = {}, {}, {}
+local events = {}
 local seen = 0
 for lv = 1, L do
   local ready, leases = KEYS[12 + lv * 2], KEYS[13 + lv * 2]
@@ -50,6 +53,7 @@ for lv = 1, L do
       redis.call('HDEL', KEYS[2], id)
       redis.call('HDEL', KEYS[13], id)
       cancelled[#cancelled + 1] = id
+      events[#events + 1] = {id, false, outcome, 'cancelled'}
     elseif attempts >= max_attempts then
       -- A poison task (or an unlucky one) whose every attempt lost its worker.
       local outcome = cjson.encode({status = 'dead', finished_at = now, attempts = attempts,
@@ -59,6 +63,7 @@ for lv = 1, L do
       redis.call('ZADD', KEYS[6], now, id)
       redis.call('HSET', KEYS[7], id, outcome)
       dead[#dead + 1] = id
+      events[#events + 1] = {id, false, outcome, 'dead'}
     else
       -- Front of the line: it has waited longest. The attempt stays counted.
       redis.call('LPUSH', ready, id)
@@ -79,7 +84,14 @@ end
 if #cancelled > 0 then
   redis.call('HINCRBY', KEYS[4], 'cancelled', #cancelled)
 end
+local F = {flow = KEYS[14 + 2 * L], wait = KEYS[15 + 2 * L], flows = KEYS[16 + 2 * L],
+  expiry_f = KEYS[17 + 2 * L], tasks = KEYS[1], meta = KEYS[13], attempts = KEYS[2],
+  results = KEYS[11], expiry = KEYS[12], counters = KEYS[4], ready = {}, ttl = tonumber(ARGV[5])}
+for lv = 1, L do F.ready[lv] = KEYS[12 + lv * 2] end
+local flow_writes, flow_cancelled = flow_plan(F, events, now)
+flow_apply(flow_writes)
 local gone = {}
+for _, id in ipairs(flow_cancelled) do gone[#gone + 1] = id end
 for _, id in ipairs(dead) do gone[#gone + 1] = id end
 for _, id in ipairs(cancelled) do gone[#gone + 1] = id end
 if #gone > 0 then

@@ -6,6 +6,8 @@
 -- KEYS[5] cancel SET  KEYS[6] dead ZSET  KEYS[7] dead_info HASH  KEYS[8] wake LIST
 -- KEYS[9] meta HASH  KEYS[10] results HASH  KEYS[11] results_expiry ZSET
 -- KEYS[12 .. 11+3L] three keys per level, in level order: ready LIST, delayed ZSET, leases ZSET
+-- KEYS[12+3L .. 15+3L] flow HASH, flow_wait HASH, flows HASH, flows_expiry ZSET (workflows:
+--   see flow_plan in _lib.lua; a step's end moves its workflow on in this same script)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] result TTL ms  ARGV[3] L  ARGV[4] N (at most
 -- MAX_BATCH)  ARGV[5] done channel  ARGV[6] dead-letter retention ms
 -- then N tuples of 7: id, token, worker id, level index, action, delay ms, outcome JSON
@@ -81,6 +83,27 @@ if #sticky > 0 then
   local c = redis.call('HMGET', KEYS[2], unpack(sticky))
   for j, id in ipairs(sticky) do counted[id] = c[j] end
 end
+
+-- Workflow steps among them: decided here, written with the rest.
+local F = {flow = KEYS[12 + 3 * L], wait = KEYS[13 + 3 * L], flows = KEYS[14 + 3 * L],
+  expiry_f = KEYS[15 + 3 * L], tasks = KEYS[1], meta = KEYS[9], attempts = KEYS[2],
+  results = KEYS[10], expiry = KEYS[11], counters = KEYS[4], ready = {}, ttl = ttl}
+for lv = 1, L do F.ready[lv] = KEYS[12 + (lv - 1) * 3] end
+local events = {}
+for _, i in ipairs(applied) do
+  local a = 8 + i * T - 1
+  local action = ARGV[a + 4]
+  if (action == 'retry' or action == 'release') and flagged[i + 1] == 1 then
+    events[#events + 1] = {ARGV[a], false, '{"status":"cancelled"}', 'cancelled'}
+  elseif action == 'complete' then
+    events[#events + 1] = {ARGV[a], true, ARGV[a + 6]}
+  elseif action == 'cancel' then
+    events[#events + 1] = {ARGV[a], false, ARGV[a + 6], 'cancelled'}
+  elseif action == 'dead' then
+    events[#events + 1] = {ARGV[a], false, ARGV[a + 6], 'dead'}
+  end
+end
+local flow_writes, flow_cancelled = flow_plan(F, events, now)
 
 -- Write.
 local counts = {completed = 0, cancelled = 0, retried = 0, dead = 0, released = 0}
@@ -173,6 +196,8 @@ for name, c in pairs(counts) do
     redis.call('HINCRBY', KEYS[4], name, c)
   end
 end
+flow_apply(flow_writes)
+for _, id in ipairs(flow_cancelled) do done_ids[#done_ids + 1] = id end
 if #done_ids > 0 then
   redis.call('PUBLISH', ARGV[5], table.concat(done_ids, ' '))
 end
