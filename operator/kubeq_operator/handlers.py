@@ -28,7 +28,7 @@ from typing import Any, cast
 import kopf
 from prometheus_client import start_http_server
 
-from kubeq.protocol import AsyncClient, KubeqError, QueueConfig
+from kubeq.protocol import AsyncClient, KubeqError, QueueConfig, policy_problem
 from kubeq_operator import status as st
 from kubeq_operator.autoscaler import QueueAutoscaler
 from kubeq_operator.backend import QueueRef
@@ -62,6 +62,8 @@ from kubeq_operator.scaling import ScalingPolicy
 from kubeq_operator.schedules import run_schedules
 from kubeq_operator.settings import OperatorSettings, load_settings
 from kubeq_operator.spec import Condition, TaskQueueSpec
+
+log = logging.getLogger("kubeq.operator")
 
 FINALIZER = "kubeq.io/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
@@ -229,6 +231,21 @@ class Operator:
         message = st.INLINE_PASSWORD_MESSAGE
         self._set(q, st.CREDENTIALS_SAFE, False, "InlinePassword", message)
 
+    async def _eviction_policy(self, q: Queue, client: AsyncClient) -> None:
+        """The EvictionPolicySafe condition (a Warning Event, a metric at 0) while Redis runs
+        a maxmemory-policy that may silently evict accepted tasks; gone once it is safe."""
+        try:
+            policy = await client.eviction_policy()
+        except KubeqError as exc:  # INFO refused to this ACL user: not checked, said once
+            log.warning("%s: cannot read Redis's maxmemory-policy (%s)", q.ref, exc)
+            return
+        problem = policy_problem(policy)
+        self.metrics.eviction_policy_safe.labels(str(q.ref)).set(0 if problem else 1)
+        if problem is None:
+            q.conditions = st.without_condition(q.conditions, st.EVICTION_POLICY_SAFE)
+        else:
+            self._set(q, st.EVICTION_POLICY_SAFE, False, "EvictionPolicy", problem)
+
     async def write_status(self, q: Queue, fields: Mapping[str, Any]) -> None:
         """Merge-patch .status, skipped when nothing would change."""
         update = {**fields, "conditions": st.dump_conditions(q.conditions)}
@@ -337,6 +354,8 @@ class Operator:
                 await client.publish_config()
             except KubeqError as exc:
                 error = str(exc)
+            else:
+                await self._eviction_policy(q, client)
         self._redis(q, error)
         if error is not None:
             logger.info(f"config not published, Redis unavailable: {error}")

@@ -80,6 +80,13 @@ class OperatorMetrics:
             ["queue"],
             registry=r,
         )
+        self.eviction_policy_safe = Gauge(
+            "kubeq_redis_eviction_policy_safe",
+            "1 when the queue's Redis runs maxmemory-policy noeviction; 0 when it may evict "
+            "accepted tasks (checked at each reconcile).",
+            ["queue"],
+            registry=r,
+        )
 
         self.schedule_ticks = Counter(
             "kubeq_schedule_ticks_total",
@@ -123,10 +130,12 @@ class OperatorMetrics:
             self.backlog,
             self.tasks,
             self.dead,
+            self.paused,
             self.oldest,
             self.desired,
             self.current,
             self.reachable,
+            self.eviction_policy_safe,
         )
 
     def clear_queue(self, queue: str) -> None:
@@ -148,6 +157,7 @@ class OperatorMetrics:
             self.desired,
             self.current,
             self.reachable,
+            self.eviction_policy_safe,
             self.reconcile_errors,
             self.probe,
         ):

@@ -20,7 +20,9 @@ REDIS_REACHABLE = "RedisReachable"
 SCALING = "Scaling"
 #: present only while spec.redis.url carries a password (status False, reason InlinePassword)
 CREDENTIALS_SAFE = "CredentialsSafe"
-ORDER = (READY, REDIS_REACHABLE, SCALING, CREDENTIALS_SAFE)
+#: present only while Redis runs a maxmemory-policy that may evict accepted tasks
+EVICTION_POLICY_SAFE = "EvictionPolicySafe"
+ORDER = (READY, REDIS_REACHABLE, SCALING, CREDENTIALS_SAFE, EVICTION_POLICY_SAFE)
 INLINE_PASSWORD_MESSAGE = (
     "spec.redis.url carries a password: anyone who can read this TaskQueue, and the "
     "operator's debug log, can read it. Move it to a Secret (redis.passwordSecretRef, or "

@@ -198,3 +198,45 @@ async def test_pods_the_policy_forbids_are_refused(api: KubeApi, redis_url: str)
             lambda b: condition(b, "Ready").get("status") == "True",
             what="the allowed account reconciles",
         )
+
+
+async def test_a_redis_that_may_evict_tasks_is_flagged(api: KubeApi, redis_url: str) -> None:
+    """Issue 9 item 6: a maxmemory-policy other than noeviction may silently drop accepted
+    tasks; the operator says so on the TaskQueue (condition + Warning Event + metric)."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis_url)
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        async with running_operator(clients=[api]) as memo:
+            await api.create(TASK_QUEUES.path(NS), taskqueue("evicting", redis_url))
+            tq = await eventually(
+                lambda: get(api, tq_path("evicting")),
+                lambda b: condition(b, "EvictionPolicySafe").get("status") == "False",
+                what="EvictionPolicySafe=False",
+            )
+            flagged = condition(tq, "EvictionPolicySafe")
+            assert flagged["reason"] == "EvictionPolicy"
+            assert "'allkeys-lru'" in flagged["message"]
+            assert "noeviction" in flagged["message"]
+            evs = await eventually(
+                lambda: events(api, "evicting"),
+                lambda evs: any(e.get("reason") == "EvictionPolicy" for e in evs),
+                what="Warning Event",
+            )
+            assert {e["type"] for e in evs if e.get("reason") == "EvictionPolicy"} == {"Warning"}
+            scrape = generate_latest(memo["operator"].metrics.registry).decode()
+            assert 'kubeq_redis_eviction_policy_safe{queue="default/evicting"} 0.0' in scrape
+            # Fixed on the Redis side: the next reconcile (a spec change here) clears it.
+            r.config_set("maxmemory-policy", "noeviction")
+            await api.patch(tq_path("evicting"), {"spec": {"worker": {"concurrency": 3}}})
+            await eventually(
+                lambda: get(api, tq_path("evicting")),
+                lambda b: condition(b, "EvictionPolicySafe") == {},
+                what="condition cleared",
+            )
+            scrape = generate_latest(memo["operator"].metrics.registry).decode()
+            assert 'kubeq_redis_eviction_policy_safe{queue="default/evicting"} 1.0' in scrape
+    finally:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.close()

@@ -113,6 +113,12 @@ class Families:
         )
         self.redis_errors = counter("kubeq_redis_errors_total", "Failed Redis calls", q)
         self.draining = Gauge("kubeq_worker_draining", "1 while draining", q, registry=r)
+        self.eviction_policy_safe = Gauge(
+            "kubeq_redis_eviction_policy_safe",
+            "1 when Redis runs maxmemory-policy noeviction; 0 when it may evict accepted tasks",
+            q,
+            registry=r,
+        )
 
     def expose(self) -> bytes:
         from prometheus_client import generate_latest
@@ -148,6 +154,7 @@ class WorkerMetrics:
         self.settles_refused = f.settles_refused.labels(queue)
         self.redis_errors = f.redis_errors.labels(queue)
         self.draining = f.draining.labels(queue)
+        self.eviction_policy_safe = f.eviction_policy_safe.labels(queue)
         self._series: dict[tuple[str, str], TaskSeries] = {}
 
     def task_type(self, task_type: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from kubeq.app import App, load_app
 from kubeq.metrics import Families, WorkerMetrics
-from kubeq.protocol import AsyncClient, KubeqError
+from kubeq.protocol import AsyncClient, KubeqError, policy_problem
 from kubeq.protocol.connection import redacted
 from kubeq.worker.batcher import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
@@ -135,6 +135,7 @@ async def _serve_queue(
                 return 0
             try:
                 metrics = WorkerMetrics(client.config.full_name, app.tasks, families=families)
+                await check_eviction_policy(client, metrics)
                 worker = Worker(settings, app, client, metrics=metrics)
                 current[settings.queue] = worker
                 log.info(
@@ -157,6 +158,23 @@ async def _serve_queue(
     except BaseException:
         stop.set()  # the other queues drain too
         raise
+
+
+async def check_eviction_policy(client: AsyncClient, metrics: WorkerMetrics) -> str | None:
+    """Warn loudly (ERROR log, kubeq_redis_eviction_policy_safe 0) when Redis may evict
+    accepted tasks. Serving goes on: the operator's condition and the alert tell the
+    owner of Redis, and refusing to run would stop the tasks that are still there.
+    Returns the problem, None when the policy is safe or cannot be read."""
+    try:
+        policy = await client.eviction_policy()
+    except KubeqError as exc:  # INFO may be refused to this ACL user
+        log.warning("cannot read Redis's maxmemory-policy (%s): it is not checked", exc)
+        return None
+    problem = policy_problem(policy)
+    metrics.eviction_policy_safe.set(0 if problem else 1)
+    if problem is not None:
+        log.error("%s", problem)
+    return problem
 
 
 async def _serve_until_changed(worker: Worker, stop: asyncio.Event, hurry: asyncio.Event) -> bool:
