@@ -14,6 +14,7 @@ Writes bench/results/peers.json (+ peers.png).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from bench.common import write
 from bench.peers.stats import last_json, percentile, schedule
 from bench.peers.systems import APPS, System, systems
@@ -90,10 +90,8 @@ def _tree(pid: int) -> list[int]:
         p = todo.pop()
         out.append(p)
         for f in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
+            with contextlib.suppress(OSError):
                 todo += [int(c) for c in f.read_text().split()]
-            except OSError:
-                pass
     return out
 
 
@@ -214,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
         for rep, name in schedule(names, a.reps):
             rec = drain(table[name], url, a.n, timeout, logdir) | {"rep": rep}
-            print(f"drain {name} rep {rep}: {rec['rate']:,.0f}/s rss {rec['rss_main_mb']:.0f} MB",
-                  flush=True)
+            print(
+                f"drain {name} rep {rep}: {rec['rate']:,.0f}/s rss {rec['rss_main_mb']:.0f} MB",
+                flush=True,
+            )
             records.append(rec)
         for name in [x for x in a.latency_systems.split(",") if x in names]:
             rec = latency(table[name], url, a.rate, a.secs, logdir)

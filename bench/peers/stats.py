@@ -18,7 +18,7 @@ class Summary:
     n: int
 
     def text(self) -> str:
-        return f"{self.median:,.0f} ({self.low:,.0f}–{self.high:,.0f})"
+        return f"{self.median:,.0f} ({self.low:,.0f}-{self.high:,.0f})"
 
 
 def summarize(values: Iterable[float | None]) -> Summary | None:

@@ -1,8 +1,9 @@
 """Celery: worker `celery -A celery_app worker -P solo` (its fastest single process here)."""
 
-import redis
 from celery import Celery
 from shared import URL, body, command, paced, timed_enqueue
+
+import redis
 
 app = Celery("bench", broker=URL)
 app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)

@@ -1,9 +1,10 @@
 """Dramatiq (RedisBroker): worker `dramatiq dramatiq_app --processes 1` (8 threads)."""
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from shared import URL, body, command, paced, timed_enqueue
+
+import redis
 
 dramatiq.set_broker(RedisBroker(url=URL))
 _r = redis.Redis.from_url(URL)

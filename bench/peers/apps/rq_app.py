@@ -1,8 +1,9 @@
 """RQ: worker `rq worker -w rq.worker.SimpleWorker bench` (no fork per job)."""
 
-import redis
 from rq import Queue
 from shared import URL, body, command, paced, timed_enqueue
+
+import redis
 
 _r = redis.Redis.from_url(URL)
 
