@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _redis_cpu(r: redis.Redis) -> float:
     info = r.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -130,6 +140,7 @@ def drain(s: System, url: str, n: int, timeout: float, logdir: Path) -> dict[str
         peak_tree = max(peak_tree, sum(_rss_mb(q) for q in _tree(p.pid)))
         time.sleep(0.01)
     cpu = _redis_cpu(r) - cpu0
+    worker_cpu = sum(_cpu_s(q) for q in _tree(p.pid))
     time.sleep(1.0)
     final = int(r.get(DONE) or 0)
     stop(p)
@@ -145,6 +156,7 @@ def drain(s: System, url: str, n: int, timeout: float, logdir: Path) -> dict[str
         "rss_main_mb": peak_main,
         "rss_tree_mb": peak_tree,
         "redis_cpu_s_per_1000": cpu / max(done, 1) * 1000,
+        "worker_cpu_s_per_1000": worker_cpu / max(done, 1) * 1000,  # startup included
         "enqueue": enq,
         "timed_out": done < n,
     }
@@ -230,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     params = {"n": a.n, "reps": a.reps, "rate": a.rate, "secs": a.secs, "quick": a.quick}
     path = write(a.out, {"params": params, "records": records})
     print(f"wrote {path}")
+    from bench.peers.report import markdown
+
+    print(markdown(json.loads(path.read_text())))
     try:
         from bench.peers.plot import plot
 

@@ -1,5 +1,7 @@
 """kubeq: worker `python -m kubeq.worker` with KUBEQ_APP=kubeq_app:app (project venv)."""
 
+import os
+
 import redis.asyncio as aredis
 from shared import URL, abody, command, paced, timed_enqueue
 
@@ -9,17 +11,23 @@ app = App("bench")
 _r = None
 
 
+def _redis():
+    if URL.startswith("redis+cluster://"):  # the scaling run on a Redis Cluster
+        return aredis.RedisCluster.from_url(URL.replace("redis+cluster://", "redis://", 1))
+    return aredis.Redis.from_url(URL)
+
+
 @app.task("noop")
 async def noop(payload, ctx):
     global _r
     if _r is None:
-        _r = aredis.Redis.from_url(URL)
+        _r = _redis()
     await abody(_r, (payload or {}).get("ts"))
 
 
 if __name__ == "__main__":
     cmd, args = command()
-    c = Client.from_url(URL, "bench")
+    c = Client.from_url(URL, os.environ.get("KUBEQ_QUEUE", "bench"))
     if cmd == "enqueue":
         if args[1:] == ["bulk"]:  # submit_many in chunks of 1000
 
