@@ -18,7 +18,8 @@ async function main() {
     const w = new Worker('bench', async (job) => {
       const ts = job.data.ts;  // seconds since the epoch, as the Python producers send it
       if (ts == null) await r.incr('bench:done');
-      else await r.rpush('bench:lat', Date.now() - ts * 1000);
+      // sub-millisecond epoch time, like Python's time.time()
+      else await r.rpush('bench:lat', performance.timeOrigin + performance.now() - ts * 1000);
     }, { connection, concurrency: Number(a || 50) });
     const stop = async () => { await w.close(); process.exit(0); };
     process.on('SIGTERM', stop);
@@ -41,7 +42,7 @@ async function main() {
     for (let i = 0; i < n; i++) {
       const wait = t0 + i / rate - secs();
       if (wait > 0) await sleep(wait * 1000);
-      await q.add('noop', { ts: Date.now() / 1000 });
+      await q.add('noop', { ts: (performance.timeOrigin + performance.now()) / 1000 });
     }
     report({ sent: n, secs: secs() - t0 });
   }
