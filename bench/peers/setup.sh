@@ -8,7 +8,7 @@ PY="${PYTHON:-python3.11}"
 VENV=.peers-venv
 if [ ! -f "$VENV/.stamp" ] || [ setup.sh -nt "$VENV/.stamp" ]; then
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q 'celery[redis]' rq dramatiq[redis] taskiq taskiq-redis arq psutil hiredis
+  "$VENV/bin/pip" install -q 'celery[redis]' rq 'dramatiq[redis]' taskiq taskiq-redis arq psutil hiredis
   touch "$VENV/.stamp"
 fi
 NODE_DIR=.peers-node
