@@ -13,7 +13,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # preinstalled Chrome and chromedriver serve as well).
 SYSTEM_PACKAGES := redis-server prometheus chromium chromium-driver
 
-.PHONY: setup system-packages demo test lint typecheck unit bench clean lock test-model-long
+.PHONY: setup system-packages demo test lint typecheck unit bench bench-peers bench-peers-quick clean lock test-model-long
 
 setup: system-packages $(STAMP)
 
@@ -62,6 +62,18 @@ test-model-long: setup
 bench: setup
 	$(BIN)/python -m bench.protocol
 	$(BIN)/python -m bench.worker
+
+# kubeq against Celery, RQ, Dramatiq, taskiq, arq and BullMQ, interleaved in one run
+# (about 15 minutes on 2 cores), then the scaling run (1/2/4 workers, single Redis and a
+# 3-node cluster). The peers install into bench-only environments (bench/peers/setup.sh),
+# never into $(VENV). QUICK=1: a smoke test of the whole pipeline in about 2 minutes.
+bench-peers: setup
+	bench/peers/setup.sh
+	$(BIN)/python -m bench.peers.run $(if $(QUICK),--quick --out peers-quick)
+	$(if $(QUICK),,$(BIN)/python -m bench.peers.scaling)
+
+bench-peers-quick:
+	$(MAKE) bench-peers QUICK=1
 
 # The images' hash-locked dependency sets (docs/security.md): refresh after changing the
 # dependencies in pyproject.toml, then commit requirements/*.txt. Resolved against the

@@ -15,7 +15,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,9 @@ class TaskContext:
     last_progress: Any = None
     #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
     state: dict[str, Any] = field(default_factory=dict, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # A plain flag, not a threading.Event: the worker sets it once and a thread handler
+    # only reads it (one attribute store, atomic), and a flag costs nothing per task.
+    _stopped: bool = field(default=False, repr=False)
     _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
 
     async def submit(
@@ -78,11 +79,11 @@ class TaskContext:
         handler checks this between steps and returns. Async handlers are cancelled and
         process handlers killed instead.
         """
-        return self._stop.is_set()
+        return self._stopped
 
     def stop(self) -> None:
         """Mark this attempt stopped (the worker calls it; `stopped()` then says True)."""
-        self._stop.set()
+        self._stopped = True
 
     def fields(self) -> dict[str, Any]:
         """What a child process needs to rebuild this context."""

@@ -41,6 +41,7 @@ from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
 from kubeq.protocol.workflow import step_payload
 from kubeq.worker.children import ChildPool, ResultNotSendable, StartMethod
+from kubeq.worker.deadlines import Deadlines, Scope
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
@@ -162,6 +163,7 @@ class TaskRunner:
         self.rng = rng or random.Random()
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.fanout = fanout  # ctx.submit for async handlers (kubeq.worker.fanout)
+        self.deadlines = Deadlines()  # every running handler's timeout, one loop timer
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
         self._thread_slots = asyncio.Semaphore(thread_pool_size)
         modules = sorted(
@@ -249,7 +251,7 @@ class TaskRunner:
         hooks = self.app.middleware
         if hooks:
             hooks.before_task(ctx, payload)
-        run = _Run()
+        run = _Run(self.deadlines)
         try:
             ok, value = await self._run_handler(handle, payload, ctx, timeout, run)
         except TimeoutError as exc:
@@ -488,15 +490,16 @@ class _Detached:
 class _Run:
     """When the handler started and its timeout scope (None until it starts)."""
 
-    __slots__ = ("scope", "started")
+    __slots__ = ("deadlines", "scope", "started")
 
-    def __init__(self) -> None:
-        self.scope: asyncio.Timeout | None = None
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+        self.scope: Scope | None = None
         self.started: float | None = None
 
-    def start(self, timeout: float | None) -> asyncio.Timeout:
+    def start(self, timeout: float | None) -> Scope:
         self.started = time.perf_counter()
-        self.scope = asyncio.timeout(timeout)
+        self.scope = Scope(self.deadlines, timeout)
         return self.scope
 
     def elapsed(self) -> float | None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Literal
 
 from kubeq.app import TaskContext
+from kubeq.metrics import TaskSeries
 from kubeq.protocol import ClaimedTask
 
 log = logging.getLogger("kubeq.worker")
@@ -26,13 +27,14 @@ def new_worker_id() -> str:
 
 
 class Job:
-    __slots__ = ("claimed", "ctx", "stop", "task")
+    __slots__ = ("claimed", "ctx", "series", "stop", "task")
 
     def __init__(self, claimed: ClaimedTask) -> None:
         self.claimed = claimed
         self.stop: Stop | None = None
         self.task: asyncio.Task[None] | None = None
         self.ctx: TaskContext | None = None  # set once the handler is about to run
+        self.series: TaskSeries | None = None  # its metric series, resolved once at claim
 
     def halt(self, why: Stop) -> None:
         if self.stop is None:

@@ -19,6 +19,7 @@ from kubeq.worker.batcher import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
 from kubeq.worker.logs import configure_logging
+from kubeq.worker.loop import LoopUnavailable, loop_factory
 from kubeq.worker.runtime import Worker
 from kubeq.worker.settings import WorkerSettings
 
@@ -215,7 +216,14 @@ def run_worker(settings: WorkerSettings) -> int:
     except (ImportError, AttributeError, TypeError) as exc:
         log.error("cannot load app %s: %s", settings.app, exc)
         return 2
-    code = asyncio.run(_main(settings, app))
+    try:
+        loop_name, factory = loop_factory(settings.event_loop)
+    except LoopUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    log.debug("event loop: %s", loop_name)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        code = runner.run(_main(settings, app))
     stuck = [t for t in threading.enumerate() if t.name.startswith("kubeq-task") and t.is_alive()]
     if stuck:
         # An executor="thread" handler that ignored ctx.stopped(): the interpreter would

@@ -97,6 +97,8 @@ class Worker:
         self.metrics = metrics or WorkerMetrics(self.config.full_name, app.tasks)
         self.metrics.prime(self.config.level_names)
         self.metrics.concurrency.set(self.concurrency)
+        # Read at scrape time: no gauge update on the hot path, and never stale.
+        self.metrics.in_flight.set_function(lambda: len(self._running))
         s = settings
         self.breaker = CircuitBreaker(
             s.breaker_failure_threshold,
@@ -337,10 +339,9 @@ class Worker:
         self.ledger.hold(tid, ct.token, ct.level_index)
         self._progress = time.monotonic()
         job = self._running[tid] = Job(ct)
-        series = self.metrics.series(ct.task.priority, ct.task.type)
+        series = job.series = self.metrics.series(ct.task.priority, ct.task.type)
         series.claimed.inc()
         series.wait.observe(max(0, now_ms - ct.task.due_at) / 1000)
-        self.metrics.in_flight.set(len(self._running))
         job.task = asyncio.get_running_loop().create_task(self._run_job(job))
 
     async def _run_job(self, job: Job) -> None:
@@ -364,7 +365,6 @@ class Worker:
         finally:
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
-            self.metrics.in_flight.set(len(self._running))
             self._slot_freed.set()
         try:
             self._finish(job, out)
@@ -381,7 +381,9 @@ class Worker:
         if out is None:
             self.ledger.drop(ct.id, ct.token)  # never settle what we know we lost
             return
-        series = self.metrics.series(out.priority, out.task_type)
+        series = job.series  # the outcome's priority and type are the claimed task's
+        if series is None:
+            series = self.metrics.series(out.priority, out.task_type)
         if out.duration is not None:
             series.duration.observe(out.duration)
         if out.failed:

@@ -71,6 +71,8 @@ class WorkerSettings(BaseSettings):
     #: /healthz fails after this long without progress while work waits (raised to twice
     #: the longest handler timeout, so a handler within its timeout is never "stuck")
     liveness_stall_seconds: float = Field(default=300.0, gt=0)
+    #: the event loop: auto (uvloop when installed, else asyncio's), uvloop, asyncio
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     def queue_names(self) -> list[str]:
         return list(dict.fromkeys(q.strip() for q in self.queue.split(",") if q.strip()))

@@ -1,0 +1,42 @@
+"""kubeq: worker `python -m kubeq.worker` with KUBEQ_APP=kubeq_app:app (project venv)."""
+
+import os
+
+import redis.asyncio as aredis
+from shared import URL, abody, command, paced, timed_enqueue
+
+from kubeq import App, Client
+
+app = App("bench")
+_r = None
+
+
+def _redis():
+    if URL.startswith("redis+cluster://"):  # the scaling run on a Redis Cluster
+        return aredis.RedisCluster.from_url(URL.replace("redis+cluster://", "redis://", 1))
+    return aredis.Redis.from_url(URL)
+
+
+@app.task("noop")
+async def noop(payload, ctx):
+    global _r
+    if _r is None:
+        _r = _redis()
+    await abody(_r, (payload or {}).get("ts"))
+
+
+if __name__ == "__main__":
+    cmd, args = command()
+    c = Client.from_url(URL, os.environ.get("KUBEQ_QUEUE", "bench"))
+    if cmd == "enqueue":
+        if args[1:] == ["bulk"]:  # submit_many in chunks of 1000
+
+            def many(n):
+                for i in range(0, n, 1000):
+                    c.submit_many([{"type": "noop"}] * min(1000, n - i))
+
+            timed_enqueue(int(args[0]), many, "submit_many, chunks of 1000")
+        else:
+            timed_enqueue(int(args[0]), lambda n: [c.submit("noop") for _ in range(n)], "submit")
+    else:
+        paced(float(args[0]), float(args[1]), lambda ts: c.submit("noop", {"ts": ts}))

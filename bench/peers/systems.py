@@ -1,0 +1,90 @@
+"""How each system is run: its worker command, its producer command, its environment.
+
+Peers run from the bench-only environments made by setup.sh (.peers-venv, .peers-node);
+kubeq runs from the project's own interpreter. Configurations are each system's usual
+single-process one (the settings the peers' docs suggest, defaults otherwise).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+APPS = HERE / "apps"
+PEERS_BIN = HERE / ".peers-venv" / "bin"
+NODE = "/usr/bin/node"
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    label: str
+    worker: tuple[str, ...]  # "{url}" is replaced by the Redis URL
+    producer: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    bulk: bool = False  # has a batch submit API measured separately
+
+
+def _peer(tool: str) -> str:
+    return str(PEERS_BIN / tool)
+
+
+def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
+    py = sys.executable  # the project's interpreter (kubeq is installed there)
+    kubeq_env = {
+        "KUBEQ_APP": "kubeq_app:app",
+        "KUBEQ_QUEUE": "bench",
+        "KUBEQ_CONCURRENCY": str(kubeq_concurrency),
+        "KUBEQ_METRICS_PORT": "0",
+        "KUBEQ_LOG_LEVEL": "WARNING",
+    }
+    all_ = [
+        System(
+            "kubeq",
+            f"kubeq, concurrency {kubeq_concurrency}",
+            (py, "-m", "kubeq.worker"),
+            (py, "kubeq_app.py"),
+            kubeq_env,
+            bulk=True,
+        ),
+        System(
+            "bullmq",
+            "BullMQ (Node), concurrency 50",
+            (NODE, "bullmq_app.js", "worker", "50"),
+            (NODE, "bullmq_app.js"),
+            bulk=True,
+        ),
+        System(
+            "taskiq",
+            "taskiq, ListQueueBroker",
+            (_peer("taskiq"), "worker", "taskiq_app:broker", "--workers", "1"),
+            (_peer("python"), "taskiq_app.py"),
+        ),
+        System(
+            "dramatiq",
+            "Dramatiq, 1 process x 8 threads",
+            (_peer("dramatiq"), "dramatiq_app", "--processes", "1"),
+            (_peer("python"), "dramatiq_app.py"),
+        ),
+        System(
+            "celery",
+            "Celery, -P solo",
+            (_peer("celery"), "-A", "celery_app", "worker", "-P", "solo", "-l", "WARNING"),
+            (_peer("python"), "celery_app.py"),
+        ),
+        System(
+            "rq",
+            "RQ, SimpleWorker",
+            (_peer("rq"), "worker", "-u", "{url}", "-w", "rq.worker.SimpleWorker", "bench"),
+            (_peer("python"), "rq_app.py"),
+        ),
+        System(
+            "arq",
+            "arq, defaults",
+            (_peer("arq"), "arq_app.WorkerSettings"),
+            (_peer("python"), "arq_app.py"),
+        ),
+    ]
+    return {s.name: s for s in all_}

@@ -1,0 +1,76 @@
+"""The peer benchmark's pure parts (issue 12): summaries, percentiles, the interleaved
+schedule, parsing the apps' reports, the tables. Timings are never checked here."""
+
+from __future__ import annotations
+
+import pytest
+from bench.peers.report import markdown, tables
+from bench.peers.stats import last_json, percentile, ratio, schedule, summarize
+
+
+def test_summary_is_median_min_max_of_what_was_measured() -> None:
+    s = summarize([3.0, None, 1.0, 2.0])
+    assert s is not None
+    assert (s.median, s.low, s.high, s.n) == (2.0, 1.0, 3.0, 3)
+    assert summarize([None, None]) is None
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 100..1, unsorted on purpose
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile(values, 0.0) == 1.0
+    assert percentile([], 0.5) is None
+    with pytest.raises(ValueError, match="within"):
+        percentile(values, 1.5)
+
+
+def test_schedule_interleaves_every_system_each_round_and_rotates() -> None:
+    got = schedule(["a", "b", "c"], 3)
+    assert [s for r, s in got if r == 0] == ["a", "b", "c"]
+    assert [s for r, s in got if r == 1] == ["b", "c", "a"]
+    assert [s for r, s in got if r == 2] == ["c", "a", "b"]
+    with pytest.raises(ValueError, match="reps"):
+        schedule(["a"], 0)
+
+
+def test_the_report_is_the_last_json_line_whatever_was_logged_before() -> None:
+    out = 'starting\n{"n": 1, "rate": 5.0}\nnot json {\n{"n": 2, "rate": 7.5}\ntrailing log\n'
+    assert last_json(out) == {"n": 2, "rate": 7.5}
+    with pytest.raises(ValueError, match="no JSON report"):
+        last_json("only logs\n[1, 2]\n")
+
+
+def test_ratio_needs_both_sides() -> None:
+    a, b = summarize([10.0]), summarize([4.0])
+    assert ratio(a, b) == 2.5
+    assert ratio(a, None) is None
+
+
+def _drain(system: str, rate: float, final: int = 100) -> dict[str, object]:
+    return {
+        "kind": "drain", "system": system, "n": 100, "done": 100, "final": final,
+        "rate": rate, "startup_s": 0.3, "rss_main_mb": 40.0, "rss_tree_mb": 80.0,
+        "redis_cpu_s_per_1000": 0.02, "worker_cpu_s_per_1000": 0.1, "timed_out": False,
+    }  # fmt: skip
+
+
+def test_tables_rank_by_median_and_count_lost_and_duplicated_tasks() -> None:
+    records = [
+        _drain("bullmq", 10.0),
+        _drain("kubeq", 30.0),
+        _drain("bullmq", 20.0),
+        _drain("kubeq", 12.0, final=101),  # one task ran twice
+        _drain("slow", 1.0, final=99),  # one lost
+        {"kind": "bulk", "system": "kubeq", "rate": 50.0, "api": "submit_many"},
+    ]
+    drain, lat, bulk = tables(records)
+    assert [row["system"] for row in drain] == ["kubeq", "bullmq", "slow"]
+    assert drain[0]["rate"].median == 21.0
+    assert (drain[0]["lost"], drain[0]["dup"]) == (0, 1)
+    assert (drain[2]["lost"], drain[2]["dup"]) == (1, 0)
+    assert lat == []
+    assert bulk[0]["rate"].median == 50.0
+    text = markdown({"records": records})
+    assert "| kubeq | 21 (12-30) | 1.40x |" in text
