@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from kubeq.middleware import Chain, Middleware
 from kubeq.protocol import AsyncClient, Client, QueueConfig
-from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE
+from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE, encode_progress
 from kubeq.protocol.workflow import FEED, Step
 
 ExecutorKind = Literal["auto", "thread", "process"]
@@ -51,6 +51,8 @@ class TaskContext:
     state: dict[str, Any] = field(default_factory=dict, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
+    #: where progress goes (the worker's buffer, or a child's pipe); None: kept only here
+    _report: Callable[[str], None] | None = field(default=None, repr=False)
 
     async def submit(
         self, task_type: str, payload: Any = None, *, queue: str | None = None, **opts: Any
@@ -96,8 +98,14 @@ class TaskContext:
         }
 
     def progress(self, value: Any) -> None:
-        """Best effort progress report: kept on the context and logged at DEBUG."""
+        """Report progress that clients see in `Client.status(id).progress` while the task
+        runs (JSON, pydantic models in JSON form, at most MAX_PROGRESS_BYTES encoded;
+        ProgressNotStorable otherwise). Cheap to call often: the worker writes the latest
+        value at most once a second per task; it is removed when the attempt ends."""
+        encoded = encode_progress(value)
         self.last_progress = value
+        if self._report is not None:
+            self._report(encoded)
         self.logger.debug(
             "task %s progress %r",
             self.task_id,

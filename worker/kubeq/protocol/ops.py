@@ -33,6 +33,7 @@ from kubeq.protocol.models import (
     ReapReport,
     Task,
     TaskError,
+    TaskProgress,
     TaskStatus,
     WorkerInfo,
 )
@@ -44,6 +45,10 @@ TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}
 TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+#: Largest `ctx.progress` value, in bytes of its JSON encoding: progress is a small status
+#: ("42 of 100 rows"), not a result channel; a bigger value is refused with
+#: ProgressNotStorable when the handler reports it.
+MAX_PROGRESS_BYTES = 2048
 #: Most tasks one script call handles (= MAX_BATCH in lua/_lib.lua). Every operation
 #: chunks a bigger request into several calls, so no script ever unpacks an unbounded table.
 MAX_SCRIPT_BATCH = 1000
@@ -595,6 +600,30 @@ class QueueOps:
             cancelled += part_cancelled
         return HeartbeatReply(lost=lost, cancelled=cancelled)
 
+    def progress(self, worker: str, reports: Sequence[tuple[str, int, str]], now: int) -> Op:
+        """Store progress values: `reports` are (task id, token, value JSON from
+        `encode_progress`). Each is written only while `worker` holds that lease; returns
+        one bool per report (False: the lease is gone, the value was dropped)."""
+        for task_id, _token, value in reports:
+            if not value or utf8_size(value) > MAX_PROGRESS_BYTES:
+                raise errors.ProgressNotStorable(
+                    f"progress of task {task_id} must be 1..{MAX_PROGRESS_BYTES} bytes of JSON"
+                )
+        keys = [self.keys.holders, self.keys.progress]
+        written: list[bool] = []
+        for chunk in _chunks(reports):
+            args: list[str | int | float] = [
+                self._now_arg(now),
+                worker,
+                MAX_PROGRESS_BYTES,
+                len(chunk),
+            ]
+            for task_id, token, value in chunk:
+                args += [task_id, token, value]
+            reply = yield ScriptCall("progress", keys, args)
+            written += [bool(x) for x in reply]
+        return written
+
     def settle(self, settlements: Sequence[Settlement], now: int) -> Op:
         k = self.keys
         for s in settlements:
@@ -613,6 +642,7 @@ class QueueOps:
             k.results_expiry,
             *self._per_level3,
             *k.flow_keys,
+            k.progress,
         ]
         applied: list[bool] = []
         for chunk in _chunks(settlements):
@@ -801,6 +831,7 @@ class QueueOps:
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
             *k.flow_keys,
+            k.progress,
         ]
         report = ReapReport(requeued=[], dead=[], cancelled=[])
         for _ in range(rounds):
@@ -869,6 +900,7 @@ class QueueOps:
             k.cancelled,
             k.results_expiry,
             *self._delayed,
+            k.progress,
         ]
         reply = yield ScriptCall("status", keys, [task_id, len(self.levels), self._now_arg(now)])
         return parse_status(task_id, reply)
@@ -1078,6 +1110,37 @@ def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
     return list(_pairs(reply))
 
 
+def encode_progress(value: Any) -> str:
+    """A progress value as stored: JSON (pydantic models in their JSON form), at most
+    MAX_PROGRESS_BYTES; ProgressNotStorable otherwise (raised to the reporting handler)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if json_depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+        raise errors.ProgressNotStorable(f"progress nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+    try:
+        encoded = _dumps(value)
+        size = utf8_size(encoded)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise errors.ProgressNotStorable(f"progress is not JSON: {exc}") from None
+    if size > MAX_PROGRESS_BYTES:
+        raise errors.ProgressNotStorable(
+            f"progress is {size} bytes of JSON; the limit is {MAX_PROGRESS_BYTES} bytes "
+            "(report a small status, return big data as the result)"
+        )
+    return encoded
+
+
+def parse_progress(raw: str | None) -> TaskProgress | None:
+    """A stored progress entry; None when absent or damaged (status never fails on it)."""
+    data = _loads_dict(raw)
+    if not data:
+        return None
+    try:
+        return TaskProgress.model_validate(data)
+    except ValidationError:
+        return None
+
+
 def _loads_dict(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw) if raw else {}
@@ -1134,7 +1197,8 @@ def terminal_task(task_id: str, terminal: str) -> Task:
 
 
 def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
-    terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply
+    terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply[:8]
+    progress = reply[8] if len(reply) > 8 else None
     if terminal:
         return terminal_task(task_id, terminal)
     if not record:
@@ -1150,7 +1214,11 @@ def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
         token, rest = holder.split("|", 1)
         worker, started = rest.rsplit("|", 1)
         update.update(
-            status=TaskStatus.RUNNING, token=int(token), worker=worker, started_at=int(started)
+            status=TaskStatus.RUNNING,
+            token=int(token),
+            worker=worker,
+            started_at=int(started),
+            progress=parse_progress(progress),
         )
     elif due:
         update.update(

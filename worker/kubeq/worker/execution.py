@@ -41,6 +41,7 @@ from kubeq.exceptions import Permanent, Retry
 from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, TaskError
 from kubeq.protocol.workflow import step_payload
 from kubeq.worker.children import ChildPool, ResultNotSendable, StartMethod
+from kubeq.worker.progress import ProgressBuffer
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
@@ -149,6 +150,7 @@ class TaskRunner:
         child_max_tasks: int = 0,
         child_max_rss_bytes: int = 0,
         fanout: Any = None,
+        progress: ProgressBuffer | None = None,
         log_config: tuple[str, str] | None = None,
         child_keepalive: float | None = None,
     ) -> None:
@@ -162,6 +164,7 @@ class TaskRunner:
         self.rng = rng or random.Random()
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.fanout = fanout  # ctx.submit for async handlers (kubeq.worker.fanout)
+        self.progress = progress  # where ctx.progress reports go (None: nowhere)
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
         self._thread_slots = asyncio.Semaphore(thread_pool_size)
         modules = sorted(
@@ -245,6 +248,8 @@ class TaskRunner:
         timeout = opts.timeout or self.default_timeout
         if opts.executor == "loop":
             ctx._fanout = self.fanout
+        if self.progress is not None:
+            ctx._report = functools.partial(self.progress.report, task.id, claimed.token)
         job.ctx = ctx
         hooks = self.app.middleware
         if hooks:
@@ -296,7 +301,12 @@ class TaskRunner:
             # The child is killed if anything escapes; the scope starts once it is ready.
             async with self.children.child() as child, run.start(timeout):
                 return await self.children.call(
-                    child, handle.__module__, handle.__qualname__, payload, ctx.fields()
+                    child,
+                    handle.__module__,
+                    handle.__qualname__,
+                    payload,
+                    ctx.fields(),
+                    ctx._report,
                 )
         if kind == "thread":
             await self._thread_slots.acquire()

@@ -36,6 +36,7 @@ from kubeq.worker.health import HealthInputs, Verdict, verdict
 from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
 from kubeq.worker.maintenance import Maintenance
+from kubeq.worker.progress import PROGRESS_INTERVAL, ProgressBuffer
 from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 from kubeq.worker.tally import TypeTally
 
@@ -103,6 +104,7 @@ class Worker:
             s.breaker_backoff_base_seconds,
             s.breaker_backoff_max_seconds,
         )
+        self.progress = ProgressBuffer()
         self.runner = TaskRunner(
             app,
             client.ops,
@@ -116,6 +118,7 @@ class Worker:
             child_max_tasks=s.child_max_tasks,
             child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
             fanout=FanOut(client, app),
+            progress=self.progress,
             log_config=(s.log_format, s.log_level),
             # A frozen worker's children stop before its lease can expire.
             child_keepalive=self.config.lease_seconds / 2,
@@ -213,6 +216,7 @@ class Worker:
             loop.create_task(self.claim_loop(), name="kubeq-claim"),
             loop.create_task(self.heartbeat_loop(), name="kubeq-heartbeat"),
             loop.create_task(self.maintenance.run(), name="kubeq-maintenance"),
+            loop.create_task(self.progress_loop(), name="kubeq-progress"),
         ]
         if self.settings.queue_config is None:
             tasks.append(loop.create_task(self.watch_config(), name="kubeq-config"))
@@ -362,6 +366,7 @@ class Worker:
                 except Exception:
                     log.exception("task %s: no outcome can be built; its lease will expire", ct.id)
         finally:
+            self.progress.forget(ct.id, ct.token)
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
             self.metrics.in_flight.set(len(self._running))
@@ -439,6 +444,27 @@ class Worker:
                 await asyncio.sleep(min(interval, 0.5))
                 continue
             await asyncio.sleep(interval)
+
+    async def progress_loop(self) -> None:
+        """Write the handlers' latest progress reports, one batch per interval."""
+        while not self.closed:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            await self.flush_progress()
+
+    async def flush_progress(self) -> None:
+        reports = self.progress.take()
+        if not reports:
+            return
+        try:
+            await self.client.run(self.client.ops.progress(self.id, reports, self.client.clock()))
+        except KubeqError as exc:
+            # Progress is best effort: keep the latest values for the next flush (bounded
+            # by the tasks running), and never let it stop the worker.
+            self.progress.put_back(reports)
+            log.warning("progress not written (kept for the next flush): %s", exc)
+        except BaseException:
+            self.progress.put_back(reports)
+            raise
 
     def recancel(self) -> None:
         """Cancel again every job the worker stopped that still runs: an async handler
