@@ -49,6 +49,8 @@ class TaskContext:
     last_progress: Any = None
     #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the task's headers from submit (e.g. the trace context kubeq.otel carries)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
     #: where progress goes (the worker's buffer, or a child's pipe); None: kept only here
@@ -95,6 +97,7 @@ class TaskContext:
             "queue": self.queue,
             "priority": self.priority,
             "type": self.type,
+            "headers": self.headers,
         }
 
     def progress(self, value: Any) -> None:

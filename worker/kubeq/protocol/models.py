@@ -60,6 +60,8 @@ class Task(BaseModel):
     error: TaskError | None = None
     reason: str | None = None
     idempotency_key: str | None = None
+    #: string metadata given at submit (e.g. the W3C trace context of kubeq.otel)
+    headers: dict[str, str] | None = None
     result: Any = None
     cancel_requested: bool = False
     #: fencing token of the current lease (claimed tasks only)

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -45,6 +45,10 @@ TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}
 TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+#: Bounds of a task's `headers` (string metadata such as a W3C trace context).
+MAX_HEADERS = 16
+MAX_HEADERS_BYTES = 2048
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Largest `ctx.progress` value, in bytes of its JSON encoding: progress is a small status
 #: ("42 of 100 rows"), not a result channel; a bigger value is refused with
 #: ProgressNotStorable when the handler reports it.
@@ -99,6 +103,8 @@ class TaskRequest:
     idempotency_key: str | None = None
     max_attempts: int | None = None
     id: str | None = None
+    #: small string metadata carried in the record to the worker (e.g. a trace context)
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -305,12 +311,13 @@ class QueueOps:
         # Built by hand around the already-encoded payload: encoding it twice would double
         # the cost of the hot path.
         quoted_key = "null" if key is None else _dumps(key)
+        headers = "" if req.headers is None else f'"headers":{encode_headers(req.headers)},'
         level_name = self.levels[level - 1]
         record = (
             f'{{"id":"{task_id}{self._record_head}{type_literal},'
             f'"priority":"{level_name}","max_attempts":{max_attempts},'
             f'"created_at":{now},"due_at":{due},"idempotency_key":{quoted_key},'
-            f'"payload":{payload}}}'
+            f'{headers}"payload":{payload}}}'
         )
         meta_head = f"{level_name}|{max_attempts}|{due}"
         return task_id, level, delay_ms, eta_ms, key, meta_head, record, int(req.id is not None)
@@ -1108,6 +1115,30 @@ def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
     if reply and isinstance(reply[0], list | tuple):
         return [(m, s) for m, s in reply]
     return list(_pairs(reply))
+
+
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """A task's headers as stored (JSON object), or InvalidTask: at most MAX_HEADERS
+    names of [A-Za-z0-9_.-] (1..64), string values, MAX_HEADERS_BYTES in all."""
+    if not isinstance(headers, Mapping):
+        raise errors.InvalidTask(f"headers must be a mapping of strings, got {headers!r:.100}")
+    if len(headers) > MAX_HEADERS:
+        raise errors.InvalidTask(f"headers has {len(headers)} entries; at most {MAX_HEADERS}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
+            raise errors.InvalidTask(f"header name {name!r:.100} must be 1-64 of [A-Za-z0-9_.-]")
+        if not isinstance(value, str):
+            raise errors.InvalidTask(f"header {name!r} must be a string, got {value!r:.100}")
+    encoded = _dumps(dict(headers))
+    try:
+        size = utf8_size(encoded)
+    except UnicodeEncodeError:
+        raise errors.InvalidText("a header value is not valid UTF-8") from None
+    if size > MAX_HEADERS_BYTES:
+        raise errors.InvalidTask(
+            f"headers are {size} bytes of JSON; the limit is {MAX_HEADERS_BYTES} bytes"
+        )
+    return encoded
 
 
 def encode_progress(value: Any) -> str:

@@ -245,6 +245,7 @@ class TaskRunner:
             task.priority,
             task.type,
         )
+        ctx.headers = dict(task.headers or {})
         timeout = opts.timeout or self.default_timeout
         if opts.executor == "loop":
             ctx._fanout = self.fanout
