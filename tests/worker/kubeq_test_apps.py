@@ -340,3 +340,15 @@ def progress_too_big(size: int, ctx: TaskContext) -> str:
     except ProgressNotStorable as exc:
         return f"refused: {exc}"
     return "accepted"
+
+
+@app.task("progress_after_marker")
+def progress_after_marker(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Reports once, when the test creates the marker file; then holds its lease."""
+    from pathlib import Path
+
+    while not Path(payload["marker"]).exists():
+        time.sleep(0.02)
+    ctx.progress({"reported": "while redis was down"})
+    time.sleep(payload["hold"])
+    return "done"

@@ -8,15 +8,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import kubeq_test_apps
 import pytest
 from support import queue_config, until
 
-from kubeq.protocol import MAX_PROGRESS_BYTES, Client, QueueConfig, QueueKeys, TaskStatus
+from kubeq.protocol import (
+    MAX_PROGRESS_BYTES,
+    Client,
+    KubeqError,
+    QueueConfig,
+    QueueKeys,
+    TaskStatus,
+)
+from kubeq.redis_server import RedisServer, free_port
 from kubeq.worker import WorkerSettings, serve
-from kubeq.worker.progress import PROGRESS_INTERVAL
+from kubeq.worker.progress import PROGRESS_INTERVAL, ProgressBuffer
 
 
 @contextlib.asynccontextmanager
@@ -109,3 +118,54 @@ async def test_a_too_large_progress_is_refused_to_the_handler(
     assert f"limit is {MAX_PROGRESS_BYTES} bytes" in refused
     assert client.result(small) == "accepted"
     assert progress_entries(client, config) == 0
+
+
+@pytest.mark.slow
+async def test_progress_reported_while_redis_is_down_is_written_once_it_is_back(
+    config: QueueConfig, tmp_path: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(appendonly=True, port=free_port(), directory=tmp_path / "redis")
+    server.start()
+    marker = tmp_path / "marker"
+    try:
+        with Client.from_url(server.url, config.name, config=config) as c:
+            tid = c.submit("progress_after_marker", {"marker": str(marker), "hold": 30})
+            async with worker(server.url, config):
+                await until(lambda: c.status(tid).status == TaskStatus.RUNNING, what="running")
+                server.stop()
+                marker.write_text("go")
+                await asyncio.sleep(3 * PROGRESS_INTERVAL)  # flushes fail meanwhile
+                server.start()
+                p = await until(lambda: _progress_or_none(c, tid), 20, "the kept progress")
+                assert p == {"reported": "while redis was down"}
+                c.cancel(tid)
+    finally:
+        server.close()
+
+
+def _progress_or_none(client: Client, tid: str) -> Any:
+    try:
+        task = client.status(tid)
+    except KubeqError:  # the client reconnects on the next call
+        return None
+    return task.progress.value if task.progress is not None else None
+
+
+def test_the_buffer_keeps_the_latest_value_per_task_and_never_overwrites_a_newer_one() -> None:
+    buf = ProgressBuffer()
+    for i in range(1000):
+        buf.report("a", 1, str(i))
+    buf.report("b", 7, '"b"')
+    taken = buf.take()
+    assert sorted(taken) == [("a", 1, "999"), ("b", 7, '"b"')]
+    assert buf.take() == []
+    buf.report("a", 1, "1000")  # reported while the flush of `taken` failed
+    buf.put_back(taken)
+    assert sorted(buf.take()) == [("a", 1, "1000"), ("b", 7, '"b"')]
+    buf.report("a", 2, "new lease")
+    buf.forget("a", 1)  # the old attempt's end does not drop the new attempt's value
+    assert buf.take() == [("a", 2, "new lease")]
+    buf.report("a", 2, "x")
+    buf.forget("a", 2)
+    assert len(buf) == 0

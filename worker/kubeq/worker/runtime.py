@@ -105,6 +105,7 @@ class Worker:
             s.breaker_backoff_max_seconds,
         )
         self.progress = ProgressBuffer()
+        self._progress_failing = False
         self.runner = TaskRunner(
             app,
             client.ops,
@@ -449,6 +450,7 @@ class Worker:
         """Write the handlers' latest progress reports, one batch per interval."""
         while not self.closed:
             await asyncio.sleep(PROGRESS_INTERVAL)
+            await self.breaker.wait()
             await self.flush_progress()
 
     async def flush_progress(self) -> None:
@@ -457,14 +459,20 @@ class Worker:
             return
         try:
             await self.client.run(self.client.ops.progress(self.id, reports, self.client.clock()))
-        except KubeqError as exc:
+        except TRANSIENT as exc:
             # Progress is best effort: keep the latest values for the next flush (bounded
-            # by the tasks running), and never let it stop the worker.
+            # by the tasks running) and say so once per outage, never stopping the worker.
             self.progress.put_back(reports)
-            log.warning("progress not written (kept for the next flush): %s", exc)
+            if not self._progress_failing:
+                log.warning("progress not written (kept for the next flush): %s", exc)
+            self._progress_failing = True
+            return
+        except KubeqError as exc:  # refused for good (a bug): these values are dropped
+            log.error("progress of %d tasks dropped: %r", len(reports), exc)
         except BaseException:
             self.progress.put_back(reports)
             raise
+        self._progress_failing = False
 
     def recancel(self) -> None:
         """Cancel again every job the worker stopped that still runs: an async handler
