@@ -15,6 +15,10 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
 
 
+def _rate(per_second: float | None) -> str:
+    return "-" if per_second is None else f"{per_second:,.0f}/s"
+
+
 def render(
     ref: QueueRef, snap: Snapshot, metrics_port: int | None = None, dashboard: str | None = None
 ) -> RenderableType:
@@ -39,8 +43,9 @@ def render(
     summary.add_row(
         f"workers [bold]{tick.ready}[/] ready / [bold]{tick.decision.replicas}[/] desired"
         + (f" ({snap.terminating} draining)" if snap.terminating else ""),
-        "throughput " + ("-" if snap.throughput is None else f"{snap.throughput:,.0f}/s"),
+        "",
     )
+    summary.add_row(f"submitted {_rate(snap.submit_rate)}", f"throughput {_rate(snap.throughput)}")
     summary.add_row(
         f"queue wait p50 {_ms(snap.wait_p50)}",
         f"p99 {_ms(snap.wait_p99)}",
@@ -78,10 +83,11 @@ def line(ref: QueueRef, snap: Snapshot) -> str:
     stats = snap.stats
     backlog = "unreachable" if stats is None else f"{stats.backlog}"
     tp = "-" if snap.throughput is None else f"{snap.throughput:.0f}/s"
+    sub = "-" if snap.submit_rate is None else f"{snap.submit_rate:.0f}/s"
     crash = snap.crashes
     crashes = f" crashes={crash.count} last_crash={crash.last_error!r}" if crash.count else ""
     return (
         f"t={snap.at:6.1f}s queue={ref} backlog={backlog} "
-        f"workers={snap.tick.ready}/{snap.tick.decision.replicas} throughput={tp} "
+        f"workers={snap.tick.ready}/{snap.tick.decision.replicas} submitted={sub} throughput={tp} "
         f"wait_p99={_ms(snap.wait_p99)} decision={snap.tick.decision.reason!r}{crashes}"
     )

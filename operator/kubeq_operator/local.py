@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,22 @@ class Snapshot:
     wait_p99: float | None
     recent: list[tuple[float, str]] = field(default_factory=list)  # scale decisions
     crashes: CrashInfo = field(default_factory=lambda: CrashInfo(0, None))
+    #: tasks submitted per second over the last window (Redis's `submitted` counter)
+    submit_rate: float | None = None
+
+
+WINDOW_SECONDS = 10.0
+
+
+def rate_over(samples: Sequence[tuple[float, int]], now: float, window: float) -> float | None:
+    """Per-second increase of a counter over the samples (time, total) of the last `window`
+    seconds; None with fewer than two. A total that went down (the counter started over)
+    counts from its new value, as Prometheus's rate() does."""
+    recent = [s for s in samples if s[0] >= now - window]
+    if len(recent) < 2:
+        return None
+    added = sum(b - a if b >= a else b for (_, a), (_, b) in itertools.pairwise(recent))
+    return added / max(recent[-1][0] - recent[0][0], 1e-9)
 
 
 class UpError(Exception):
@@ -114,6 +131,7 @@ class LocalRunner:
         self.decisions: deque[tuple[float, str]] = deque(maxlen=500)
         self.schedules: list[ScheduleStatus] = []  # where each schedule stands, last round
         self._samples: deque[tuple[float, WorkerSample]] = deque(maxlen=64)
+        self._submitted: deque[tuple[float, int]] = deque(maxlen=64)
         self._gone = WorkerSample()  # counts of workers that have exited, kept for totals
         self._last: dict[str, WorkerSample] = {}
         self._http: Any = None
@@ -239,6 +257,8 @@ class LocalRunner:
                 )
             )
         throughput, p50, p99 = await asyncio.to_thread(self._worker_view, now)
+        if tick.stats is not None:
+            self._submitted.append((now, tick.stats.counters.get("submitted", 0)))
         return Snapshot(
             now - self.started,
             tick,
@@ -249,6 +269,7 @@ class LocalRunner:
             p99,
             list(self.decisions),
             self.backend.crashes(self.ref),
+            rate_over(self._submitted, now, WINDOW_SECONDS),
         )
 
     async def run(self, stop: asyncio.Event, on_snapshot: Callable[[Snapshot], None]) -> None:

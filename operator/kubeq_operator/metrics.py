@@ -88,6 +88,15 @@ class OperatorMetrics:
             registry=r,
         )
 
+        self.submitted = Counter(
+            "kubeq_queue_submitted",
+            "Tasks submitted to the queue (workflow steps included; idempotent repeats not), "
+            "read from Redis's own counter: rate() of it is the submit rate.",
+            ["queue"],
+            registry=r,
+        )
+        self._submitted_seen: dict[str, int] = {}
+
         self.schedule_ticks = Counter(
             "kubeq_schedule_ticks_total",
             "Schedule ticks by outcome: fired (a task submitted) or skipped (missed, "
@@ -122,6 +131,20 @@ class OperatorMetrics:
         self.dead.labels(queue).set(stats.dead)
         self.paused.labels(queue).set(1 if stats.paused else 0)
         self.oldest.labels(queue).set(stats.oldest_age_seconds())
+        self._follow_submitted(queue, stats.counters.get("submitted", 0))
+
+    def _follow_submitted(self, queue: str, total: int) -> None:
+        """Make the series equal Redis's counter. A Prometheus counter only adds, so it
+        adds what Redis added since the last read; a total that went down (the queue's
+        keys were deleted and it started over) restarts the series at that total, which
+        rate() reads as the counter reset it is."""
+        last = self._submitted_seen.get(queue)
+        if last is None or total < last:
+            _remove(self.submitted, queue)
+            self.submitted.labels(queue).inc(total)
+        else:
+            self.submitted.labels(queue).inc(total - last)
+        self._submitted_seen[queue] = total
 
     def gauges(self) -> tuple[Gauge, ...]:
         """The series that state a current value (a counter only ever adds up)."""
@@ -147,6 +170,9 @@ class OperatorMetrics:
                 for sample in family.samples:
                     if sample.labels.get("queue") == queue:
                         _remove(gauge, *sample.labels.values())
+        # Redis's total, not this process's count: only the watching replica exports it.
+        _remove(self.submitted, queue)
+        self._submitted_seen.pop(queue, None)
 
     def forget(self, queue: str, levels: tuple[str, ...]) -> None:
         """Drop a deleted queue's series so dashboards do not show it frozen."""
@@ -160,8 +186,10 @@ class OperatorMetrics:
             self.eviction_policy_safe,
             self.reconcile_errors,
             self.probe,
+            self.submitted,
         ):
             _remove(metric, queue)
+        self._submitted_seen.pop(queue, None)
         for direction in ("up", "down"):
             _remove(self.scale_events, queue, direction)
         for lv in levels:

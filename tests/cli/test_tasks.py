@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
+from kubeq.protocol.ops import encode_progress
 from kubeq.redis_server import RedisServer, free_port
 
 Kubeq = Any  # the `kubeq` fixture: run(*args, code=0, url=None, input=None, env=None)
@@ -206,6 +207,17 @@ def test_status_of_a_running_task_names_its_worker(kubeq: Kubeq, queue_client: C
     task_id = queue_client.submit("t")
     queue_client.claim("w-1", 1)
     assert "status:          running (worker w-1, token " in kubeq("status", task_id).stdout
+
+
+def test_status_shows_the_progress_of_a_running_task(kubeq: Kubeq, queue_client: Client) -> None:
+    task_id = queue_client.submit("t")
+    (c,) = queue_client.claim("w-1", 1).tasks
+    assert "progress:" not in kubeq("status", task_id).stdout
+    value = encode_progress({"rows": 42, "of": 100})
+    queue_client.run(queue_client.ops.progress("w-1", [(c.id, c.token, value)], 0))
+    assert 'progress:        {"rows": 42, "of": 100} (reported ' in kubeq("status", task_id).stdout
+    doc = json.loads(kubeq("-o", "json", "status", task_id).stdout)
+    assert doc["progress"]["value"] == {"rows": 42, "of": 100}
 
 
 def test_status_of_an_unknown_task_exits_3(kubeq: Kubeq) -> None:

@@ -9,6 +9,7 @@ import httpx
 from conftest import TOKEN, Served, serve
 from kubeq.dashboard.pages import MAX_SHOWN_CHARS
 from kubeq.protocol import TaskError
+from kubeq.protocol.ops import encode_progress
 from kubeq.redis_server import free_port
 
 HOSTILE = "<script>alert('x')</script>\x1b[31m\u202e<img src=x onerror=alert(1)>"
@@ -33,6 +34,22 @@ def test_pages_never_render_stored_markup_or_control_characters(dashboard: Serve
         assert "\u202e" not in page
         assert "&lt;script&gt;alert(" in page
         assert "\\x1b" in page
+
+
+def test_the_task_page_shows_progress_escaped(dashboard: Served) -> None:
+    c = dashboard.client
+    tid = c.submit("slow")
+    (claimed,) = c.claim("w", 1).tasks
+    page = httpx.get(f"{dashboard.url}/q/default/default/task/{tid}").text
+    assert "id=task-progress" not in page
+    value = encode_progress({"step": 3, "note": HOSTILE})
+    assert c.run(c.ops.progress("w", [(tid, claimed.token, value)], c.clock())) == [True]
+    page = httpx.get(f"{dashboard.url}/q/default/default/task/{tid}").text
+    assert "id=task-progress" in page
+    assert "&quot;step&quot;: 3" in page
+    assert "<script>alert" not in page
+    assert "\x1b" not in page
+    assert "\\u001b[31m" in page  # shown as text, never as a terminal escape
 
 
 def test_payloads_are_capped_in_pages(dashboard: Served) -> None:

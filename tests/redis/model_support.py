@@ -179,6 +179,7 @@ class Snapshot:
     cancel_flags: set[str]
     ready_per_level: dict[str, int] = field(default_factory=dict)
     leased_per_level: dict[str, int] = field(default_factory=dict)
+    progress: set[str] = field(default_factory=set)  # ids with a stored progress value
 
     def where(self, task_id: str) -> list[str]:
         return self.places.get(task_id, [])
@@ -216,6 +217,7 @@ def snapshot(r: redis.Redis, keys: QueueKeys, levels: Iterable[str]) -> Snapshot
     pipe.hgetall(keys.attempts)
     pipe.hgetall(keys.holders)
     pipe.smembers(keys.cancelled)
+    pipe.hkeys(keys.progress)
     replies = pipe.execute()
     places: dict[str, list[str]] = defaultdict(list)
     ready_per_level: dict[str, int] = {}
@@ -230,7 +232,7 @@ def snapshot(r: redis.Redis, keys: QueueKeys, levels: Iterable[str]) -> Snapshot
             places[tid].append(f"lease:{lv}")
         ready_per_level[lv] = len(ready)
         leased_per_level[lv] = len(leases)
-    dead, results, records, attempts, holders, cancel = replies[3 * len(levels) :]
+    dead, results, records, attempts, holders, cancel, progress = replies[3 * len(levels) :]
     for tid in dead:
         places[tid].append("dead")
     for tid in results:
@@ -244,6 +246,7 @@ def snapshot(r: redis.Redis, keys: QueueKeys, levels: Iterable[str]) -> Snapshot
         cancel_flags=set(cancel),
         ready_per_level=ready_per_level,
         leased_per_level=leased_per_level,
+        progress=set(progress),
     )
 
 

@@ -108,6 +108,9 @@ def seeded(connect: Callable[[str], Client]) -> dict[str, Any]:
         ]
     ) == [True, True]
     worker.heartbeat("w1", held([running]), WorkerInfo(id="w1", in_flight=1))
+    assert worker.run(worker.ops.progress("w1", [(running.id, running.token, '"half"')], 0)) == [
+        True
+    ]
     return {"ids": ids, "running": running, "pending": ids[3], "done": done.id, "dead": dead.id}
 
 
@@ -120,6 +123,7 @@ def test_the_producer_runs_its_functions(
     later = producer.submit("t", None, delay=3600)
     assert producer.status(later).status == "scheduled"
     assert producer.status(seeded["running"].id).status == "running"
+    assert producer.status(seeded["running"].id).progress.value == "half"  # type: ignore[union-attr]
     assert producer.result(seeded["done"], timeout=2) == "ok"
     assert producer.cancel(later) == "cancelled"
     flow = producer.submit_workflow(chain(Step("a"), Step("b")), on_failure=Step("c"))
@@ -139,6 +143,8 @@ def test_the_producer_cannot_settle_claim_purge_or_reconfigure(
     refused(admin, lambda: producer.purge_dead([seeded["dead"]]))
     refused(admin, lambda: producer.requeue_dead([seeded["dead"]]))
     refused(admin, lambda: producer.reap())
+    forged = [(running.id, running.token, '"forged"')]
+    refused(admin, lambda: producer.run(producer.ops.progress("w1", forged, 0)))
     refused(admin, lambda: producer.publish_config())
     refused(admin, lambda: producer.workers())
     refused(admin, lambda: producer.acquire_maintenance("x", 1000))
@@ -151,6 +157,7 @@ def test_the_worker_runs_its_functions(
     running = seeded["running"]
     reply = worker.heartbeat("w1", held([running]), WorkerInfo(id="w1", in_flight=1))
     assert list(reply.lost) == []
+    assert worker.run(worker.ops.progress("w1", [(running.id, running.token, "2")], 0)) == [True]
     assert worker.wait_for_work(0.1) in (True, False)
     claim = worker.claim("w1", 5)
     assert [t.id for t in claim.tasks] == [seeded["pending"]]
@@ -223,6 +230,8 @@ def test_the_operator_cannot_run_any_write_script(
     refused(admin, lambda: operator.purge_dead([seeded["dead"]]))
     refused(admin, lambda: operator.pause())
     refused(admin, lambda: operator.run_now(seeded["pending"]))
+    forged = [(running.id, running.token, '"forged"')]
+    refused(admin, lambda: operator.run(operator.ops.progress("w1", forged, 0)))
 
 
 def test_the_viewer_reads_everything_and_writes_nothing(
@@ -236,6 +245,9 @@ def test_the_viewer_reads_everything_and_writes_nothing(
     assert [d.task.id for d in viewer.dead_letters()] == [seeded["dead"]]
     assert [t.id for t in viewer.finished()] == [seeded["done"]]
     assert [t.id for t in viewer.list_tasks("running").tasks] == [seeded["running"].id]
+    (listed,) = viewer.list_tasks("running").tasks
+    assert listed.progress is not None
+    assert listed.progress.value == "half"
     assert [t.id for t in viewer.list_tasks("pending").tasks] == [seeded["pending"]]
     assert [t.id for t in viewer.list_tasks("completed").tasks] == [seeded["done"]]
     assert [t.id for t in viewer.list_tasks("dead").tasks] == [seeded["dead"]]

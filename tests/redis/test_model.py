@@ -580,6 +580,34 @@ class ProtocolModel(RuleBasedStateMachine):
 
     # -- maintenance and admin -------------------------------------------------------------
 
+    @rule(data=st.data())
+    def report_progress(self, data: st.DataObject) -> None:
+        """A worker flushes progress for everything it holds (some leases may be stale by
+        now), or writes under another worker's id: a value is stored exactly when the
+        writer holds that very lease."""
+        self.tally["rule:report_progress"] += 1
+        worker = self._busy_worker(data)
+        forged = data.draw(st.booleans(), label="written under another worker's id")
+        if worker is None:
+            return
+        writer = next(w for w in WORKERS if w != worker) if forged else worker
+        held = list(self.held[worker].values())
+        client = self.clients[worker]
+        reports = [(c.id, c.token, '{"done":1}') for c in held]
+        written, err = self.call(
+            "progress", lambda: client.run(client.ops.progress(writer, reports, client.clock()))
+        )
+        if err is not None:
+            return
+        snap = self.snap()
+        for c, ok in zip(held, written, strict=True):
+            if ok != (snap.holders.get(c.id) == (c.token, writer)):
+                raise Violation(
+                    f"progress of {c.id} by {writer} (token {c.token}) answered {ok}, "
+                    f"the holder is {snap.holders.get(c.id)}"
+                )
+            self.tally["progress written" if ok else "progress refused"] += 1
+
     @rule(actor=st.sampled_from(ACTORS))
     def reap(self, actor: str) -> None:
         self.tally["rule:reap"] += 1
@@ -775,6 +803,13 @@ class ProtocolModel(RuleBasedStateMachine):
     # -- invariants --------------------------------------------------------------------
 
     @invariant()
+    def progress_never_outlives_its_lease(self) -> None:
+        snap = self.snap()
+        stray = snap.progress - set(snap.holders)
+        if stray:
+            raise Violation(f"progress of {sorted(stray)[:5]} is stored with no lease held")
+
+    @invariant()
     def every_task_in_exactly_one_place(self) -> None:
         self.tally["checks"] += 1
         snap = self.snap()
@@ -898,6 +933,8 @@ def test_model_benign(model_server: RedisServer) -> None:
     # Not vacuous: the runs went through every kind of ending, fencing included.
     for what in ("complete:applied", "retry:applied", "release:applied", "reaped", "claimed"):
         assert tally[what] > 0, (what, tally)
+    assert tally["progress written"] > 0, tally
+    assert tally["progress refused"] > 0, tally
     assert sum(n for k, n in tally.items() if k.endswith(":fenced")) > 0, tally
     assert tally["heartbeat:lost"] > 0, tally
     assert tally["checks"] >= BENIGN.examples * BENIGN.steps // 2

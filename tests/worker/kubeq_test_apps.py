@@ -7,6 +7,7 @@ for in-process tests), so `--app kubeq_test_apps:app` works everywhere.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -292,3 +293,62 @@ def sync_unsendable(payload: Any, ctx: TaskContext) -> Any:
     import threading
 
     return {"lock": threading.Lock()}  # cannot be pickled back to the worker
+
+
+async def _report_for(ctx: TaskContext, seconds: float) -> int:
+    """Report a counter as fast as the loop allows for `seconds`; how many reports."""
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        n += 1
+        ctx.progress({"n": n})
+        await asyncio.sleep(0.0005)
+    return n
+
+
+@app.task("progress_async")
+async def progress_async(payload: dict[str, float], ctx: TaskContext) -> int:
+    n = await _report_for(ctx, payload["seconds"])
+    ctx.progress({"done": n})
+    await asyncio.sleep(payload["hold"])  # the latest value is flushed while it waits
+    return n
+
+
+def _sync_progress(payload: dict[str, float], ctx: TaskContext) -> str:
+    for step in range(int(payload["steps"])):
+        ctx.progress({"step": step, "of": payload["steps"]})
+    ctx.progress({"step": payload["steps"], "of": payload["steps"], "pid": os.getpid()})
+    time.sleep(payload["hold"])
+    return "done"
+
+
+@app.task("progress_process")
+def progress_process(payload: dict[str, float], ctx: TaskContext) -> str:
+    return _sync_progress(payload, ctx)
+
+
+@app.task("progress_thread", executor="thread")
+def progress_thread(payload: dict[str, float], ctx: TaskContext) -> str:
+    return _sync_progress(payload, ctx)
+
+
+@app.task("progress_too_big")
+def progress_too_big(size: int, ctx: TaskContext) -> str:
+    from kubeq.protocol import ProgressNotStorable
+
+    try:
+        ctx.progress("x" * size)
+    except ProgressNotStorable as exc:
+        return f"refused: {exc}"
+    return "accepted"
+
+
+@app.task("progress_after_marker")
+def progress_after_marker(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Reports once, when the test creates the marker file; then holds its lease."""
+    from pathlib import Path
+
+    while not Path(payload["marker"]).exists():
+        time.sleep(0.02)
+    ctx.progress({"reported": "while redis was down"})
+    time.sleep(payload["hold"])
+    return "done"

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from kubeq.middleware import Chain, Middleware
 from kubeq.protocol import AsyncClient, Client, QueueConfig
-from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE
+from kubeq.protocol.ops import TASK_TYPE_PATTERN, TASK_TYPE_RE, encode_progress
 from kubeq.protocol.workflow import FEED, Step
 
 ExecutorKind = Literal["auto", "thread", "process"]
@@ -48,10 +48,14 @@ class TaskContext:
     last_progress: Any = None
     #: shared by the middleware hooks of this attempt (e.g. a tracer's span)
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the task's headers from submit (e.g. the trace context kubeq.otel carries)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
     # A plain flag, not a threading.Event: the worker sets it once and a thread handler
     # only reads it (one attribute store, atomic), and a flag costs nothing per task.
     _stopped: bool = field(default=False, repr=False)
     _fanout: Any = field(default=None, repr=False)  # the worker's, for async handlers
+    #: where progress goes (the worker's buffer, or a child's pipe); None: kept only here
+    _report: Callable[[str], None] | None = field(default=None, repr=False)
 
     async def submit(
         self, task_type: str, payload: Any = None, *, queue: str | None = None, **opts: Any
@@ -94,11 +98,18 @@ class TaskContext:
             "queue": self.queue,
             "priority": self.priority,
             "type": self.type,
+            "headers": self.headers,
         }
 
     def progress(self, value: Any) -> None:
-        """Best effort progress report: kept on the context and logged at DEBUG."""
+        """Report progress that clients see in `Client.status(id).progress` while the task
+        runs (JSON, pydantic models in JSON form, at most MAX_PROGRESS_BYTES encoded;
+        ProgressNotStorable otherwise). Cheap to call often: the worker writes the latest
+        value at most once a second per task; it is removed when the attempt ends."""
+        encoded = encode_progress(value)
         self.last_progress = value
+        if self._report is not None:
+            self._report(encoded)
         self.logger.debug(
             "task %s progress %r",
             self.task_id,

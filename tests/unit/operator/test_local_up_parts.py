@@ -14,7 +14,7 @@ from kubeq.redis_server import port_is_free
 from kubeq_operator.autoscaler import Tick
 from kubeq_operator.backend import QueueRef
 from kubeq_operator.live import line, render
-from kubeq_operator.local import Snapshot
+from kubeq_operator.local import Snapshot, rate_over
 from kubeq_operator.local_backend import (
     CrashInfo,
     Ended,
@@ -80,6 +80,7 @@ def _snapshot(p99: float | None, crashes: CrashInfo | None = None) -> Snapshot:
         p99,
         [(7.2, "1 → 5: backlog 822 (ready 806 + in-flight 16) / target 200 → 5")],
         crashes or CrashInfo(0, None),
+        23456.0,
     )
 
 
@@ -93,6 +94,9 @@ def test_live_view_shows_p99_and_the_crash_reason_at_80_columns() -> None:
     ref = QueueRef("default", "telemetry")
     text = _text(render(ref, _snapshot(1.969), 8471), 80)
     assert "p99 1,969 ms" in text
+    assert "submitted 23,456/s" in text
+    assert "throughput 12,345/s" in text
+    assert "submitted=23456/s throughput=12345/s" in line(ref, _snapshot(None))
     assert "p50 54 ms" in text
     assert "dead-letter 7" in text
     crash = CrashInfo(3, "ModuleNotFoundError: No module named 'myapp'", 4.0)
@@ -142,3 +146,12 @@ def test_live_view_links_the_dashboard_and_shows_a_paused_queue() -> None:
     assert snap.stats is not None
     paused = replace(snap, stats=snap.stats.model_copy(update={"paused": True}))
     assert "PAUSED (kubeq resume)" in _text(render(ref, paused, None), 120)
+
+
+def test_rate_over_a_window_follows_the_counter_and_its_resets() -> None:
+    assert rate_over([], 10.0, 10.0) is None
+    assert rate_over([(9.0, 5)], 10.0, 10.0) is None
+    samples = [(0.0, 0), (2.0, 100), (4.0, 300), (6.0, 300)]
+    assert rate_over(samples, 6.0, 10.0) == 50.0
+    assert rate_over(samples, 14.0, 10.0) == 0.0  # only (4, 300) and (6, 300) are recent
+    assert rate_over([(0.0, 500), (1.0, 20), (2.0, 40)], 2.0, 10.0) == 20.0  # restarted at 0

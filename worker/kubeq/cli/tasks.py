@@ -89,6 +89,9 @@ def _print_task(task: Task) -> None:
         rows.append(("reason", task.reason))
     if task.error:
         rows.append(("error", f"{task.error.type}: {task.error.message}"))
+    if task.progress is not None:
+        value = json.dumps(task.progress.value, ensure_ascii=False)
+        rows.append(("progress", f"{value} (reported {fmt_time(task.progress.at)})"))
     rows.append(("payload", json.dumps(task.payload, ensure_ascii=False)))
     if task.status == TaskStatus.COMPLETED:
         rows.append(("result", json.dumps(task.result, ensure_ascii=False)))

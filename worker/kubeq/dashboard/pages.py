@@ -261,6 +261,10 @@ def task_detail(ns: str, queue: str, t: Task, now: int, writable: bool) -> str:
         ("cancel requested", "yes" if t.cancel_requested else "no"),
     ]
     body = table(["field", "value"], [[h(k), v] for k, v in fields], "detail")
+    if t.progress is not None:  # bounded (MAX_PROGRESS_BYTES) and escaped like a payload
+        reported = h(age(t.progress.at, now))
+        body += f"<h2 id=task-progress>progress <small>({reported} ago)</small></h2>"
+        body += shown_json(t.progress.value)
     body += "<h2>payload</h2>" + shown_json(t.payload)
     if t.error is not None:
         message = h(t.error.message, limit=MAX_SHOWN_CHARS)

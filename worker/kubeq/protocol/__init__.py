@@ -18,6 +18,7 @@ from kubeq.protocol.errors import (
     PayloadTooDeep,
     PayloadTooLarge,
     PermissionDenied,
+    ProgressNotStorable,
     ProtocolError,
     QueueFull,
     RedisOutOfMemory,
@@ -40,11 +41,13 @@ from kubeq.protocol.models import (
     Task,
     TaskError,
     TaskPage,
+    TaskProgress,
     TaskStatus,
     WorkerInfo,
 )
 from kubeq.protocol.ops import (
     MAX_PAYLOAD_DEPTH,
+    MAX_PROGRESS_BYTES,
     MAX_SCRIPT_BATCH,
     Claim,
     MalformedClaim,
@@ -56,6 +59,7 @@ from kubeq.protocol.ops import (
 
 __all__ = [
     "MAX_PAYLOAD_DEPTH",
+    "MAX_PROGRESS_BYTES",
     "MAX_SCRIPT_BATCH",
     "AsyncClient",
     "AuthenticationFailed",
@@ -77,6 +81,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "PriorityLevel",
+    "ProgressNotStorable",
     "ProtocolError",
     "QueueConfig",
     "QueueFull",
@@ -97,6 +102,7 @@ __all__ = [
     "TaskFailed",
     "TaskNotFound",
     "TaskPage",
+    "TaskProgress",
     "TaskRequest",
     "TaskStatus",
     "UnknownPriority",

@@ -88,20 +88,24 @@ def _details(ops: QueueOps, state: str, listed: list[tuple[str, int | None]]) ->
     """Rebuild each listed id as status() would (one pipeline); vanished ids are dropped."""
     k = ops.keys
     ids = [tid for tid, _ in listed]
-    records, attempts, holders, infos, cancels = yield Pipeline(
+    records, attempts, holders, infos, cancels, progress = yield Pipeline(
         (
             Command(("HMGET", k.tasks, *ids)),
             Command(("HMGET", k.attempts, *ids)),
             Command(("HMGET", k.holders, *ids)),
             Command(("HMGET", k.dead_info, *ids)),
             Command(("SMISMEMBER", k.cancelled, *ids)),
+            Command(("HMGET", k.progress, *ids)),
         )
     )
     out: list[Task] = []
     for i, (tid, score) in enumerate(listed):
         dead_at = score if state == "dead" else None
         due = score if state in ("scheduled", "retrying") else None
-        reply = [None, records[i], attempts[i], holders[i], dead_at, infos[i], due, cancels[i]]
+        reply = [
+            *(None, records[i], attempts[i], holders[i], dead_at, infos[i], due, cancels[i]),
+            progress[i],
+        ]
         try:
             out.append(parse_status(tid, reply))
         except errors.TaskNotFound:  # finished between the range read and this one

@@ -86,6 +86,7 @@ def _requests_for_submit(
     eta_ms: int | None,
     idempotency_key: str | None,
     max_attempts: int | None,
+    headers: Mapping[str, str] | None = None,
 ) -> list[TaskRequest]:
     return [
         TaskRequest(
@@ -96,6 +97,7 @@ def _requests_for_submit(
             eta_ms=eta_ms,
             idempotency_key=idempotency_key,
             max_attempts=max_attempts,
+            headers=headers,
         )
     ]
 
@@ -234,10 +236,11 @@ class Client(_Base):
         eta_ms: int | None = None,
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         """Enqueue one task and return its id (see docs/reference.md for the options)."""
         reqs = _requests_for_submit(
-            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
+            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts, headers
         )
         ids: list[str] = self.run(self.ops.submit_many(reqs, self.clock()))
         return ids[0]
@@ -561,9 +564,10 @@ class AsyncClient(_Base):
         eta_ms: int | None = None,
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> str:
         reqs = _requests_for_submit(
-            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts
+            type, payload, priority, delay, eta_ms, idempotency_key, max_attempts, headers
         )
         ids: list[str] = await self.run(self.ops.submit_many(reqs, self.clock()))
         return ids[0]

@@ -76,6 +76,10 @@ class ResultTooLarge(ResultNotStorable):
     """The encoded result is larger than the queue's maxResultBytes."""
 
 
+class ProgressNotStorable(InvalidTask):
+    """A `ctx.progress` value is not JSON, or larger than MAX_PROGRESS_BYTES encoded."""
+
+
 class QueueFull(KubeqError):
     """The queue's maxBacklog would be exceeded; nothing of the refused chunk was enqueued."""
 

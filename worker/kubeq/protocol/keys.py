@@ -69,6 +69,14 @@ class QueueKeys:
         return f"{self.prefix}claims:{worker}"
 
     @cached_property
+    def progress(self) -> str:
+        """HASH id -> '{"at": ms, "value": ...}': the running attempt's latest progress.
+
+        Written only by the lease holder (fenced), deleted by settle and reap with the lease.
+        """
+        return f"{self.prefix}progress"
+
+    @cached_property
     def attempts(self) -> str:
         """HASH id -> attempts charged so far."""
         return f"{self.prefix}attempts"
@@ -229,4 +237,5 @@ class QueueKeys:
             self.type_counters,
             *self.flow_keys,
             self.schedules,
+            self.progress,
         ]

@@ -30,6 +30,15 @@ class TaskError(BaseModel):
     traceback: str | None = None
 
 
+class TaskProgress(BaseModel):
+    """The latest `ctx.progress` value of a running attempt, and when it was stored (ms)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    value: Any = None
+    at: int
+
+
 class Task(BaseModel):
     """A task as the protocol sees it. Times are Unix epoch milliseconds."""
 
@@ -51,6 +60,8 @@ class Task(BaseModel):
     error: TaskError | None = None
     reason: str | None = None
     idempotency_key: str | None = None
+    #: string metadata given at submit (e.g. the W3C trace context of kubeq.otel)
+    headers: dict[str, str] | None = None
     result: Any = None
     cancel_requested: bool = False
     #: fencing token of the current lease (claimed tasks only)
@@ -61,6 +72,8 @@ class Task(BaseModel):
     feed: str | None = None
     #: the outcomes of the steps this step waited for, in declaration order
     inputs: list[Any] | None = None
+    #: the running attempt's latest `ctx.progress` report (None when none was stored)
+    progress: TaskProgress | None = None
 
 
 class ClaimedTask(BaseModel):

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -33,6 +33,7 @@ from kubeq.protocol.models import (
     ReapReport,
     Task,
     TaskError,
+    TaskProgress,
     TaskStatus,
     WorkerInfo,
 )
@@ -44,6 +45,14 @@ TASK_TYPE_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{{0,{MAX_TYPE_LENGTH - 1}}
 TASK_TYPE_RE = re.compile(TASK_TYPE_PATTERN)
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+#: Bounds of a task's `headers` (string metadata such as a W3C trace context).
+MAX_HEADERS = 16
+MAX_HEADERS_BYTES = 2048
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Largest `ctx.progress` value, in bytes of its JSON encoding: progress is a small status
+#: ("42 of 100 rows"), not a result channel; a bigger value is refused with
+#: ProgressNotStorable when the handler reports it.
+MAX_PROGRESS_BYTES = 2048
 #: Most tasks one script call handles (= MAX_BATCH in lua/_lib.lua). Every operation
 #: chunks a bigger request into several calls, so no script ever unpacks an unbounded table.
 MAX_SCRIPT_BATCH = 1000
@@ -94,6 +103,8 @@ class TaskRequest:
     idempotency_key: str | None = None
     max_attempts: int | None = None
     id: str | None = None
+    #: small string metadata carried in the record to the worker (e.g. a trace context)
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -300,12 +311,13 @@ class QueueOps:
         # Built by hand around the already-encoded payload: encoding it twice would double
         # the cost of the hot path.
         quoted_key = "null" if key is None else _dumps(key)
+        headers = "" if req.headers is None else f'"headers":{encode_headers(req.headers)},'
         level_name = self.levels[level - 1]
         record = (
             f'{{"id":"{task_id}{self._record_head}{type_literal},'
             f'"priority":"{level_name}","max_attempts":{max_attempts},'
             f'"created_at":{now},"due_at":{due},"idempotency_key":{quoted_key},'
-            f'"payload":{payload}}}'
+            f'{headers}"payload":{payload}}}'
         )
         meta_head = f"{level_name}|{max_attempts}|{due}"
         return task_id, level, delay_ms, eta_ms, key, meta_head, record, int(req.id is not None)
@@ -595,6 +607,30 @@ class QueueOps:
             cancelled += part_cancelled
         return HeartbeatReply(lost=lost, cancelled=cancelled)
 
+    def progress(self, worker: str, reports: Sequence[tuple[str, int, str]], now: int) -> Op:
+        """Store progress values: `reports` are (task id, token, value JSON from
+        `encode_progress`). Each is written only while `worker` holds that lease; returns
+        one bool per report (False: the lease is gone, the value was dropped)."""
+        for task_id, _token, value in reports:
+            if not value or utf8_size(value) > MAX_PROGRESS_BYTES:
+                raise errors.ProgressNotStorable(
+                    f"progress of task {task_id} must be 1..{MAX_PROGRESS_BYTES} bytes of JSON"
+                )
+        keys = [self.keys.holders, self.keys.progress]
+        written: list[bool] = []
+        for chunk in _chunks(reports):
+            args: list[str | int | float] = [
+                self._now_arg(now),
+                worker,
+                MAX_PROGRESS_BYTES,
+                len(chunk),
+            ]
+            for task_id, token, value in chunk:
+                args += [task_id, token, value]
+            reply = yield ScriptCall("progress", keys, args)
+            written += [bool(x) for x in reply]
+        return written
+
     def settle(self, settlements: Sequence[Settlement], now: int) -> Op:
         k = self.keys
         for s in settlements:
@@ -613,6 +649,7 @@ class QueueOps:
             k.results_expiry,
             *self._per_level3,
             *k.flow_keys,
+            k.progress,
         ]
         applied: list[bool] = []
         for chunk in _chunks(settlements):
@@ -801,6 +838,7 @@ class QueueOps:
             k.meta,
             *[x for i in range(len(self.levels)) for x in (self._ready[i], self._leases[i])],
             *k.flow_keys,
+            k.progress,
         ]
         report = ReapReport(requeued=[], dead=[], cancelled=[])
         for _ in range(rounds):
@@ -869,6 +907,7 @@ class QueueOps:
             k.cancelled,
             k.results_expiry,
             *self._delayed,
+            k.progress,
         ]
         reply = yield ScriptCall("status", keys, [task_id, len(self.levels), self._now_arg(now)])
         return parse_status(task_id, reply)
@@ -1078,6 +1117,61 @@ def _scored(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
     return list(_pairs(reply))
 
 
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """A task's headers as stored (JSON object), or InvalidTask: at most MAX_HEADERS
+    names of [A-Za-z0-9_.-] (1..64), string values, MAX_HEADERS_BYTES in all."""
+    if not isinstance(headers, Mapping):
+        raise errors.InvalidTask(f"headers must be a mapping of strings, got {headers!r:.100}")
+    if len(headers) > MAX_HEADERS:
+        raise errors.InvalidTask(f"headers has {len(headers)} entries; at most {MAX_HEADERS}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
+            raise errors.InvalidTask(f"header name {name!r:.100} must be 1-64 of [A-Za-z0-9_.-]")
+        if not isinstance(value, str):
+            raise errors.InvalidTask(f"header {name!r} must be a string, got {value!r:.100}")
+    encoded = _dumps(dict(headers))
+    try:
+        size = utf8_size(encoded)
+    except UnicodeEncodeError:
+        raise errors.InvalidText("a header value is not valid UTF-8") from None
+    if size > MAX_HEADERS_BYTES:
+        raise errors.InvalidTask(
+            f"headers are {size} bytes of JSON; the limit is {MAX_HEADERS_BYTES} bytes"
+        )
+    return encoded
+
+
+def encode_progress(value: Any) -> str:
+    """A progress value as stored: JSON (pydantic models in their JSON form), at most
+    MAX_PROGRESS_BYTES; ProgressNotStorable otherwise (raised to the reporting handler)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if json_depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+        raise errors.ProgressNotStorable(f"progress nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+    try:
+        encoded = _dumps(value)
+        size = utf8_size(encoded)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise errors.ProgressNotStorable(f"progress is not JSON: {exc}") from None
+    if size > MAX_PROGRESS_BYTES:
+        raise errors.ProgressNotStorable(
+            f"progress is {size} bytes of JSON; the limit is {MAX_PROGRESS_BYTES} bytes "
+            "(report a small status, return big data as the result)"
+        )
+    return encoded
+
+
+def parse_progress(raw: str | None) -> TaskProgress | None:
+    """A stored progress entry; None when absent or damaged (status never fails on it)."""
+    data = _loads_dict(raw)
+    if not data:
+        return None
+    try:
+        return TaskProgress.model_validate(data)
+    except ValidationError:
+        return None
+
+
 def _loads_dict(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw) if raw else {}
@@ -1134,7 +1228,8 @@ def terminal_task(task_id: str, terminal: str) -> Task:
 
 
 def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
-    terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply
+    terminal, record, attempts, holder, dead_at, dead_info, due, cancel = reply[:8]
+    progress = reply[8] if len(reply) > 8 else None
     if terminal:
         return terminal_task(task_id, terminal)
     if not record:
@@ -1150,7 +1245,11 @@ def parse_status(task_id: str, reply: Sequence[Any]) -> Task:
         token, rest = holder.split("|", 1)
         worker, started = rest.rsplit("|", 1)
         update.update(
-            status=TaskStatus.RUNNING, token=int(token), worker=worker, started_at=int(started)
+            status=TaskStatus.RUNNING,
+            token=int(token),
+            worker=worker,
+            started_at=int(started),
+            progress=parse_progress(progress),
         )
     elif due:
         update.update(

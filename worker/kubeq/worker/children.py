@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import importlib
 import logging
 import multiprocessing
@@ -27,7 +28,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
@@ -155,13 +156,16 @@ def child_main(
     if keepalive is not None:  # after the imports: those may take longer than a ping
         _start_watchdog(conn, keepalive, keepalive_timeout)
     conn.send(("ready", os.getpid()))
+    send_lock = threading.Lock()  # a handler may report progress from its own threads
     while True:
         try:
             module, qualname, payload, fields = conn.recv()
         except (EOFError, OSError):
             return
+        ctx = TaskContext(**fields)
+        ctx._report = functools.partial(_send_progress, conn, send_lock, ctx.task_id)
         try:
-            result = _resolve(module, qualname)(payload, TaskContext(**fields))
+            result = _resolve(module, qualname)(payload, ctx)
         except BaseException as exc:
             conn.send(("raise", *describe(exc)))
             continue
@@ -169,6 +173,11 @@ def child_main(
             conn.send(("ok", result))
         except BaseException as exc:  # send pickles first: a failed send wrote nothing
             conn.send(("unsendable", *describe(exc)))
+
+
+def _send_progress(conn: Connection, lock: threading.Lock, task_id: str, encoded: str) -> None:
+    with lock:
+        conn.send(("progress", task_id, encoded))
 
 
 # -- the worker's side ---------------------------------------------------------------------
@@ -312,14 +321,27 @@ class ChildPool:
             self._put_back(child)
 
     async def call(
-        self, child: Child, module: str, qualname: str, payload: Any, fields: Any
+        self,
+        child: Child,
+        module: str,
+        qualname: str,
+        payload: Any,
+        fields: Any,
+        on_progress: Callable[[str], None] | None = None,
     ) -> tuple[bool, Any]:
         """Run one handler call in `child`: (True, result) or (False, what it raised).
 
         A handler's exception is returned, not raised: it must not kill a healthy child.
+        Progress reports arriving meanwhile go to `on_progress`.
         """
         child.conn.send((module, qualname, payload, fields))
-        kind, *rest = await child.receive()
+        while True:
+            kind, *rest = await child.receive()
+            if kind != "progress":
+                break
+            # A thread the last handler left behind may still report: not this task's.
+            if on_progress is not None and rest[0] == fields.get("task_id"):
+                on_progress(rest[1])
         child.tasks += 1
         if kind == "ok":
             return True, rest[0]

@@ -42,6 +42,7 @@ from kubeq.protocol import ClaimedTask, MalformedClaim, QueueOps, Settlement, Ta
 from kubeq.protocol.workflow import step_payload
 from kubeq.worker.children import ChildPool, ResultNotSendable, StartMethod
 from kubeq.worker.deadlines import Deadlines, Scope
+from kubeq.worker.progress import ProgressBuffer
 
 Event = Literal["completed", "retried", "dead", "cancelled", "released"]
 MAX_TRACEBACK = 8000
@@ -150,6 +151,7 @@ class TaskRunner:
         child_max_tasks: int = 0,
         child_max_rss_bytes: int = 0,
         fanout: Any = None,
+        progress: ProgressBuffer | None = None,
         log_config: tuple[str, str] | None = None,
         child_keepalive: float | None = None,
     ) -> None:
@@ -164,6 +166,7 @@ class TaskRunner:
         self.default_timeout = default_timeout if default_timeout else app.default_timeout
         self.fanout = fanout  # ctx.submit for async handlers (kubeq.worker.fanout)
         self.deadlines = Deadlines()  # every running handler's timeout, one loop timer
+        self.progress = progress  # where ctx.progress reports go (None: nowhere)
         self.threads = ThreadPoolExecutor(thread_pool_size, thread_name_prefix="kubeq-task")
         self._thread_slots = asyncio.Semaphore(thread_pool_size)
         modules = sorted(
@@ -244,9 +247,12 @@ class TaskRunner:
             task.priority,
             task.type,
         )
+        ctx.headers = dict(task.headers or {})
         timeout = opts.timeout or self.default_timeout
         if opts.executor == "loop":
             ctx._fanout = self.fanout
+        if self.progress is not None:
+            ctx._report = functools.partial(self.progress.report, task.id, claimed.token)
         job.ctx = ctx
         hooks = self.app.middleware
         if hooks:
@@ -298,7 +304,12 @@ class TaskRunner:
             # The child is killed if anything escapes; the scope starts once it is ready.
             async with self.children.child() as child, run.start(timeout):
                 return await self.children.call(
-                    child, handle.__module__, handle.__qualname__, payload, ctx.fields()
+                    child,
+                    handle.__module__,
+                    handle.__qualname__,
+                    payload,
+                    ctx.fields(),
+                    ctx._report,
                 )
         if kind == "thread":
             await self._thread_slots.acquire()

@@ -36,6 +36,7 @@ from kubeq.worker.health import HealthInputs, Verdict, verdict
 from kubeq.worker.jobs import Job, cancel_all, new_worker_id
 from kubeq.worker.ledger import Ledger
 from kubeq.worker.maintenance import Maintenance
+from kubeq.worker.progress import PROGRESS_INTERVAL, ProgressBuffer
 from kubeq.worker.settings import WorkerSettings, idle_wait_cap
 from kubeq.worker.tally import TypeTally
 
@@ -105,6 +106,8 @@ class Worker:
             s.breaker_backoff_base_seconds,
             s.breaker_backoff_max_seconds,
         )
+        self.progress = ProgressBuffer()
+        self._progress_failing = False
         self.runner = TaskRunner(
             app,
             client.ops,
@@ -118,6 +121,7 @@ class Worker:
             child_max_tasks=s.child_max_tasks,
             child_max_rss_bytes=s.child_max_rss_mb * 1024 * 1024,
             fanout=FanOut(client, app),
+            progress=self.progress,
             log_config=(s.log_format, s.log_level),
             # A frozen worker's children stop before its lease can expire.
             child_keepalive=self.config.lease_seconds / 2,
@@ -215,6 +219,7 @@ class Worker:
             loop.create_task(self.claim_loop(), name="kubeq-claim"),
             loop.create_task(self.heartbeat_loop(), name="kubeq-heartbeat"),
             loop.create_task(self.maintenance.run(), name="kubeq-maintenance"),
+            loop.create_task(self.progress_loop(), name="kubeq-progress"),
         ]
         if self.settings.queue_config is None:
             tasks.append(loop.create_task(self.watch_config(), name="kubeq-config"))
@@ -363,6 +368,7 @@ class Worker:
                 except Exception:
                     log.exception("task %s: no outcome can be built; its lease will expire", ct.id)
         finally:
+            self.progress.forget(ct.id, ct.token)
             if self._running.get(ct.id) is job:
                 del self._running[ct.id]
             self._slot_freed.set()
@@ -441,6 +447,34 @@ class Worker:
                 await asyncio.sleep(min(interval, 0.5))
                 continue
             await asyncio.sleep(interval)
+
+    async def progress_loop(self) -> None:
+        """Write the handlers' latest progress reports, one batch per interval."""
+        while not self.closed:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            await self.breaker.wait()
+            await self.flush_progress()
+
+    async def flush_progress(self) -> None:
+        reports = self.progress.take()
+        if not reports:
+            return
+        try:
+            await self.client.run(self.client.ops.progress(self.id, reports, self.client.clock()))
+        except TRANSIENT as exc:
+            # Progress is best effort: keep the latest values for the next flush (bounded
+            # by the tasks running) and say so once per outage, never stopping the worker.
+            self.progress.put_back(reports)
+            if not self._progress_failing:
+                log.warning("progress not written (kept for the next flush): %s", exc)
+            self._progress_failing = True
+            return
+        except KubeqError as exc:  # refused for good (a bug): these values are dropped
+            log.error("progress of %d tasks dropped: %r", len(reports), exc)
+        except BaseException:
+            self.progress.put_back(reports)
+            raise
+        self._progress_failing = False
 
     def recancel(self) -> None:
         """Cancel again every job the worker stopped that still runs: an async handler

@@ -11,6 +11,7 @@
 -- KEYS[14 .. 13+2L] two keys per level, in level order: ready LIST, leases ZSET
 -- KEYS[14+2L .. 17+2L] flow HASH, flow_wait HASH, flows HASH, flows_expiry ZSET (a step
 --   dead-lettered or cancelled here fails its workflow, as in settle)
+-- KEYS[18+2L] progress HASH (the expired attempt's progress goes with its lease)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] L  ARGV[3] limit (expired leases in all, and
 -- expired results; at most MAX_BATCH)  ARGV[4] done channel  ARGV[5] result TTL ms
 -- ARGV[6] worker TTL ms  ARGV[7] the queue's max attempts (for a task without meta)
@@ -39,6 +40,7 @@ for lv = 1, L do
     local max_attempts = (m and m.max_attempts) or default_max
     redis.call('ZREM', leases, id)
     redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[18 + 2 * L], id)
     if not record then
       -- Nothing left to run (defensive: a foreign writer removed the record).
       redis.call('HDEL', KEYS[2], id)

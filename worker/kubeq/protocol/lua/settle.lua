@@ -8,6 +8,7 @@
 -- KEYS[12 .. 11+3L] three keys per level, in level order: ready LIST, delayed ZSET, leases ZSET
 -- KEYS[12+3L .. 15+3L] flow HASH, flow_wait HASH, flows HASH, flows_expiry ZSET (workflows:
 --   see flow_plan in _lib.lua; a step's end moves its workflow on in this same script)
+-- KEYS[16+3L] progress HASH (an attempt's progress ends with it: deleted for every id applied)
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] result TTL ms  ARGV[3] L  ARGV[4] N (at most
 -- MAX_BATCH)  ARGV[5] done channel  ARGV[6] dead-letter retention ms
 -- then N tuples of 7: id, token, worker id, level index, action, delay ms, outcome JSON
@@ -180,6 +181,7 @@ for key, members in pairs(release_front) do
   sliced('LPUSH', KEYS[key], rev)
 end
 sliced('HDEL', KEYS[3], gone_holders)
+sliced('HDEL', KEYS[16 + 3 * L], gone_holders)
 -- The cancel flag goes only with a terminal ending (the others were turned into one).
 if any_flagged then
   sliced('SREM', KEYS[5], gone_holders)
