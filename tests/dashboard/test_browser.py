@@ -89,6 +89,7 @@ def test_queue_page_numbers_match_redis(browser: WebDriver, dashboard: Served) -
     browser.get(dashboard.url + "/")
     assert "default/default" in browser.find_element(By.CSS_SELECTOR, "table.queues").text
     browser.find_element(By.LINK_TEXT, "default/default").click()
+    WebDriverWait(browser, 10).until(ec.url_contains("/q/default/default"))
     stats = c.stats()
     assert _stat(browser, "backlog") == stats.backlog
     assert _stat(browser, "dead") == stats.dead
@@ -107,6 +108,7 @@ def test_queue_page_numbers_match_redis(browser: WebDriver, dashboard: Served) -
     _shot(browser, "queue")
     # The worker's running task links to that task's page.
     browser.find_element(By.CSS_SELECTOR, "table.workers a").click()
+    WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.ID, "task-state")))
     assert browser.find_element(By.ID, "task-state").text == "running"
     assert running[0].id in browser.title
 
@@ -117,7 +119,8 @@ def test_task_search_and_detail(browser: WebDriver, dashboard: Served) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")
     assert len(rows) == dashboard.client.stats().dead == 1
     browser.find_element(By.LINK_TEXT, dead).click()
-    assert browser.find_element(By.ID, "task-state").text == "dead"
+    state_is_dead = ec.text_to_be_present_in_element((By.ID, "task-state"), "dead")
+    WebDriverWait(browser, 10).until(state_is_dead)
     assert "ValueError: bad input" in browser.find_element(By.ID, "task-error").text
     assert "Traceback" in browser.find_element(By.CSS_SELECTOR, "pre.traceback").text
     _shot(browser, "task")
@@ -173,5 +176,8 @@ def test_a_wrong_token_changes_nothing(browser: WebDriver, dashboard: Served) ->
     token.clear()
     token.send_keys("wrong-token-wrong-token")
     form.find_element(By.TAG_NAME, "button").click()
-    assert "Wrong or missing token" in browser.find_element(By.ID, "error").text
+    # The refusal is a new page: wait for it rather than read the old one mid-navigation.
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.ID, "error"), "Wrong or missing token")
+    )
     assert dashboard.client.stats().paused is False
