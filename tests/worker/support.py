@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -11,12 +12,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubeq.app import App
 from kubeq.protocol import Backoff, QueueConfig
 from kubeq.redis_server import free_port
 
@@ -176,3 +178,23 @@ class WorkerProcess:
 def holder_of(status_worker: str | None, proc: WorkerProcess) -> bool:
     """Worker ids are `host-pid-rand`: is this task held by that process?"""
     return bool(status_worker) and f"-{proc.pid}-" in str(status_worker)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    redis_url: str, config: QueueConfig, app: App, **settings: Any
+) -> AsyncIterator[asyncio.Event]:
+    """A real worker (kubeq.worker.serve) on this loop for the block; yields its stop event.
+    On leaving, it drains and must exit 0 within 30 s."""
+    from kubeq.worker import WorkerSettings, serve
+
+    ws = WorkerSettings(
+        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0, **settings
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(ws, app, stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0

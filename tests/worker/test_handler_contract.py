@@ -4,30 +4,18 @@ that attempt's outcome, for that task alone. Only the worker itself releases a t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+import functools
 from typing import Any
 
 import kubeq_test_apps
 import pytest
-from support import queue_config, until
+from support import queue_config, serving, until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.worker import WorkerSettings, serve
 
-
-@contextlib.asynccontextmanager
-async def worker(redis_url: str, config: QueueConfig, **settings: Any) -> AsyncIterator[None]:
-    ws = WorkerSettings(
-        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0, **settings
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
+# A real worker on this loop for the block (support.serving), running kubeq_test_apps.app.
+worker = functools.partial(serving, app=kubeq_test_apps.app)
 
 
 @pytest.fixture

@@ -5,15 +5,14 @@ rate-limited flush; it is bounded, and it goes when the attempt ends."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import kubeq_test_apps
 import pytest
-from support import queue_config, until
+from support import queue_config, serving, until
 
 from kubeq.protocol import (
     MAX_PROGRESS_BYTES,
@@ -24,22 +23,10 @@ from kubeq.protocol import (
     TaskStatus,
 )
 from kubeq.redis_server import RedisServer, free_port
-from kubeq.worker import WorkerSettings, serve
 from kubeq.worker.progress import PROGRESS_INTERVAL, ProgressBuffer
 
-
-@contextlib.asynccontextmanager
-async def worker(redis_url: str, config: QueueConfig, **settings: Any) -> AsyncIterator[None]:
-    ws = WorkerSettings(
-        redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0, **settings
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(ws, kubeq_test_apps.app, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
+# A real worker on this loop for the block (support.serving), running kubeq_test_apps.app.
+worker = functools.partial(serving, app=kubeq_test_apps.app)
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ span. Tested with the SDK's InMemorySpanExporter. The stock install never import
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,12 +17,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from support import REPO, queue_config, until
+from support import REPO, queue_config, serving, until
 
 from kubeq import App, Permanent, TaskContext
 from kubeq.otel import TracingMiddleware
 from kubeq.protocol import Client, InvalidTask, QueueConfig
-from kubeq.worker import WorkerSettings, serve
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -56,16 +53,8 @@ def traced_sync(payload: Any, ctx: TaskContext) -> dict[str, str]:
     return ctx.headers  # a child process sees the headers too
 
 
-@contextlib.asynccontextmanager
-async def worker(redis_url: str, config: QueueConfig) -> AsyncIterator[None]:
-    ws = WorkerSettings(redis_url=redis_url, queue=config.name, queue_config=config, metrics_port=0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(ws, app, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
+# A real worker on this loop for the block (support.serving), running app.
+worker = functools.partial(serving, app=app)
 
 
 @pytest.fixture
