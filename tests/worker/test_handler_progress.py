@@ -126,6 +126,10 @@ async def test_progress_reported_while_redis_is_down_is_written_once_it_is_back(
                 server.start()
                 p = await until(lambda: _progress_or_none(c, tid), 20, "the kept progress")
                 assert p == {"reported": "while redis was down"}
+                # ...and the outage cost no lease (see test_every_breaker_probe_reports...)
+                task = c.status(tid)
+                assert task.status == TaskStatus.RUNNING
+                assert task.attempts == 1
                 c.cancel(tid)
     finally:
         server.close()

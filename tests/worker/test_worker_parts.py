@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 
 import kubeq_test_apps
 import pytest
+import redis.exceptions
 from support import queue_config
 
 from kubeq.app import App, TaskContext, load_app
@@ -163,6 +165,62 @@ def test_breaker_opens_backs_off_with_jitter_and_probes_once() -> None:
     for _ in range(20):
         b.opened += 1
         assert b.backoff() <= 8.0
+
+
+async def test_every_breaker_probe_reports_whatever_its_body_does() -> None:
+    """A half-open probe that never reported once starved the heartbeats for the whole
+    probe window (a progress flush took it): `attempt()` reports every outcome itself."""
+    now = [0.0]
+    b = CircuitBreaker(1, 1.0, 8.0, rng=random.Random(2), clock=lambda: now[0])
+
+    def reopen() -> None:
+        b.record_failure()
+        now[0] += 10.0  # past the backoff: the next caller probes
+
+    reopen()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        async with b.attempt():
+            raise redis.exceptions.ConnectionError("down")
+    assert b.state == "open"  # a transient failure re-opens
+
+    now[0] += 10.0
+    with pytest.raises(redis.exceptions.ResponseError):
+        async with b.attempt():
+            raise redis.exceptions.ResponseError("refused")
+    assert b.state == "closed"  # Redis answered: it is reachable
+
+    reopen()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def probe() -> None:
+        async with b.attempt():
+            started.set()
+            await release.wait()
+
+    t = asyncio.create_task(probe())
+    await started.wait()
+    assert b.state == "half_open"
+    assert not b.allow()
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    async with asyncio.timeout(1):  # the cancelled probe's turn is free at once
+        await b.ready()
+        async with b.attempt():
+            pass
+    assert b.state == "closed"
+
+    reopen()
+    now[0] -= 9.99  # still open
+    waiter = asyncio.create_task(b.ready())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    now[0] += 1.0
+    async with asyncio.timeout(2):
+        await waiter
+    assert b.state == "open"  # ready() took no turn
+    assert b.allow()
+    assert b.state == "half_open"
 
 
 def test_metrics_have_the_documented_names_and_bounded_labels() -> None:

@@ -16,25 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import redis.exceptions
-
-from kubeq.protocol import ConnectionFailed, Settlement
-from kubeq.protocol import errors as protocol_errors
-from kubeq.worker.breaker import CircuitBreaker
+from kubeq.protocol import Settlement
+from kubeq.worker.breaker import TRANSIENT, CircuitBreaker
 
 log = logging.getLogger("kubeq.worker.batcher")
-
-#: errors that mean "Redis is not there right now", as opposed to a refused request
-TRANSIENT: tuple[type[BaseException], ...] = (
-    ConnectionFailed,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.OutOfMemoryError,  # Redis refuses writes until memory frees up
-    OSError,
-    protocol_errors.RedisOutOfMemory,
-)
 
 
 class HasSettlement(Protocol):
@@ -127,12 +112,11 @@ class SettleBatcher:
     async def _send(self, batch: list[HasSettlement]) -> list[bool | None]:
         settlements = [item.settlement for item in batch]
         while not self._stopped:
-            await self.breaker.wait()
             try:
-                applied = await self.client.settle(settlements)
+                async with self.breaker.attempt():
+                    applied = await self.client.settle(settlements)
             except TRANSIENT as exc:
                 self.on_error()
-                self.breaker.record_failure()
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 log.warning("settle of %d tasks failed, will retry: %s", len(batch), exc)
@@ -149,7 +133,6 @@ class SettleBatcher:
                     settlements[0].task_id,
                 )
                 return [None]
-            self.breaker.record_success()
             self.failing_since = None
             self.last_applied = time.monotonic()
             return list(applied)

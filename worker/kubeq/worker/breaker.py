@@ -4,6 +4,10 @@ closed -> (N failures) -> open -> (jittered backoff elapsed) -> half-open: one p
 time -> success closes, failure re-opens with a longer backoff. Every loop of the worker
 (claim, heartbeat, settle, maintenance) shares one breaker, so an outage costs a few
 probes per second in total rather than a storm of reconnects.
+
+Calls go through `attempt()`, which reports every outcome itself: a probe whose caller
+forgot to report (or was cancelled) would hold the breaker half-open and starve every
+other loop, heartbeats included, until leases expire.
 """
 
 from __future__ import annotations
@@ -11,10 +15,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Literal
 
+import redis.exceptions
+
+from kubeq.protocol import ConnectionFailed
+from kubeq.protocol import errors as protocol_errors
+
 State = Literal["closed", "open", "half_open"]
+
+#: errors that mean "Redis is not there right now", as opposed to a refused request
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionFailed,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,  # Redis refuses writes until memory frees up
+    OSError,
+    protocol_errors.RedisOutOfMemory,
+)
 
 
 class CircuitBreaker:
@@ -80,9 +102,40 @@ class CircuitBreaker:
             return max(0.0, self.retry_at - self.clock())
         return 0.0 if self.state == "closed" else 0.05
 
-    async def wait(self) -> None:
-        """Until a call may go out."""
+    def _probe_free(self) -> bool:
+        now = self.clock()
+        if self.state == "open":
+            return now >= self.retry_at
+        return self.state == "closed" or now >= self._probe_until
+
+    async def _poll(self, until: Callable[[], bool]) -> None:
+        # Polled, not signalled: the backoff is time-based and the clock injectable.
         while True:
-            if self.allow():
+            if until():
                 return
             await asyncio.sleep(min(max(self.delay(), 0.01), 1.0))
+
+    async def ready(self) -> None:
+        """Until a call could go out; takes no turn (`attempt()` does), so a caller that
+        decides not to call after all holds nothing."""
+        await self._poll(self._probe_free)
+
+    @asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        """Wait for a turn, run the body (Redis calls; at least one), report the outcome:
+        a transient error is a failure; a return, or an error Redis itself answered with,
+        is a success (Redis is reachable); a cancelled body gives its probe turn back."""
+        await self._poll(self.allow)
+        try:
+            yield
+        except TRANSIENT:
+            self.record_failure()
+            raise
+        except Exception:
+            self.record_success()
+            raise
+        except BaseException:
+            if self.state == "half_open":
+                self._probe_until = 0.0
+            raise
+        self.record_success()

@@ -15,8 +15,7 @@ import random
 from collections.abc import Callable
 
 from kubeq.protocol import AsyncClient
-from kubeq.worker.batcher import TRANSIENT
-from kubeq.worker.breaker import CircuitBreaker
+from kubeq.worker.breaker import TRANSIENT, CircuitBreaker
 
 log = logging.getLogger("kubeq.worker.maintenance")
 
@@ -62,15 +61,12 @@ class Maintenance:
     async def run(self) -> None:
         while not self.stopped:
             await asyncio.sleep(self.interval * self.rng.uniform(0.8, 1.2))
-            await self.breaker.wait()
             try:
-                await self.run_once()
+                async with self.breaker.attempt():
+                    await self.run_once()
             except TRANSIENT as exc:
                 self.on_error()
-                self.breaker.record_failure()
                 log.debug("maintenance skipped, Redis unavailable: %s", exc)
             except Exception:
                 self.on_error()
                 log.exception("maintenance round failed")
-            else:
-                self.breaker.record_success()

@@ -15,7 +15,7 @@ from kubeq.app import App, load_app
 from kubeq.metrics import Families, WorkerMetrics
 from kubeq.protocol import AsyncClient, KubeqError, policy_problem
 from kubeq.protocol.connection import redacted
-from kubeq.worker.batcher import TRANSIENT
+from kubeq.worker.breaker import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
 from kubeq.worker.logs import configure_logging

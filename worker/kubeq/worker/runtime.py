@@ -28,8 +28,8 @@ from kubeq.protocol import (
     system_clock,
 )
 from kubeq.protocol.ops import Command, Op, Pipeline
-from kubeq.worker.batcher import TRANSIENT, SettleBatcher
-from kubeq.worker.breaker import CircuitBreaker
+from kubeq.worker.batcher import SettleBatcher
+from kubeq.worker.breaker import TRANSIENT, CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
 from kubeq.worker.fanout import FanOut
 from kubeq.worker.health import HealthInputs, Verdict, verdict
@@ -253,9 +253,9 @@ class Worker:
                 self.config_changed.set()
 
     def _redis_failed(self, what: str, exc: BaseException) -> None:
+        """Count and log; the breaker already heard of it through `attempt()`."""
         self.metrics.redis_errors.inc()
         if isinstance(exc, TRANSIENT):
-            self.breaker.record_failure()
             log.warning("%s failed, Redis unavailable: %s", what, exc)
         else:
             log.error("%s failed: %r", what, exc)
@@ -272,12 +272,13 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            await self.breaker.wait()
+            await self._interruptible(self.breaker.ready())  # drain must not wait it out
             if not self.claiming():
                 break
             n = min(free, batch) if batch else free
             try:
-                claim = await self.client.claim(self.id, n, claim_id=claim_id)
+                async with self.breaker.attempt():
+                    claim = await self.client.claim(self.id, n, claim_id=claim_id)
             except Exception as exc:
                 self._redis_failed("claim", exc)
                 if not isinstance(exc, TRANSIENT):
@@ -285,7 +286,6 @@ class Worker:
                     await self._idle(self.idle_wait, blpop=False)
                 continue
             claim_id = new_claim_id()
-            self.breaker.record_success()
             for m in claim.malformed:
                 self.ledger.hold(m.task_id, m.token, m.level_index)
                 out = self.runner.malformed(m)
@@ -316,11 +316,8 @@ class Worker:
     def _idle_timeout(self) -> float:
         return self.ledger.idle_timeout(self.idle_wait, system_clock())
 
-    async def _idle(self, timeout: float, *, blpop: bool) -> None:
-        """Block until work is signalled or `timeout`; drain interrupts it."""
-        aw: Awaitable[object] = (
-            self.client.wait_for_work(timeout) if blpop else asyncio.sleep(timeout)
-        )
+    async def _interruptible(self, aw: Awaitable[object]) -> asyncio.Future[object]:
+        """Await `aw` unless `stop_claiming()` cancels it first; returns it, done."""
         waiter = self._idle_task = asyncio.ensure_future(aw)
         try:
             await asyncio.wait((waiter,))
@@ -328,10 +325,20 @@ class Worker:
             self._idle_task = None
             if not waiter.done():  # we were cancelled: so is the wait
                 waiter.cancel()
+        return waiter
+
+    async def _idle(self, timeout: float, *, blpop: bool) -> None:
+        """Block until work is signalled or `timeout`; drain interrupts it."""
+        aw: Awaitable[object] = (
+            self.client.wait_for_work(timeout) if blpop else asyncio.sleep(timeout)
+        )
+        waiter = await self._interruptible(aw)
         if waiter.cancelled() or not blpop:
             return
-        exc = waiter.exception()
+        exc = waiter.exception()  # not gated by the breaker (it waits, not probes)
         if exc is not None:
+            if isinstance(exc, TRANSIENT):
+                self.breaker.record_failure()
             self._redis_failed("wait for work", exc)
         else:
             self.breaker.record_success()
@@ -437,11 +444,12 @@ class Worker:
     async def heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_seconds
         while not self.closed:
-            await self.breaker.wait()
+            await self.breaker.ready()
             self.recancel()
             try:
-                await self.heartbeat()
-                await self.probe_backlog()
+                async with self.breaker.attempt():
+                    await self.heartbeat()
+                    await self.probe_backlog()
             except Exception as exc:
                 self._redis_failed("heartbeat", exc)
                 await asyncio.sleep(min(interval, 0.5))
@@ -452,15 +460,20 @@ class Worker:
         """Write the handlers' latest progress reports, one batch per interval."""
         while not self.closed:
             await asyncio.sleep(PROGRESS_INTERVAL)
-            await self.breaker.wait()
             await self.flush_progress()
 
     async def flush_progress(self) -> None:
-        reports = self.progress.take()
+        if not len(self.progress):
+            return
+        await self.breaker.ready()
+        reports = self.progress.take()  # after the wait: the latest values
         if not reports:
             return
         try:
-            await self.client.run(self.client.ops.progress(self.id, reports, self.client.clock()))
+            async with self.breaker.attempt():
+                await self.client.run(
+                    self.client.ops.progress(self.id, reports, self.client.clock())
+                )
         except TRANSIENT as exc:
             # Progress is best effort: keep the latest values for the next flush (bounded
             # by the tasks running) and say so once per outage, never stopping the worker.
@@ -496,7 +509,6 @@ class Worker:
         held = self.ledger.held()
         sent = {tid: token for tid, token, _ in held}
         reply = await self.client.heartbeat(self.id, held, self.info())
-        self.breaker.record_success()
         await self.flush_tally()
         for tid in reply.lost:
             if self.ledger.is_settling(tid, sent[tid]):
