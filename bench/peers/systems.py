@@ -1,7 +1,8 @@
 """How each system is run: its worker command, its producer command, its environment.
 
 Peers run from the bench-only environments made by setup.sh (.peers-venv, .peers-node);
-kubeq runs from the project's own interpreter. Configurations are each system's usual
+kubeq from .kubeq-venv (`kubeq[fast]` as a user installs it, editable: this tree's code),
+or the project's own interpreter when that is missing. Configurations are each system's usual
 single-process one (the settings the peers' docs suggest, defaults otherwise).
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 PEERS_BIN = HERE / ".peers-venv" / "bin"
+KUBEQ_PY = HERE / ".kubeq-venv" / "bin" / "python"
 NODE = "/usr/bin/node"
 
 
@@ -32,7 +34,7 @@ def _peer(tool: str) -> str:
 
 
 def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
-    py = sys.executable  # the project's interpreter (kubeq is installed there)
+    py = str(KUBEQ_PY) if KUBEQ_PY.exists() else sys.executable
     kubeq_env = {
         "KUBEQ_APP": "kubeq_app:app",
         "KUBEQ_QUEUE": "bench",

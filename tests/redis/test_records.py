@@ -95,3 +95,30 @@ def test_each_unparseable_task_is_malformed_alone_and_the_rest_run(client: Clien
     assert sorted(dead) == sorted(ids[1:5])
     assert all(t.reason == "malformed_record" for t in dead.values())
     assert client.status(ids[5]).result == "ok"
+
+
+def test_a_record_cannot_choose_its_own_lease_fields(client: Client) -> None:
+    """The claim parser appends the lease's fields to the record's JSON text: whatever
+    the record says of id, attempts, token, status or worker, the lease's values win; a
+    record that tries to close the object early or smuggle a string is malformed."""
+    ids = client.submit_many([{"type": "t", "payload": i} for i in range(5)])
+    forged = (
+        '{"id":"other","queue":"default/q","type":"t","priority":"default",'
+        '"max_attempts":3,"created_at":1,"due_at":1,"attempts":99,"token":12345,'
+        '"status":"completed","worker":"evil","started_at":7}'
+    )
+    _corrupt(client, ids[0], forged)
+    _corrupt(client, ids[1], " \n" + forged + " \t")  # whitespace around the object is fine
+    _corrupt(client, ids[2], "{}")  # an empty object: malformed (fields missing), not a crash
+    _corrupt(client, ids[3], '{"type":"t","x":"}')  # ends inside a string
+    _corrupt(client, ids[4], '{"type":"t"}}')  # closes twice
+    claim = client.claim("w", 5)
+    assert sorted(m.task_id for m in claim.malformed) == sorted(ids[2:])
+    assert [c.id for c in claim.tasks] == ids[:2]
+    for c in claim.tasks:
+        assert c.task.id == c.id
+        assert c.task.attempts == 1
+        assert c.task.token == c.token != 12345
+        assert c.task.status == TaskStatus.RUNNING
+        assert c.task.worker == "w"
+        assert c.task.started_at != 7

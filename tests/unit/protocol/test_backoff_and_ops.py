@@ -5,6 +5,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubeq.protocol import (
     Backoff,
@@ -194,3 +196,28 @@ def test_task_types_follow_the_safe_pattern(bad: str) -> None:
 @pytest.mark.parametrize("good", ["t", "telemetry.ingest", "images/resize:v2", "a_b-c+d@e"])
 def test_task_types_of_the_safe_pattern_are_accepted(good: str) -> None:
     assert _ops().encode_task(TaskRequest(type=good), now=0)[6]
+
+
+@given(
+    status=st.sampled_from(["completed", "cancelled"]),
+    now=st.integers(min_value=0, max_value=2**53),
+    started_at=st.none() | st.integers(min_value=0, max_value=2**53),
+    worker=st.none() | st.text(max_size=40),  # any text, lone surrogates included
+    attempts=st.integers(min_value=0, max_value=10_000),
+)
+def test_the_fast_outcome_of_a_plain_ending_is_the_encoders_outcome(
+    status: str, now: int, started_at: int | None, worker: str | None, attempts: int
+) -> None:
+    """`completion` without a result or reason skips the JSON encoder: its text must decode
+    to what the general path stores, and be storable (UTF-8) whatever the worker id."""
+    ops = QueueOps(QueueConfig(name="t", priorities=[{"name": "high"}]))
+    task = Task(
+        id="a", queue="default/t", type="x", priority="high", max_attempts=3, created_at=0,
+        due_at=0, attempts=attempts, started_at=started_at, worker=worker,
+    )  # fmt: skip
+    claimed = ClaimedTask(task=task, token=9, level_index=1)
+    fast = ops.completion(claimed, None, now, status=status).outcome
+    general = ops.completion(claimed, None, now, status=status, reason="x").outcome
+    fast.encode("utf-8")  # storable: no lone surrogate survives
+    expected = json.loads(general) | {"reason": None}
+    assert json.loads(fast) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -76,10 +77,12 @@ class Task(BaseModel):
     progress: TaskProgress | None = None
 
 
-class ClaimedTask(BaseModel):
-    """What a claim hands to a worker: the task plus its lease's fencing token."""
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """What a claim hands to a worker: the task plus its lease's fencing token.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass, not a model: one is built per claimed task, and its parts are
+    validated already (the task by `Task`, the numbers by the claim's parser)."""
 
     task: Task
     token: int

@@ -24,6 +24,7 @@ run in supervised child processes that are killed when the worker stops them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
 import random
@@ -416,8 +417,8 @@ class TaskRunner:
         effective = self.max_attempts(claimed, handle)
         policy_view = claimed
         if effective != claimed.task.max_attempts:
-            policy_view = claimed.model_copy(
-                update={"task": claimed.task.model_copy(update={"max_attempts": effective})}
+            policy_view = dataclasses.replace(
+                claimed, task=claimed.task.model_copy(update={"max_attempts": effective})
             )
         s = self.ops.failure(
             policy_view,
