@@ -32,9 +32,11 @@ from kubeq.protocol.ops import (
     MAX_SCRIPT_BATCH,
     Claim,
     Command,
+    MappedRequest,
     Op,
     QueueOps,
     Request,
+    RequestFields,
     ScriptCall,
     Settlement,
     TaskRequest,
@@ -69,11 +71,11 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _as_request(item: TaskRequest | Mapping[str, Any]) -> TaskRequest:
+def _as_request(item: TaskRequest | Mapping[str, Any]) -> RequestFields:
     if isinstance(item, TaskRequest):
         return item
     try:
-        return TaskRequest(**item)
+        return MappedRequest(**item)
     except TypeError as exc:
         raise errors.InvalidTask(f"bad task request {dict(item)!r}: {exc}") from None
 
