@@ -26,7 +26,7 @@ from signal import SIGTERM
 from kubeq.protocol import QueueConfig
 from kubeq.redis_server import die_with_parent, free_port
 from kubeq_operator.backend import PoolView, QueueRef
-from kubeq_operator.manifests import config_hash, queue_config_json
+from kubeq_operator.manifests import config_hash, queue_config_json, worker_grace_seconds
 from kubeq_operator.spec import TaskQueueSpec
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,9 @@ class LocalBackend:
             "KUBEQ_METRICS_HOST": "127.0.0.1",
             "KUBEQ_LOG_FORMAT": self.log_format,
             # The worker drains within its share of the grace period, as in a Pod.
-            "KUBEQ_GRACE_SECONDS": str(max(1, spec.worker.termination_grace_period_seconds - 2)),
+            "KUBEQ_GRACE_SECONDS": str(
+                worker_grace_seconds(spec.worker.termination_grace_period_seconds)
+            ),
             "KUBEQ_QUEUE_CONFIG": queue_config_json(pool.config),
             "PYTHONUNBUFFERED": "1",
         }

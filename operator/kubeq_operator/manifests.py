@@ -126,6 +126,13 @@ def queue_config_json(config: QueueConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def worker_grace_seconds(termination_grace_period_seconds: int) -> int:
+    """The worker's drain budget (KUBEQ_GRACE_SECONDS) inside the pod's termination grace
+    period: 2 s short of it, for the process to exit before the kubelet's SIGKILL, so
+    what is still running is released rather than left to lease expiry."""
+    return max(1, termination_grace_period_seconds - 2)
+
+
 def config_hash(config: QueueConfig) -> str:
     return hashlib.sha256(queue_config_json(config).encode()).hexdigest()[:16]
 
@@ -240,8 +247,12 @@ def build_deployment(
         },
         {"name": "KUBEQ_METRICS_PORT", "value": str(worker.metrics_port)},
         {"name": "KUBEQ_QUEUE_CONFIG", "value": queue_config_json(config)},
-        *(e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or ()),
     ]
+    user_env = [e.model_dump(by_alias=True, exclude_none=True) for e in worker.env or ()]
+    if not any(e.get("name") == "KUBEQ_GRACE_SECONDS" for e in user_env):
+        grace = worker_grace_seconds(worker.termination_grace_period_seconds)
+        env.append({"name": "KUBEQ_GRACE_SECONDS", "value": str(grace)})
+    env += user_env
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
     ca = spec.redis.tls.ca_secret_ref

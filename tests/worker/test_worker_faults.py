@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,5 +184,44 @@ def test_redis_restart_loses_no_task_and_workers_recover(
             assert w.wait() == 0, w.log()
     finally:
         for w in workers:
+            w.stop()
+        server.close()
+
+
+@pytest.mark.parametrize("phase", ["running", "settling"])
+def test_sigterm_with_redis_gone_exits_within_the_grace_period(
+    config: QueueConfig, tmp_path: Path, phase: str
+) -> None:
+    """KUBEQ_GRACE_SECONDS is the whole budget from SIGTERM to exit (Kubernetes kills the pod
+    when terminationGracePeriodSeconds runs out): every wait of the drain (the claim in
+    flight, the handlers, the release, the settle flush, the farewell) fits in it, also
+    when Redis is gone and none of them can succeed. Nothing is lost: the leases expire
+    and the reaper hands the tasks out again."""
+    grace = 3.0
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(appendonly=True, port=free_port(), directory=tmp_path / "redis")
+    server.start()
+    w = None
+    try:
+        w = WorkerProcess(
+            server.url, config, tmp_path, concurrency=2,
+            env={"KUBEQ_GRACE_SECONDS": str(grace)},
+        )  # fmt: skip
+        w.wait_ready()
+        with Client.from_url(server.url, config.name, config=config) as c:
+            seconds = 60 if phase == "running" else 0.5  # settling: done while Redis is gone
+            tid = c.submit("sleep", {"seconds": seconds})
+            wait_until(lambda: c.status(tid).status == TaskStatus.RUNNING, what="running")
+        server.stop()
+        if phase == "settling":
+            time.sleep(1.0)  # the handler finished; its settle keeps failing
+        started = time.monotonic()
+        w.signal(signal.SIGTERM)
+        code = w.wait(30)
+        took = time.monotonic() - started
+        assert took < grace + 1.0, f"exit took {took:.1f}s with grace {grace}s\n{w.log()}"
+        assert code == 0, w.log()
+    finally:
+        if w is not None:
             w.stop()
         server.close()

@@ -187,6 +187,29 @@ def test_deployment_basics(name: str, spec: TaskQueueSpec) -> None:
     assert d["metadata"]["annotations"][m.CONFIG_HASH_ANNOTATION] == digest
 
 
+@pytest.mark.parametrize("termination", [1, 2, 3, 10, 60, 86400])
+def test_the_worker_drains_within_the_pods_termination_grace_period(termination: int) -> None:
+    """The kubelet SIGKILLs at terminationGracePeriodSeconds; the worker's own drain
+    budget (KUBEQ_GRACE_SECONDS, 30 s when unset) must end before it, or a short period
+    kills workers before they release their tasks."""
+    spec = parse_spec(
+        BASE | {"worker": {**BASE["worker"], "terminationGracePeriodSeconds": termination}}
+    )
+    env = _env(m.build_deployment("q", "prod", spec, replicas=None))
+    grace = int(env["KUBEQ_GRACE_SECONDS"]["value"])
+    assert grace >= 1
+    assert grace <= max(1, termination - 2)
+    assert grace >= termination - 2  # and not needlessly short
+
+
+def test_a_grace_the_author_sets_is_kept_once() -> None:
+    worker = {**BASE["worker"], "env": [{"name": "KUBEQ_GRACE_SECONDS", "value": "5"}]}
+    c = _container(
+        m.build_deployment("q", "prod", parse_spec(BASE | {"worker": worker}), replicas=None)
+    )
+    assert [e["value"] for e in c["env"] if e["name"] == "KUBEQ_GRACE_SECONDS"] == ["5"]
+
+
 def test_hardened_by_default() -> None:
     d = m.build_deployment("q", "prod", parse_spec(BASE), replicas=None)
     pod = d["spec"]["template"]["spec"]

@@ -84,10 +84,10 @@ class SettleBatcher:
             return False
         return True
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         self._stopped = True
         if self._task is not None:
-            deadline = asyncio.get_running_loop().time() + 5
+            deadline = asyncio.get_running_loop().time() + timeout
             while not self._task.done() and asyncio.get_running_loop().time() < deadline:
                 self._task.cancel()  # again: redis-py can swallow one mid-call
                 await asyncio.wait((self._task,), timeout=0.1)

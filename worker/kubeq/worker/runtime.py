@@ -562,8 +562,9 @@ class Worker:
     def running(self) -> list[Job]:
         return list(self._running.values())
 
-    async def close(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def close(self, tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
+        """Stop every loop, each wait within `timeout` (the drain's budget)."""
         self.closed = self.maintenance.stopped = True
-        await cancel_all(tasks)
-        await self.batcher.stop()
+        await cancel_all(tasks, timeout=timeout)
+        await self.batcher.stop(timeout=timeout)
         self.runner.shutdown()
