@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +115,40 @@ def test_scripts_are_reloaded_after_a_script_flush(client: Client) -> None:
     client.submit("t")
     client.redis.script_flush()
     assert len(client.claim("w", 5).tasks) == 1
+
+
+async def test_async_script_calls_survive_flush_kill_and_cancel(redis_url: str, clock) -> None:  # type: ignore[no-untyped-def]
+    """The asyncio client sends script calls packed by hiredis on a pooled connection of
+    its own handling: a script flush reloads, a killed connection fails that call alone
+    (typed) and the next one reconnects, and a call cancelled mid-flight never leaves its
+    reply for the next call on that connection to read."""
+    cfg = QueueConfig(name="fastq")
+    async with await AsyncClient.from_url(redis_url, "fastq", config=cfg, clock=clock) as ac:
+        ids = await ac.submit_many([{"type": "t", "payload": i} for i in range(50)])
+        await ac.redis.script_flush()
+        assert [c.id for c in (await ac.claim("w", 2)).tasks] == ids[:2]
+
+        await ac.redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+        with pytest.raises(ConnectionFailed):
+            await ac.claim("w", 1)
+        assert [c.id for c in (await ac.claim("w", 1, claim_id="after-kill")).tasks] == [ids[2]]
+
+        # A busy script holds Redis: the cancelled call's reply arrives after it gave up.
+        busy = (
+            "local t = redis.call('TIME') local start = t[1] * 1e6 + t[2] "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 300000 return 1"
+        )
+        sleeper = asyncio.create_task(ac.redis.eval(busy, 0))
+        await asyncio.sleep(0.05)
+        call = asyncio.create_task(ac.stats())
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await sleeper
+        # Concurrent calls take every pooled connection, the cancelled call's included:
+        # each must read its own reply (a claim's, not a stale stats reply).
+        claims = await asyncio.gather(*(ac.claim("w", 1, claim_id=f"c{i}") for i in range(6)))
+        assert all(len(c.tasks) == 1 for c in claims)
+        stats = await asyncio.gather(*(ac.stats() for _ in range(6)))
+        assert all(st.in_flight == 9 for st in stats)

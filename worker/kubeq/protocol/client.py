@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import hiredis
+import redis.asyncio
 import redis.exceptions
 from pydantic import ValidationError
 
@@ -486,6 +488,33 @@ class Client(_Base):
             raise self._fail(exc) from exc
 
 
+async def _plain_call(r: Any, args: tuple[Any, ...]) -> Any:
+    return await r.execute_command(*args)
+
+
+def _packs_fast(r: Any) -> bool:
+    """A plain (or Sentinel-managed) asyncio client: one connection pool, no cluster."""
+    return type(r) is redis.asyncio.Redis and r.connection is None
+
+
+async def _packed_call(r: Any, args: tuple[Any, ...]) -> Any:
+    """A script call packed by hiredis in C: redis-py's asyncio client packs arguments in
+    Python, at ~4 us per settlement of a settle call (7 arguments each) against ~0.6 us.
+    Same connection handling as `execute_command` without retries (kubeq sets none):
+    a connection that failed is dropped, never returned with a reply unread."""
+    packed = hiredis.pack_command(args)
+    pool = r.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(packed)
+        return await conn.read_response()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 class AsyncClient(_Base):
     """The asyncio twin of `Client`; same operations, same keys, same scripts."""
 
@@ -524,16 +553,13 @@ class AsyncClient(_Base):
         r = self.redis
         if isinstance(req, ScriptCall):
             script = SCRIPTS[req.script]
-            call = _eval_command(script)
+            args = (_eval_command(script), script.sha, len(req.keys), *req.keys, *req.args)
+            call = _packed_call if _packs_fast(r) else _plain_call
             try:
-                return await r.execute_command(
-                    call, script.sha, len(req.keys), *req.keys, *req.args
-                )
+                return await call(r, args)
             except redis.exceptions.NoScriptError:
                 await r.script_load(script.source)
-                return await r.execute_command(
-                    call, script.sha, len(req.keys), *req.keys, *req.args
-                )
+                return await call(r, args)
         if isinstance(req, Command):
             return await r.execute_command(*req.args)
         pipe = r.pipeline(transaction=False)
