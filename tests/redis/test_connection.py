@@ -152,3 +152,13 @@ async def test_async_script_calls_survive_flush_kill_and_cancel(redis_url: str, 
         assert all(len(c.tasks) == 1 for c in claims)
         stats = await asyncio.gather(*(ac.stats() for _ in range(6)))
         assert all(st.in_flight == 9 for st in stats)
+
+
+def test_a_killed_connection_fails_one_blocking_script_call_and_the_next_reconnects(
+    client: Client,
+) -> None:
+    ids = client.submit_many([{"type": "t"} for _ in range(3)])
+    client.redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+    with pytest.raises(ConnectionFailed):
+        client.claim("w", 1)
+    assert [c.id for c in client.claim("w", 3, claim_id="again").tasks] == ids

@@ -102,7 +102,8 @@ class CircuitBreaker:
             return max(0.0, self.retry_at - self.clock())
         return 0.0 if self.state == "closed" else 0.05
 
-    def _probe_free(self) -> bool:
+    def probe_free(self) -> bool:
+        """Could a call go out now (without taking a turn)?"""
         now = self.clock()
         if self.state == "open":
             return now >= self.retry_at
@@ -118,7 +119,7 @@ class CircuitBreaker:
     async def ready(self) -> None:
         """Until a call could go out; takes no turn (`attempt()` does), so a caller that
         decides not to call after all holds nothing."""
-        await self._poll(self._probe_free)
+        await self._poll(self.probe_free)
 
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:

@@ -272,7 +272,8 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            await self._interruptible(self.breaker.ready())  # drain must not wait it out
+            if not self.breaker.probe_free():  # waiting out an outage: drain interrupts it
+                await self._interruptible(self.breaker.ready())
             if not self.claiming():
                 break
             n = min(free, batch) if batch else free
