@@ -154,11 +154,10 @@ async def test_async_script_calls_survive_flush_kill_and_cancel(redis_url: str, 
         assert all(st.in_flight == 9 for st in stats)
 
 
-def test_a_killed_connection_fails_one_blocking_script_call_and_the_next_reconnects(
+def test_a_blocking_script_call_after_its_connection_was_killed_reconnects(
     client: Client,
 ) -> None:
+    """The pool notices the closed socket when it hands the connection out."""
     ids = client.submit_many([{"type": "t"} for _ in range(3)])
     client.redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
-    with pytest.raises(ConnectionFailed):
-        client.claim("w", 1)
-    assert [c.id for c in client.claim("w", 3, claim_id="again").tasks] == ids
+    assert [c.id for c in client.claim("w", 3).tasks] == ids
