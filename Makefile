@@ -82,8 +82,8 @@ LOCK := env PIP_CONSTRAINT= PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(BIN)/pip-comp
 	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 lock: setup
 	$(BIN)/pip install -q "pip-tools>=7.4"
-	$(LOCK) --output-file requirements/worker.txt pyproject.toml
-	$(LOCK) --extra operator --extra dashboard --output-file requirements/operator.txt pyproject.toml
+	$(LOCK) --extra fast --output-file requirements/worker.txt pyproject.toml
+	$(LOCK) --extra operator --extra dashboard --extra fast --output-file requirements/operator.txt pyproject.toml
 	echo "hatchling>=1.21" | $(LOCK) --output-file requirements/build.txt -
 
 clean:

@@ -26,7 +26,7 @@ OCI_LABELS = ("title", "description", "source", "version", "licenses")
 IMAGES = {"worker": ROOT / "Dockerfile.worker", "operator": ROOT / "Dockerfile.operator"}
 # The dashboard (Starlette, uvicorn) ships in the operator image, which the chart's
 # optional dashboard Deployment runs; the worker image stays without it.
-EXTRAS = {"worker": set(), "operator": {"operator", "dashboard"}}
+EXTRAS = {"worker": {"fast"}, "operator": {"operator", "dashboard", "fast"}}
 
 
 # --- a small Dockerfile parser -----------------------------------------------------------
