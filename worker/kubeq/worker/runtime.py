@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from kubeq.app import App
 from kubeq.metrics import WorkerMetrics
@@ -144,7 +145,7 @@ class Worker:
         self.started_at = system_clock()
         self._running: dict[str, Job] = {}
         self._slot_freed = asyncio.Event()
-        self._idle_task: asyncio.Future[object] | None = None
+        self._idle_task: asyncio.Task[Any] | None = None  # the claimer, while it idles
         self._progress = time.monotonic()  # a task started (settles: batcher.last_applied)
         #: set when the queue's published config differs from the one served (watched only
         #: without an inline config: an inline config is the pod's for life)
@@ -317,27 +318,35 @@ class Worker:
     def _idle_timeout(self) -> float:
         return self.ledger.idle_timeout(self.idle_wait, system_clock())
 
-    async def _interruptible(self, aw: Awaitable[object]) -> asyncio.Future[object]:
-        """Await `aw` unless `stop_claiming()` cancels it first; returns it, done."""
-        waiter = self._idle_task = asyncio.ensure_future(aw)
+    async def _interruptible(self, aw: Awaitable[object]) -> tuple[bool, BaseException | None]:
+        """Await `aw` in this (the claimer's) task; `stop_claiming()` may cancel it here and
+        only here, where no claim is in flight. Returns (interrupted, the error `aw` raised).
+
+        No task of its own per wait: a wake-up goes straight to the claim."""
+        me = asyncio.current_task()
+        self._idle_task = me
         try:
-            await asyncio.wait((waiter,))
+            await aw
+        except asyncio.CancelledError:
+            if not self.draining or me is None:
+                raise
+            me.uncancel()  # the drain's interruption: the claim loop ends by itself
+            return True, None
+        except Exception as exc:
+            return False, exc
         finally:
             self._idle_task = None
-            if not waiter.done():  # we were cancelled: so is the wait
-                waiter.cancel()
-        return waiter
+        return False, None
 
     async def _idle(self, timeout: float, *, blpop: bool) -> None:
         """Block until work is signalled or `timeout`; drain interrupts it."""
         aw: Awaitable[object] = (
             self.client.wait_for_work(timeout) if blpop else asyncio.sleep(timeout)
         )
-        waiter = await self._interruptible(aw)
-        if waiter.cancelled() or not blpop:
+        interrupted, exc = await self._interruptible(aw)
+        if interrupted or not blpop:
             return
-        exc = waiter.exception()  # not gated by the breaker (it waits, not probes)
-        if exc is not None:
+        if exc is not None:  # not gated by the breaker (it waits, not probes)
             if isinstance(exc, TRANSIENT):
                 self.breaker.record_failure()
             self._redis_failed("wait for work", exc)
