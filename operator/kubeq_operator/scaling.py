@@ -113,6 +113,12 @@ class ScalingPolicy:
         return max(5.0, 2.5 * self.poll_interval_seconds)
 
     @property
+    def counts_window_seconds(self) -> float:
+        """How long counter readings are kept: the rate window, and the scale-down window
+        whose mean arrival rate decides when a worker may go (see `hold_need`)."""
+        return max(self.rate_window_seconds, self.scale_down_stabilization_seconds)
+
+    @property
     def stale_after_seconds(self) -> float:
         """A reading older than this is no reading: act as if Redis were unreachable."""
         return max(3 * self.poll_interval_seconds, 5.0)
@@ -176,22 +182,31 @@ class Rates:
         return self.in_flight / self.claims if self.claims > 0 else None
 
 
-def measured_rates(history: History) -> Rates | None:
-    """Rates over the readings in `history`; None with fewer than two of them."""
-    if len(history.counts) < 2:
+def measured_rates(history: History, window: float | None = None) -> Rates | None:
+    """Rates over the readings in `history` (those of the last `window` seconds before
+    the newest one, if given); None with fewer than two of them."""
+    counts = history.counts
+    if window is not None and counts:
+        newest = counts[-1][0]
+        counts = tuple(e for e in counts if e[0] >= newest - window)
+    if len(counts) < 2:
         return None
-    (t0, s0, c0, _), (t1, s1, c1, _) = history.counts[0], history.counts[-1]
+    (t0, s0, c0, _), (t1, s1, c1, _) = counts[0], counts[-1]
     span = t1 - t0
     if span <= 0:
         return None
     # Mean in flight over the window (trapezoids: readings need not be evenly spaced).
-    pairs = zip(history.counts, history.counts[1:], strict=False)
+    pairs = zip(counts, counts[1:], strict=False)
     area = sum((b[0] - a[0]) * (a[3] + b[3]) / 2 for a, b in pairs)
     return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span)
 
 
 def throughput_need(
-    rates: Rates, waiting: int, concurrency: int, drain_seconds: float
+    rates: Rates,
+    waiting: int,
+    concurrency: int,
+    drain_seconds: float,
+    service: float | None = None,
 ) -> tuple[float, str] | None:
     """Workers needed to keep up with arrivals *and* drain what waits within
     `drain_seconds`, from the measured capacity of one worker; None when the capacity is
@@ -199,9 +214,10 @@ def throughput_need(
 
     One worker serves `concurrency` tasks at a time for `service_seconds` each, so it
     completes concurrency / service_seconds tasks per second. Needed: (arrival rate +
-    waiting / drain_seconds) / that.
+    waiting / drain_seconds) / that. `service` (seconds per task) replaces the one
+    measured by `rates` when given.
     """
-    service = rates.service_seconds
+    service = service or rates.service_seconds
     if service is None or service <= 0:
         return None
     per_worker = concurrency / service
@@ -213,6 +229,44 @@ def throughput_need(
         f" x {concurrency}) → {math.ceil(need - 1e-9)}"
     )
     return need, why
+
+
+def hold_need(
+    window_rates: Rates,
+    waiting: int,
+    concurrency: int,
+    drain_seconds: float,
+    service: float | None = None,
+) -> tuple[int, str] | None:
+    """Workers a throughput-scaled pool keeps on the way down: what the *mean* arrival
+    rate over the scale-down window needs, plus draining what waits now, at the capacity
+    measured over that window. None without a measured capacity.
+
+    This is the scale-down stabilization of a throughput-scaled pool. The HPA holds the
+    highest recommendation of the window, which keeps a burst's peak (and a drained
+    backlog's workers) for the whole window; the window's arrival rate keeps what a
+    returning burst would need, and lets go as the burst ages out of it. Waiting tasks
+    and running ones are counted as they are now: neither is a forecast (running tasks
+    keep their workers through the in-flight floor and idle-first removal).
+    """
+    service = service or window_rates.service_seconds
+    need = throughput_need(window_rates, waiting, concurrency, drain_seconds, service)
+    if need is None or service is None:
+        return None
+    return math.ceil(need[0] - 1e-9), (
+        f"{window_rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
+        f" at {concurrency / service:.1f}/s per worker"
+    )
+
+
+def _service(*rates: Rates | None) -> float | None:
+    """The first measured time per task (> 0) among `rates`: the short window's while it
+    saw claims, else the longer window's (a quiet moment keeps the capacity it knew)."""
+    for r in rates:
+        s = r.service_seconds if r is not None else None
+        if s is not None and s > 0:
+            return s
+    return None
 
 
 @dataclass(frozen=True)
@@ -297,11 +351,16 @@ def decide_replicas(
     empty_since = None
     if demand == 0:
         empty_since = history.empty_since if history.empty_since is not None else observation.at
-    history = history.count(observation, policy.rate_window_seconds)
-    rates = measured_rates(history)
-    need = None
-    if policy.target_drain_seconds is not None and policy.concurrency and rates is not None:
-        need = throughput_need(rates, waiting, policy.concurrency, policy.target_drain_seconds)
+    history = history.count(observation, policy.counts_window_seconds)
+    rates = measured_rates(history, policy.rate_window_seconds)
+    need, hold = None, None
+    drain, concurrency = policy.target_drain_seconds, policy.concurrency
+    if drain is not None and concurrency and rates is not None:
+        window_rates = measured_rates(history, policy.scale_down_stabilization_seconds)
+        service = _service(rates, window_rates)
+        need = throughput_need(rates, waiting, concurrency, drain, service)
+        if need is not None and window_rates is not None:
+            hold = hold_need(window_rates, waiting, concurrency, drain, _service(window_rates))
     if need is not None:
         raw = math.ceil(need[0] - 1e-9)  # float noise must not add a worker
         notes = [need[1]]
@@ -328,11 +387,17 @@ def decide_replicas(
         return _finish(0, current, ", ".join(notes), history, now, 0)
 
     # Stabilization as the HPA does it: up to the lowest recommendation of the up window,
-    # down to the highest of the down window, otherwise stay.
+    # down to the highest of the down window, otherwise stay. On throughput, down to what
+    # the window's arrival rate needs instead (`hold_need`), never below the need of now.
     up = min(history.values_within(now, policy.scale_up_stabilization_seconds))
-    down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
     up_window = f"scale-up stabilization ({policy.scale_up_stabilization_seconds:g} s)"
-    down_window = f"scale-down stabilization ({policy.scale_down_stabilization_seconds:g} s)"
+    window = f"({policy.scale_down_stabilization_seconds:g} s)"
+    if hold is not None:
+        down = max(rec, policy.clamp(max(hold[0], busy, 1)))
+        down_window = f"the arrivals over the scale-down window {window}: {hold[1]}"
+    else:
+        down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
+        down_window = f"scale-down stabilization {window}"
     if up > current:
         target = up
         if up < rec:
