@@ -13,6 +13,7 @@ reads a clock, so the tests drive it with a fake one.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -196,7 +197,7 @@ def measured_rates(history: History, window: float | None = None) -> Rates | Non
     if span <= 0:
         return None
     # Mean in flight over the window (trapezoids: readings need not be evenly spaced).
-    pairs = zip(counts, counts[1:], strict=False)
+    pairs = itertools.pairwise(counts)
     area = sum((b[0] - a[0]) * (a[3] + b[3]) / 2 for a, b in pairs)
     return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span)
 
@@ -393,8 +394,14 @@ def decide_replicas(
     up_window = f"scale-up stabilization ({policy.scale_up_stabilization_seconds:g} s)"
     window = f"({policy.scale_down_stabilization_seconds:g} s)"
     if hold is not None:
-        down = max(rec, policy.clamp(max(hold[0], busy, 1)))
+        # A recommendation is held as long as the rates it came from are measured (the
+        # rate window): a worker started for a backlog is not removed the moment that
+        # backlog is gone, before it has even registered and reported what it runs.
+        recent = max(history.values_within(now, policy.rate_window_seconds))
+        down = max(recent, policy.clamp(max(hold[0], busy, 1)))
         down_window = f"the arrivals over the scale-down window {window}: {hold[1]}"
+        if recent > hold[0]:
+            down_window = f"the rate window ({policy.rate_window_seconds:g} s)"
     else:
         down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
         down_window = f"scale-down stabilization {window}"
