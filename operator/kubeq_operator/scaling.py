@@ -218,11 +218,13 @@ def throughput_need(
     waiting / drain_seconds) / that. `service` (seconds per task) replaces the one
     measured by `rates` when given.
     """
+    wanted = rates.arrivals + max(0, waiting) / drain_seconds
+    if wanted <= 0:  # nothing to serve needs no worker, whatever one could serve
+        return 0.0, "no arrivals and nothing waiting → 0"
     service = service or rates.service_seconds
     if service is None or service <= 0:
         return None
     per_worker = concurrency / service
-    wanted = rates.arrivals + max(0, waiting) / drain_seconds
     need = wanted / per_worker
     why = (
         f"arrivals {rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
@@ -252,11 +254,12 @@ def hold_need(
     """
     service = service or window_rates.service_seconds
     need = throughput_need(window_rates, waiting, concurrency, drain_seconds, service)
-    if need is None or service is None:
+    if need is None:
         return None
+    per_worker = f" at {concurrency / service:.1f}/s per worker" if service else ""
     return math.ceil(need[0] - 1e-9), (
         f"{window_rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
-        f" at {concurrency / service:.1f}/s per worker"
+        + per_worker
     )
 
 

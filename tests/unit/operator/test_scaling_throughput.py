@@ -215,3 +215,15 @@ def test_no_rates_over_the_window_falls_back_to_the_highest_recommendation() -> 
     assert by_t[4] == 8
     assert by_t[4 + 15] == 8  # held for the whole window
     assert by_t[4 + 16] == 1
+
+
+def test_nothing_arriving_and_nothing_waiting_needs_no_capacity_estimate() -> None:
+    # After a burst the arrivals stop: once nothing was claimed within the rate window
+    # the capacity per worker is unknown, but nothing arriving and nothing waiting needs
+    # no worker at any capacity. The rule must not fall back to the backlog rule and its
+    # window of old recommendations (3 until t = 35).
+    run = run_load(WINDOWED, [(20, 250, 0.1, 0), (20, 0, 0.1, 0)], replicas=3)
+    by_t = {t: r for t, r, _ in run}
+    assert by_t[32] == 1
+    assert all(r == 1 for t, r, _ in run if t >= 32)
+    assert not any(why.startswith("backlog") for t, _, why in run if t >= 20)
