@@ -375,6 +375,11 @@ def decide_replicas(
             f" / target {policy.target_backlog_per_replica} → {raw}"
         ]
     busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
+    if need is not None:
+        # On throughput the floor only keeps running tasks' workers; it never adds any: a
+        # reading above the pool's slots is acknowledgements in flight (settled in
+        # batches), not work that needs another worker. The need is what scales up.
+        busy = min(busy, current)
     if busy > raw:
         notes.append(f"{in_flight} running need {busy} at concurrency {policy.concurrency}")
         raw = busy

@@ -227,3 +227,24 @@ def test_nothing_arriving_and_nothing_waiting_needs_no_capacity_estimate() -> No
     assert by_t[32] == 1
     assert all(r == 1 for t, r, _ in run if t >= 32)
     assert not any(why.startswith("backlog") for t, _, why in run if t >= 20)
+
+
+def test_the_in_flight_floor_never_adds_workers_on_throughput() -> None:
+    # 3 workers keep up with 250 tasks/s of 0.1 s. A reading of 35 in flight (finished
+    # tasks whose batched acknowledgement is still on its way hold their lease a moment
+    # longer) is no reason for a fourth worker: the floor only keeps running tasks'
+    # workers; the throughput need is what adds them.
+    history = History()
+    for t in range(6):
+        n = 250 * t
+        d = decide_replicas(obs(t, 0, 25 if t < 5 else 35, n, n), POLICY, history, 3, t)
+        history = d.history
+    assert (d.replicas, d.direction) == (3, "none"), d.reason
+    # Still a floor on the way down: nothing arrives (a need of 0), but 35 long tasks
+    # run: they keep the 3 workers.
+    quiet = [obs(6 + t, 0, 35, 1250, 1250) for t in range(6)]
+    for o in quiet:
+        d = decide_replicas(o, POLICY, history, 3, o.at)
+        history = d.history
+    assert d.replicas == 3, d.reason
+    assert "35 running need 3" in d.reason
