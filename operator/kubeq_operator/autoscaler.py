@@ -177,6 +177,10 @@ class QueueAutoscaler:
 def superseded(decision: Decision, current: int, before: History) -> Decision:
     """The decision not taken: the pool stays as read, and the scale time is not moved
     (the recommendations seen still count for the stabilization windows)."""
-    history = replace(decision.history, last_scale_at=before.last_scale_at)
+    history = replace(
+        decision.history,
+        last_scale_at=before.last_scale_at,
+        last_scale_up_at=before.last_scale_up_at,
+    )
     reason = f"superseded by a newer scale decision (wanted {decision.replicas})"
     return replace(decision, replicas=current, reason=reason, history=history, direction="none")

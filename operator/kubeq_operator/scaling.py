@@ -142,6 +142,7 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()
     empty_since: float | None = None  # since when the queue has been seen completely empty
     last_scale_at: float | None = None
+    last_scale_up_at: float | None = None
     # (time, submitted, claimed, in flight) readings within the rate window, oldest first.
     counts: tuple[tuple[float, int, int, int], ...] = ()
 
@@ -295,6 +296,8 @@ def _finish(
 ) -> Decision:
     if target != current:
         history = replace(history, last_scale_at=now)
+    if target > current:
+        history = replace(history, last_scale_up_at=now)
     return Decision(target, reason, history, _direction(current, target), rec)
 
 
@@ -311,7 +314,9 @@ def keep_busy(decision: Decision, current: int, busy: int, before: History) -> D
     direction = _direction(current, target)
     history = decision.history
     if direction == "none":
-        history = replace(history, last_scale_at=before.last_scale_at)
+        history = replace(
+            history, last_scale_at=before.last_scale_at, last_scale_up_at=before.last_scale_up_at
+        )
     return replace(decision, replicas=target, reason=reason, history=history, direction=direction)
 
 
@@ -402,14 +407,18 @@ def decide_replicas(
     up_window = f"scale-up stabilization ({policy.scale_up_stabilization_seconds:g} s)"
     window = f"({policy.scale_down_stabilization_seconds:g} s)"
     if hold is not None:
-        # A recommendation is held as long as the rates it came from are measured (the
-        # rate window): a worker started for a backlog is not removed the moment that
-        # backlog is gone, before it has even registered and reported what it runs.
-        recent = max(history.values_within(now, policy.rate_window_seconds))
-        down = max(recent, policy.clamp(max(hold[0], busy, 1)))
+        down = max(rec, policy.clamp(max(hold[0], busy, 1)))
         down_window = f"the arrivals over the scale-down window {window}: {hold[1]}"
-        if recent > hold[0]:
-            down_window = f"the rate window ({policy.rate_window_seconds:g} s)"
+        # No scale-down within a rate window of a scale-up: a worker just started has not
+        # registered and reported what it runs yet (idle-first could not tell), and the
+        # rates that asked for it are still being measured.
+        up_at = history.last_scale_up_at
+        if up_at is not None and now - up_at < policy.rate_window_seconds and down < current:
+            down = current
+            down_window = (
+                f"a scale-up {now - up_at:.0f} s ago (within the rate window,"
+                f" {policy.rate_window_seconds:g} s)"
+            )
     else:
         down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
         down_window = f"scale-down stabilization {window}"

@@ -192,14 +192,14 @@ def test_scale_down_follows_the_arrival_rate_over_the_window_not_its_peak() -> N
 def test_a_drained_backlog_frees_its_workers_without_waiting_for_the_window() -> None:
     # Steady 50/s (1 worker at 0.1 s); 900 tasks come due: draining them in 2 s needs 5
     # workers. Once they are drained the window's arrivals need 1 again: the extra
-    # workers were for the backlog, which is gone, so they go once the rate window
-    # (5 s) that measured the need has passed, not after the whole 15 s window.
+    # workers were for the backlog, which is gone, so they go once a rate window (5 s)
+    # has passed since they were started, not after the whole 15 s window.
     run = run_load(WINDOWED, [(6, 50, 0.1, 0), (1, 50, 0.1, 900), (10, 50, 0.1, 0)], replicas=1)
     by_t = {t: r for t, r, _ in run}
     assert by_t[6] == 5  # (50 + 900 / 2) / 100
-    assert [by_t[t] for t in range(7, 12)] == [5] * 5  # held by the rate window
-    assert "held at 5 by the rate window (5 s)" in run[7][2]
-    assert by_t[12] == 1  # the HPA's rule would hold 5 until t = 21
+    assert [by_t[t] for t in range(7, 11)] == [5] * 4  # just started: kept
+    assert "held at 5 by a scale-up 1 s ago (within the rate window, 5 s)" in run[7][2]
+    assert by_t[11] == 1  # the HPA's rule would hold 5 until t = 21
 
 
 def test_windowed_scale_down_still_keeps_busy_workers() -> None:
