@@ -300,7 +300,7 @@ def replica_seconds(samples: list[list[float]], until: float) -> float:
     """The integral of worker processes alive (ready + draining) from 0 to `until`: each
     sample's count holds until the next sample."""
     total = 0.0
-    for a, b in zip(samples, [*samples[1:], None], strict=True):
+    for a, b in zip(samples, [*samples[1:], None], strict=False):
         t1 = until if b is None else min(b[0], until)
         if a[0] >= until:
             break
