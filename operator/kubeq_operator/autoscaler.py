@@ -127,7 +127,9 @@ class QueueAutoscaler:
         costs = deletion_cost_annotations({w.pod: running[w.id] for w in workers if w.pod})
         if costs:
             await self.backend.set_deletion_costs(self.ref, costs)
-        return sum(1 for w in workers if running[w.id] > 0 and not w.draining)
+        # A worker that claimed before its first heartbeat registered it is busy too.
+        unregistered = set(held or ()) - running.keys()
+        return sum(1 for w in workers if running[w.id] > 0 and not w.draining) + len(unregistered)
 
     async def _record(self, current: int, decision: Decision, stats: QueueStats | None) -> None:
         """Keep the decision in the queue's capped scale log (the dashboard shows it).

@@ -74,3 +74,26 @@ async def test_busy_workers_by_lease_keep_the_pool(redis_url: str) -> None:
     # 3 in flight at target 100 recommends 1, but every worker holds a task: none goes.
     assert (tick.decision.replicas, tick.decision.direction) == (3, "none")
     assert "3 workers busy" in tick.decision.reason
+
+
+async def test_a_worker_that_claimed_before_registering_counts_as_busy(redis_url: str) -> None:
+    ref = QueueRef("default", "unregistered")
+    config = QueueConfig(name=ref.name, namespace=ref.namespace)
+    with Client.from_url(redis_url, ref.name, ref.namespace, config) as sync:
+        sync.heartbeat("w1", [], WorkerInfo(id="w1", pod="pod-1", concurrency=10))
+        sync.heartbeat("w2", [], WorkerInfo(id="w2", pod="pod-2", concurrency=10))
+        sync.submit_many([{"type": "long", "payload": i} for i in range(2)])
+        assert len(sync.claim("w1", 1).tasks) == 1
+        # w3 just started: its claim loop ran before its first heartbeat.
+        assert len(sync.claim("w3", 1).tasks) == 1
+    pool = Pool(replicas=3)
+    policy = ScalingPolicy(min_replicas=1, max_replicas=4, scale_down_stabilization_seconds=0)
+    client = await AsyncClient.from_url(redis_url, ref.name, ref.namespace, config)
+    try:
+        scaler = QueueAutoscaler(ref, policy, client, pool, OperatorMetrics())  # type: ignore[arg-type]
+        tick = await scaler.tick()
+    finally:
+        await client.close()
+    # 2 in flight recommend 1 worker, but w1 and w3 each hold a task: only w2 may go.
+    assert (tick.decision.replicas, tick.decision.direction) == (2, "down")
+    assert "2 workers busy" in tick.decision.reason
