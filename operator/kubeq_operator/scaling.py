@@ -5,7 +5,9 @@ scale to zero), with two differences that matter for a task queue:
 
 - in-flight tasks count as load, so a pool busy with long tasks is not scaled away;
 - the pool goes to zero only after the queue has been *completely* empty (nothing
-  waiting, nothing running) for cooldownToZeroSeconds, never because a metric dipped.
+  waiting, nothing running) for cooldownToZeroSeconds, never because a metric dipped;
+- on throughput (targetDrainSeconds), the way down follows the arrival rate measured over
+  the scale-down window (`hold_need`) instead of the window's highest recommendation.
 
 Time is a parameter (`now`, in seconds on any monotonic clock); nothing here sleeps or
 reads a clock, so the tests drive it with a fake one.
@@ -143,7 +145,8 @@ class History:
     empty_since: float | None = None  # since when the queue has been seen completely empty
     last_scale_at: float | None = None
     last_scale_up_at: float | None = None
-    # (time, submitted, claimed, in flight) readings within the rate window, oldest first.
+    # (time, submitted, claimed, in flight) readings, oldest first, kept for the longer of
+    # the rate window and the scale-down window (ScalingPolicy.counts_window_seconds).
     counts: tuple[tuple[float, int, int, int], ...] = ()
 
     def count(self, obs: Observation, window: float) -> History:
