@@ -43,7 +43,7 @@ Each rule runs `--repeat` times (default 5) on each trace, rules in rotated orde
 bench/results/autoscale.json holds every run (with a timeline per tick: workers,
 decision, recommendation, waiting, in flight, counters; `--reasons` adds each tick's
 reason) and, per trace and rule, the median, min and max. Run: `python -m bench.autoscale`
-(about 60 minutes on 2 cores; `--budget-seconds` caps it, `--traces`/`--rules` pick a
+(about 50 minutes on 2 cores; `--budget-seconds` caps it, `--traces`/`--rules` pick a
 subset).
 """
 
