@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -42,6 +43,11 @@ class Tick:
     ready: int
     stats: QueueStats | None  # None when Redis could not be read
     error: str | None = None
+
+
+#: Running tasks read per page, and pages at most, before a scale-down (see _leases_held).
+LEASE_PAGE = 1000
+MAX_LEASE_PAGES = 20
 
 
 class QueueAutoscaler:
@@ -91,18 +97,39 @@ class QueueAutoscaler:
             None,
         )
 
+    async def _leases_held(self) -> Counter[str] | None:
+        """Tasks each worker holds a lease on now, by worker id; None if more are in flight
+        than one scale-down should read (then every registered worker counts as busy).
+
+        The registry's in-flight counts are as old as each worker's last heartbeat (a few
+        seconds): a worker that claimed a long task since looks idle there. The leases are
+        written by the claim itself."""
+        held: Counter[str] = Counter()
+        cursor = None
+        for _ in range(MAX_LEASE_PAGES):
+            page = await self.client.list_tasks("running", limit=LEASE_PAGE, cursor=cursor)
+            held.update(t.worker for t in page.tasks if t.worker)
+            cursor = page.cursor
+            if cursor is None:
+                return held
+        return None
+
     async def _mark_idle_first(self) -> int | None:
-        """Deletion costs from the workers' reported in-flight counts: the idle go first.
-        Returns how many (not draining) workers are busy; None if the registry is unread."""
+        """Deletion costs from the tasks each worker runs: the idle go first. Returns how
+        many (not draining) workers are busy; None if the registry is unread."""
         try:
             workers: list[WorkerInfo] = await self.client.workers()
+            held = await self._leases_held()
         except KubeqError as exc:
             log.warning("%s: cannot read the worker registry (%s): no idle-first", self.ref, exc)
             return None
-        costs = deletion_cost_annotations({w.pod: w.in_flight for w in workers if w.pod})
+        running = {w.id: max(w.in_flight, held[w.id] if held is not None else 1) for w in workers}
+        costs = deletion_cost_annotations({w.pod: running[w.id] for w in workers if w.pod})
         if costs:
             await self.backend.set_deletion_costs(self.ref, costs)
-        return sum(1 for w in workers if w.in_flight > 0 and not w.draining)
+        # A worker that claimed before its first heartbeat registered it is busy too.
+        unregistered = set(held or ()) - running.keys()
+        return sum(1 for w in workers if running[w.id] > 0 and not w.draining) + len(unregistered)
 
     async def _record(self, current: int, decision: Decision, stats: QueueStats | None) -> None:
         """Keep the decision in the queue's capped scale log (the dashboard shows it).
@@ -152,6 +179,10 @@ class QueueAutoscaler:
 def superseded(decision: Decision, current: int, before: History) -> Decision:
     """The decision not taken: the pool stays as read, and the scale time is not moved
     (the recommendations seen still count for the stabilization windows)."""
-    history = replace(decision.history, last_scale_at=before.last_scale_at)
+    history = replace(
+        decision.history,
+        last_scale_at=before.last_scale_at,
+        last_scale_up_at=before.last_scale_up_at,
+    )
     reason = f"superseded by a newer scale decision (wanted {decision.replicas})"
     return replace(decision, replicas=current, reason=reason, history=history, direction="none")

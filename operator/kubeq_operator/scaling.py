@@ -5,7 +5,9 @@ scale to zero), with two differences that matter for a task queue:
 
 - in-flight tasks count as load, so a pool busy with long tasks is not scaled away;
 - the pool goes to zero only after the queue has been *completely* empty (nothing
-  waiting, nothing running) for cooldownToZeroSeconds, never because a metric dipped.
+  waiting, nothing running) for cooldownToZeroSeconds, never because a metric dipped;
+- on throughput (targetDrainSeconds), the way down follows the arrival rate measured over
+  the scale-down window (`hold_need`) instead of the window's highest recommendation.
 
 Time is a parameter (`now`, in seconds on any monotonic clock); nothing here sleeps or
 reads a clock, so the tests drive it with a fake one.
@@ -13,6 +15,7 @@ reads a clock, so the tests drive it with a fake one.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -113,6 +116,12 @@ class ScalingPolicy:
         return max(5.0, 2.5 * self.poll_interval_seconds)
 
     @property
+    def counts_window_seconds(self) -> float:
+        """How long counter readings are kept: the rate window, and the scale-down window
+        whose mean arrival rate decides when a worker may go (see `hold_need`)."""
+        return max(self.rate_window_seconds, self.scale_down_stabilization_seconds)
+
+    @property
     def stale_after_seconds(self) -> float:
         """A reading older than this is no reading: act as if Redis were unreachable."""
         return max(3 * self.poll_interval_seconds, 5.0)
@@ -135,7 +144,9 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()
     empty_since: float | None = None  # since when the queue has been seen completely empty
     last_scale_at: float | None = None
-    # (time, submitted, claimed, in flight) readings within the rate window, oldest first.
+    last_scale_up_at: float | None = None
+    # (time, submitted, claimed, in flight) readings, oldest first, kept for the longer of
+    # the rate window and the scale-down window (ScalingPolicy.counts_window_seconds).
     counts: tuple[tuple[float, int, int, int], ...] = ()
 
     def count(self, obs: Observation, window: float) -> History:
@@ -176,22 +187,31 @@ class Rates:
         return self.in_flight / self.claims if self.claims > 0 else None
 
 
-def measured_rates(history: History) -> Rates | None:
-    """Rates over the readings in `history`; None with fewer than two of them."""
-    if len(history.counts) < 2:
+def measured_rates(history: History, window: float | None = None) -> Rates | None:
+    """Rates over the readings in `history` (those of the last `window` seconds before
+    the newest one, if given); None with fewer than two of them."""
+    counts = history.counts
+    if window is not None and counts:
+        newest = counts[-1][0]
+        counts = tuple(e for e in counts if e[0] >= newest - window)
+    if len(counts) < 2:
         return None
-    (t0, s0, c0, _), (t1, s1, c1, _) = history.counts[0], history.counts[-1]
+    (t0, s0, c0, _), (t1, s1, c1, _) = counts[0], counts[-1]
     span = t1 - t0
     if span <= 0:
         return None
     # Mean in flight over the window (trapezoids: readings need not be evenly spaced).
-    pairs = zip(history.counts, history.counts[1:], strict=False)
+    pairs = itertools.pairwise(counts)
     area = sum((b[0] - a[0]) * (a[3] + b[3]) / 2 for a, b in pairs)
     return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span)
 
 
 def throughput_need(
-    rates: Rates, waiting: int, concurrency: int, drain_seconds: float
+    rates: Rates,
+    waiting: int,
+    concurrency: int,
+    drain_seconds: float,
+    service: float | None = None,
 ) -> tuple[float, str] | None:
     """Workers needed to keep up with arrivals *and* drain what waits within
     `drain_seconds`, from the measured capacity of one worker; None when the capacity is
@@ -199,13 +219,16 @@ def throughput_need(
 
     One worker serves `concurrency` tasks at a time for `service_seconds` each, so it
     completes concurrency / service_seconds tasks per second. Needed: (arrival rate +
-    waiting / drain_seconds) / that.
+    waiting / drain_seconds) / that. `service` (seconds per task) replaces the one
+    measured by `rates` when given.
     """
-    service = rates.service_seconds
+    wanted = rates.arrivals + max(0, waiting) / drain_seconds
+    if wanted <= 0:  # nothing to serve needs no worker, whatever one could serve
+        return 0.0, "no arrivals and nothing waiting → 0"
+    service = service or rates.service_seconds
     if service is None or service <= 0:
         return None
     per_worker = concurrency / service
-    wanted = rates.arrivals + max(0, waiting) / drain_seconds
     need = wanted / per_worker
     why = (
         f"arrivals {rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
@@ -213,6 +236,45 @@ def throughput_need(
         f" x {concurrency}) → {math.ceil(need - 1e-9)}"
     )
     return need, why
+
+
+def hold_need(
+    window_rates: Rates,
+    waiting: int,
+    concurrency: int,
+    drain_seconds: float,
+    service: float | None = None,
+) -> tuple[int, str] | None:
+    """Workers a throughput-scaled pool keeps on the way down: what the *mean* arrival
+    rate over the scale-down window needs, plus draining what waits now, at the capacity
+    measured over that window. None without a measured capacity.
+
+    This is the scale-down stabilization of a throughput-scaled pool. The HPA holds the
+    highest recommendation of the window, which keeps a burst's peak (and a drained
+    backlog's workers) for the whole window; the window's arrival rate keeps what a
+    returning burst would need, and lets go as the burst ages out of it. Waiting tasks
+    and running ones are counted as they are now: neither is a forecast (running tasks
+    keep their workers through the in-flight floor and idle-first removal).
+    """
+    service = service or window_rates.service_seconds
+    need = throughput_need(window_rates, waiting, concurrency, drain_seconds, service)
+    if need is None:
+        return None
+    per_worker = f" at {concurrency / service:.1f}/s per worker" if service else ""
+    return math.ceil(need[0] - 1e-9), (
+        f"{window_rates.arrivals:.1f}/s + waiting {waiting} / drain {drain_seconds:g} s"
+        + per_worker
+    )
+
+
+def _service(*rates: Rates | None) -> float | None:
+    """The first measured time per task (> 0) among `rates`: the short window's while it
+    saw claims, else the longer window's (a quiet moment keeps the capacity it knew)."""
+    for r in rates:
+        s = r.service_seconds if r is not None else None
+        if s is not None and s > 0:
+            return s
+    return None
 
 
 @dataclass(frozen=True)
@@ -237,6 +299,8 @@ def _finish(
 ) -> Decision:
     if target != current:
         history = replace(history, last_scale_at=now)
+    if target > current:
+        history = replace(history, last_scale_up_at=now)
     return Decision(target, reason, history, _direction(current, target), rec)
 
 
@@ -253,7 +317,9 @@ def keep_busy(decision: Decision, current: int, busy: int, before: History) -> D
     direction = _direction(current, target)
     history = decision.history
     if direction == "none":
-        history = replace(history, last_scale_at=before.last_scale_at)
+        history = replace(
+            history, last_scale_at=before.last_scale_at, last_scale_up_at=before.last_scale_up_at
+        )
     return replace(decision, replicas=target, reason=reason, history=history, direction=direction)
 
 
@@ -297,11 +363,16 @@ def decide_replicas(
     empty_since = None
     if demand == 0:
         empty_since = history.empty_since if history.empty_since is not None else observation.at
-    history = history.count(observation, policy.rate_window_seconds)
-    rates = measured_rates(history)
-    need = None
-    if policy.target_drain_seconds is not None and policy.concurrency and rates is not None:
-        need = throughput_need(rates, waiting, policy.concurrency, policy.target_drain_seconds)
+    history = history.count(observation, policy.counts_window_seconds)
+    rates = measured_rates(history, policy.rate_window_seconds)
+    need, hold = None, None
+    drain, concurrency = policy.target_drain_seconds, policy.concurrency
+    if drain is not None and concurrency and rates is not None:
+        window_rates = measured_rates(history, policy.scale_down_stabilization_seconds)
+        service = _service(rates, window_rates)
+        need = throughput_need(rates, waiting, concurrency, drain, service)
+        if need is not None and window_rates is not None:
+            hold = hold_need(window_rates, waiting, concurrency, drain, _service(window_rates))
     if need is not None:
         raw = math.ceil(need[0] - 1e-9)  # float noise must not add a worker
         notes = [need[1]]
@@ -312,6 +383,11 @@ def decide_replicas(
             f" / target {policy.target_backlog_per_replica} → {raw}"
         ]
     busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
+    if need is not None:
+        # On throughput the floor only keeps running tasks' workers; it never adds any: a
+        # reading above the pool's slots is acknowledgements in flight (settled in
+        # batches), not work that needs another worker. The need is what scales up.
+        busy = min(busy, current)
     if busy > raw:
         notes.append(f"{in_flight} running need {busy} at concurrency {policy.concurrency}")
         raw = busy
@@ -328,11 +404,27 @@ def decide_replicas(
         return _finish(0, current, ", ".join(notes), history, now, 0)
 
     # Stabilization as the HPA does it: up to the lowest recommendation of the up window,
-    # down to the highest of the down window, otherwise stay.
+    # down to the highest of the down window, otherwise stay. On throughput, down to what
+    # the window's arrival rate needs instead (`hold_need`), never below the need of now.
     up = min(history.values_within(now, policy.scale_up_stabilization_seconds))
-    down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
     up_window = f"scale-up stabilization ({policy.scale_up_stabilization_seconds:g} s)"
-    down_window = f"scale-down stabilization ({policy.scale_down_stabilization_seconds:g} s)"
+    window = f"({policy.scale_down_stabilization_seconds:g} s)"
+    if hold is not None:
+        down = max(rec, policy.clamp(max(hold[0], busy, 1)))
+        down_window = f"the arrivals over the scale-down window {window}: {hold[1]}"
+        # No scale-down within a rate window of a scale-up: a worker just started has not
+        # registered and reported what it runs yet (idle-first could not tell), and the
+        # rates that asked for it are still being measured.
+        up_at = history.last_scale_up_at
+        if up_at is not None and now - up_at < policy.rate_window_seconds and down < current:
+            down = current
+            down_window = (
+                f"a scale-up {now - up_at:.0f} s ago (within the rate window,"
+                f" {policy.rate_window_seconds:g} s)"
+            )
+    else:
+        down = max(history.values_within(now, policy.scale_down_stabilization_seconds))
+        down_window = f"scale-down stabilization {window}"
     if up > current:
         target = up
         if up < rec:

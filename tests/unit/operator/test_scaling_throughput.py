@@ -140,3 +140,111 @@ def test_scale_down_removes_only_idle_workers() -> None:
     assert keep_busy(down, current=8, busy=2, before=before) is down
     up = Decision(9, "r", before, "up", 9)
     assert keep_busy(up, current=8, busy=8, before=before) is up
+
+
+WINDOWED = replace(POLICY, scale_down_stabilization_seconds=15)
+
+
+def run_load(
+    policy: ScalingPolicy,
+    phases: list[tuple[int, float, float, int]],
+    replicas: int,
+    busy: int | None = None,
+) -> list[tuple[int, int, str]]:
+    """Replicas decided each second through phases of (seconds, arrivals/s, seconds each
+    task holds a slot, waiting): counters grow with the arrivals, in flight by Little's
+    law; the waiting tasks are not arrivals (due retries, say). `busy` workers (None:
+    none) are what keep_busy sees before a scale-down."""
+    from kubeq_operator.scaling import keep_busy
+
+    history, out, t, submitted = History(), [], 0, 0
+    for seconds, arrivals, service, waiting in phases:
+        for _ in range(seconds):
+            submitted += int(arrivals)
+            o = obs(float(t), waiting, int(arrivals * service), submitted, submitted)
+            before = history
+            d = decide_replicas(o, policy, history, replicas, float(t))
+            if busy is not None:
+                d = keep_busy(d, replicas, busy, before)
+            history, replicas = d.history, d.replicas
+            out.append((t, replicas, d.reason))
+            t += 1
+    return out
+
+
+def test_scale_down_follows_the_arrival_rate_over_the_window_not_its_peak() -> None:
+    # 20 s of 250 short tasks/s (3 workers), then 5/s (1 worker). The HPA's rule holds the
+    # peak recommendation for the whole 15 s window; the window's *mean* arrival rate
+    # stops needing the third worker after a few seconds and the second one well before
+    # the window has passed.
+    run = run_load(WINDOWED, [(20, 250, 0.1, 0), (20, 5, 0.1, 0)], replicas=3)
+    assert [r for t, r, _ in run if t == 19] == [3]
+    after = {t - 20: r for t, r, _ in run if t >= 20}
+    assert after[0] == 3  # arrivals just fell: the window still needs 3
+    assert after[8] <= 2
+    assert after[12] == 1  # the HPA's rule would hold 3 until after[15]
+    why = next(reason for t, _, reason in run if t == 21)
+    assert "by the arrivals over the scale-down window (15 s)" in why
+    # Down only: never below what the arrivals of now need.
+    assert all(r >= 3 for t, r, _ in run if 3 <= t < 20)
+
+
+def test_a_drained_backlog_frees_its_workers_without_waiting_for_the_window() -> None:
+    # Steady 50/s (1 worker at 0.1 s); 900 tasks come due: draining them in 2 s needs 5
+    # workers. Once they are drained the window's arrivals need 1 again: the extra
+    # workers were for the backlog, which is gone, so they go once a rate window (5 s)
+    # has passed since they were started, not after the whole 15 s window.
+    run = run_load(WINDOWED, [(6, 50, 0.1, 0), (1, 50, 0.1, 900), (10, 50, 0.1, 0)], replicas=1)
+    by_t = {t: r for t, r, _ in run}
+    assert by_t[6] == 5  # (50 + 900 / 2) / 100
+    assert [by_t[t] for t in range(7, 11)] == [5] * 4  # just started: kept
+    assert "held at 5 by a scale-up 1 s ago (within the rate window, 5 s)" in run[7][2]
+    assert by_t[11] == 1  # the HPA's rule would hold 5 until t = 21
+
+
+def test_windowed_scale_down_still_keeps_busy_workers() -> None:
+    run = run_load(WINDOWED, [(20, 250, 0.1, 0), (20, 5, 0.1, 0)], replicas=3, busy=3)
+    assert all(r == 3 for _, r, _ in run)
+
+
+def test_no_rates_over_the_window_falls_back_to_the_highest_recommendation() -> None:
+    # The backlog rule (no targetDrainSeconds) keeps the HPA's semantics exactly.
+    backlog_rule = replace(WINDOWED, target_drain_seconds=None)
+    run = run_load(backlog_rule, [(5, 0, 0.1, 400), (20, 0, 0.1, 0)], replicas=1)
+    by_t = {t: r for t, r, _ in run}
+    assert by_t[4] == 8
+    assert by_t[4 + 15] == 8  # held for the whole window
+    assert by_t[4 + 16] == 1
+
+
+def test_nothing_arriving_and_nothing_waiting_needs_no_capacity_estimate() -> None:
+    # After a burst the arrivals stop: once nothing was claimed within the rate window
+    # the capacity per worker is unknown, but nothing arriving and nothing waiting needs
+    # no worker at any capacity. The rule must not fall back to the backlog rule and its
+    # window of old recommendations (3 until t = 35).
+    run = run_load(WINDOWED, [(20, 250, 0.1, 0), (20, 0, 0.1, 0)], replicas=3)
+    by_t = {t: r for t, r, _ in run}
+    assert by_t[32] == 1
+    assert all(r == 1 for t, r, _ in run if t >= 32)
+    assert not any(why.startswith("backlog") for t, _, why in run if t >= 20)
+
+
+def test_the_in_flight_floor_never_adds_workers_on_throughput() -> None:
+    # 3 workers keep up with 250 tasks/s of 0.1 s. A reading of 35 in flight (finished
+    # tasks whose batched acknowledgement is still on its way hold their lease a moment
+    # longer) is no reason for a fourth worker: the floor only keeps running tasks'
+    # workers; the throughput need is what adds them.
+    history = History()
+    for t in range(6):
+        n = 250 * t
+        d = decide_replicas(obs(t, 0, 25 if t < 5 else 35, n, n), POLICY, history, 3, t)
+        history = d.history
+    assert (d.replicas, d.direction) == (3, "none"), d.reason
+    # Still a floor on the way down: nothing arrives (a need of 0), but 35 long tasks
+    # run: they keep the 3 workers.
+    quiet = [obs(6 + t, 0, 35, 1250, 1250) for t in range(6)]
+    for o in quiet:
+        d = decide_replicas(o, POLICY, history, 3, o.at)
+        history = d.history
+    assert d.replicas == 3, d.reason
+    assert "35 running need 3" in d.reason

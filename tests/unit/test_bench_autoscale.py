@@ -1,0 +1,47 @@
+"""bench/autoscale's pure parts: what a run is charged and how runs are summarized.
+Timings are never checked here."""
+
+from __future__ import annotations
+
+import pytest
+from bench.autoscale import TIMELINE_FIELDS, replica_seconds, summarize
+
+
+def sample(at: float, ready: int, draining: int = 0) -> list[float]:
+    row = [0.0] * len(TIMELINE_FIELDS)
+    row[:3] = [at, ready, draining]
+    return row
+
+
+def test_replica_seconds_count_draining_workers_and_stop_where_asked() -> None:
+    timeline = [sample(0, 1), sample(10, 3), sample(20, 1, draining=2), sample(25, 1)]
+    # 1 x 10 s + 3 x 10 s + (1 + 2 draining) x 5 s + 1 x 5 s (the last value holds)
+    assert replica_seconds(timeline, 30) == pytest.approx(10 + 30 + 15 + 5)
+    # Cut inside an interval: only the part before it counts.
+    assert replica_seconds(timeline, 15) == pytest.approx(10 + 15)
+    assert replica_seconds(timeline, 0) == 0
+    assert replica_seconds([], 10) == 0
+
+
+def run(rule: str, rs: float, to_done: float, p95: float, long_p95: float) -> dict[str, object]:
+    return {
+        "trace": "t",
+        "rule": rule,
+        "replica_seconds": rs,
+        "replica_seconds_to_done": to_done,
+        "done_at_seconds": 70.0,
+        "queue_wait_ms": {"p95": p95, "p99": p95},
+        "long_task_wait_ms": {"p95": long_p95},
+        "interrupted": 0,
+        "repeated_claims": 0,
+        "unfinished_at_trace_end": 0,
+    }
+
+
+def test_summary_reports_both_costs_as_median_min_max() -> None:
+    runs = [run("a", 100, 120, 5, 50), run("a", 90, 95, 7, 70), run("a", 110, 130, 6, 60)]
+    s = summarize(runs)["t"]["a"]
+    assert s["runs"] == 3
+    assert s["replica_seconds"] == {"median": 100, "min": 90, "max": 110}
+    assert s["replica_seconds_to_done"] == {"median": 120, "min": 95, "max": 130}
+    assert s["long_task_p95_wait_ms"] == {"median": 60, "min": 50, "max": 70}
