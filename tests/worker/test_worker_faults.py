@@ -219,7 +219,8 @@ def test_sigterm_with_redis_gone_exits_within_the_grace_period(
         w.signal(signal.SIGTERM)
         code = w.wait(30)
         took = time.monotonic() - started
-        assert took < grace + 1.0, f"exit took {took:.1f}s with grace {grace}s\n{w.log()}"
+        # within the 2 s the operator leaves between the worker's grace and the pod's
+        assert took < grace + 2.0, f"exit took {took:.1f}s with grace {grace}s\n{w.log()}"
         assert code == 0, w.log()
     finally:
         if w is not None:

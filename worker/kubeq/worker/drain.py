@@ -57,8 +57,11 @@ async def serve(worker: Worker, stop: asyncio.Event, hurry: asyncio.Event) -> No
         plan = DrainPlan.of(time.monotonic(), worker.settings.grace_seconds)
         await drain(worker, plan, hurry, tasks[0])
     finally:
-        left = 5.0 if plan is None else plan.left(time.monotonic(), floor=0.5)
+        # Past the end only by these floors (0.1 s each): cancelling loops that wait is
+        # instant, and the operator leaves 2 s between this budget and the SIGKILL.
+        left = 5.0 if plan is None else plan.left(time.monotonic(), floor=0.1)
         await worker.close(tasks, timeout=left)  # no heartbeat re-registers us after this
+        left = 2.0 if plan is None else plan.left(time.monotonic(), floor=0.1)
         await farewell(worker, timeout=min(2.0, left))
 
 
