@@ -13,6 +13,7 @@ from kubeq.protocol import (
     Client,
     ConnectionFailed,
     InvalidURL,
+    KubeqError,
     QueueConfig,
 )
 from kubeq.protocol.connection import connect, redacted
@@ -171,3 +172,17 @@ def test_a_blocking_script_call_after_its_connection_was_killed_reconnects(
         claim = client.claim("w", 3, claim_id="k")
     assert [c.id for c in claim.tasks] == ids
     assert client.stats().in_flight == 3
+
+
+async def test_an_argument_redis_cannot_take_is_a_typed_error_on_both_clients(
+    client: Client, redis_url: str
+) -> None:
+    """Script calls are packed by hiredis, which refuses None with a TypeError: callers
+    still get a KubeqError, as through redis-py's own packer."""
+    with pytest.raises(KubeqError):
+        client.cancel(None)  # type: ignore[arg-type]
+    with pytest.raises(KubeqError):
+        client.status(None)  # type: ignore[arg-type]
+    async with await AsyncClient.from_url(redis_url, "q") as ac:
+        with pytest.raises(KubeqError):
+            await ac.cancel(None)  # type: ignore[arg-type]
