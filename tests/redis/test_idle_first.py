@@ -6,7 +6,7 @@ looks idle there, and removing it would interrupt that task)."""
 from __future__ import annotations
 
 from kubeq.protocol import AsyncClient, Client, QueueConfig, WorkerInfo
-from kubeq_operator.autoscaler import QueueAutoscaler
+from kubeq_operator.autoscaler import QueueAutoscaler, Tick
 from kubeq_operator.backend import PoolView, QueueRef
 from kubeq_operator.metrics import OperatorMetrics
 from kubeq_operator.scaling import ScalingPolicy
@@ -29,6 +29,17 @@ class Pool:
         self.costs = dict(costs)
 
 
+async def _one_tick(redis_url: str, ref: QueueRef, config: QueueConfig, pool: Pool) -> Tick:
+    """One autoscaler round over `pool` (1-4 workers, no stabilization window)."""
+    policy = ScalingPolicy(min_replicas=1, max_replicas=4, scale_down_stabilization_seconds=0)
+    client = await AsyncClient.from_url(redis_url, ref.name, ref.namespace, config)
+    try:
+        scaler = QueueAutoscaler(ref, policy, client, pool, OperatorMetrics())  # type: ignore[arg-type]
+        return await scaler.tick()
+    finally:
+        await client.close()
+
+
 async def test_a_worker_that_claimed_since_its_heartbeat_counts_as_busy(redis_url: str) -> None:
     ref = QueueRef("default", "idlefirst")
     config = QueueConfig(name=ref.name, namespace=ref.namespace)
@@ -42,13 +53,7 @@ async def test_a_worker_that_claimed_since_its_heartbeat_counts_as_busy(redis_ur
         assert {w.id: w.in_flight for w in sync.workers()} == {"w1": 0, "w2": 0}
     pool = Pool(replicas=2)
     # Nothing waits, one task runs: the rule wants 1 worker.
-    policy = ScalingPolicy(min_replicas=1, max_replicas=4, scale_down_stabilization_seconds=0)
-    client = await AsyncClient.from_url(redis_url, ref.name, ref.namespace, config)
-    try:
-        scaler = QueueAutoscaler(ref, policy, client, pool, OperatorMetrics())  # type: ignore[arg-type]
-        tick = await scaler.tick()
-    finally:
-        await client.close()
+    tick = await _one_tick(redis_url, ref, config, pool)
     # Down to 1, and the one that goes is w1 (cost 0), never w2 (it holds the task).
     assert (tick.decision.replicas, tick.decision.direction) == (1, "down")
     assert pool.costs == {"pod-1": 0, "pod-2": 1}
@@ -64,13 +69,7 @@ async def test_busy_workers_by_lease_keep_the_pool(redis_url: str) -> None:
         for n in (1, 2, 3):  # one long task each, claimed after the last heartbeat
             assert len(sync.claim(f"w{n}", 1).tasks) == 1
     pool = Pool(replicas=3)
-    policy = ScalingPolicy(min_replicas=1, max_replicas=4, scale_down_stabilization_seconds=0)
-    client = await AsyncClient.from_url(redis_url, ref.name, ref.namespace, config)
-    try:
-        scaler = QueueAutoscaler(ref, policy, client, pool, OperatorMetrics())  # type: ignore[arg-type]
-        tick = await scaler.tick()
-    finally:
-        await client.close()
+    tick = await _one_tick(redis_url, ref, config, pool)
     # 3 in flight at target 100 recommends 1, but every worker holds a task: none goes.
     assert (tick.decision.replicas, tick.decision.direction) == (3, "none")
     assert "3 workers busy" in tick.decision.reason
@@ -87,13 +86,7 @@ async def test_a_worker_that_claimed_before_registering_counts_as_busy(redis_url
         # w3 just started: its claim loop ran before its first heartbeat.
         assert len(sync.claim("w3", 1).tasks) == 1
     pool = Pool(replicas=3)
-    policy = ScalingPolicy(min_replicas=1, max_replicas=4, scale_down_stabilization_seconds=0)
-    client = await AsyncClient.from_url(redis_url, ref.name, ref.namespace, config)
-    try:
-        scaler = QueueAutoscaler(ref, policy, client, pool, OperatorMetrics())  # type: ignore[arg-type]
-        tick = await scaler.tick()
-    finally:
-        await client.close()
+    tick = await _one_tick(redis_url, ref, config, pool)
     # 2 in flight recommend 1 worker, but w1 and w3 each hold a task: only w2 may go.
     assert (tick.decision.replicas, tick.decision.direction) == (2, "down")
     assert "2 workers busy" in tick.decision.reason
