@@ -373,15 +373,28 @@ def decide_replicas(
         need = throughput_need(rates, waiting, concurrency, drain, service)
         if need is not None and window_rates is not None:
             hold = hold_need(window_rates, waiting, concurrency, drain, _service(window_rates))
+    by_backlog = math.ceil(demand / policy.target_backlog_per_replica)
+    backlog_note = (
+        f"backlog {demand} (waiting {waiting} + in-flight {in_flight})"
+        f" / target {policy.target_backlog_per_replica} → {by_backlog}"
+    )
     if need is not None:
         raw = math.ceil(need[0] - 1e-9)  # float noise must not add a worker
         notes = [need[1]]
+        warming = rates is not None and rates.seconds < policy.rate_window_seconds - 1e-9
+        if warming and by_backlog > raw:
+            # Warming up: readings from before the pool filled (tasks claimed but not yet
+            # run their length) make the capacity look larger than it is, and the first
+            # workers then fall behind. Until the rate window is full, the backlog rule
+            # is the floor.
+            raw = by_backlog
+            notes.append(
+                f"rate window not full yet ({policy.rate_window_seconds:g} s):"
+                f" at least the {backlog_note}"
+            )
     else:
-        raw = math.ceil(demand / policy.target_backlog_per_replica)
-        notes = [
-            f"backlog {demand} (waiting {waiting} + in-flight {in_flight})"
-            f" / target {policy.target_backlog_per_replica} → {raw}"
-        ]
+        raw = by_backlog
+        notes = [backlog_note]
     busy = math.ceil(in_flight / policy.concurrency) if policy.concurrency else 0
     if need is not None:
         # On throughput the floor only keeps running tasks' workers; it never adds any: a

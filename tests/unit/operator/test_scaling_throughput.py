@@ -41,9 +41,10 @@ def obs(at: float, waiting: int, in_flight: int, submitted: int, claimed: int) -
 
 
 def steady(
-    policy: ScalingPolicy, *, arrivals: float, service: float, waiting: int, seconds: int = 4
+    policy: ScalingPolicy, *, arrivals: float, service: float, waiting: int, seconds: int = 6
 ) -> list[int]:
-    """Replicas decided each second of a steady load: `arrivals` tasks/s, each holding a
+    """Replicas decided each second of a steady load (past the 5 s rate window, so the
+    last is a steady-state decision): `arrivals` tasks/s, each holding a
     slot `service` seconds (so arrivals * service tasks in flight, by Little's law)."""
     history, replicas, out = History(), 1, []
     for t in range(seconds + 1):
@@ -248,3 +249,26 @@ def test_the_in_flight_floor_never_adds_workers_on_throughput() -> None:
         history = d.history
     assert d.replicas == 3, d.reason
     assert "35 running need 3" in d.reason
+
+
+def test_a_pool_still_filling_does_not_make_the_capacity_look_larger() -> None:
+    # The bench's cold start: 200 tasks/s of 0.1 s arrive at one idle worker. A second
+    # later it runs 10 and has claimed 77; the trapezoid over (0 in flight, 10 in flight)
+    # says 0.065 s per task, a third too fast, and the rule alone would ask 2 workers
+    # (254/s at 154/s each) where 3 are needed: the first seconds' tasks then wait.
+    first = decide_replicas(obs(0, 0, 0, 0, 0), POLICY, History(), 1, 0.0)
+    d = decide_replicas(obs(1, 119, 10, 196, 77), POLICY, first.history, 1, 1.0)
+    assert d.replicas == 3  # the backlog rule's ceil(129 / 50) is the floor
+    assert "rate window not full yet (5 s): at least the backlog 129" in d.reason
+    unfloored = throughput_need(measured_rates(d.history) or Rates(0, 0, 0, 0), 119, 10, 2)
+    assert unfloored is not None
+    assert unfloored[0] < 2  # what the floor corrects
+    # Once the window is full the measured capacity decides alone, below the backlog rule.
+    history, replicas = d.history, d.replicas
+    for t in range(2, 8):
+        n = 200 * t
+        o = obs(float(t), 400, 20, n + 400, n)  # 20 in flight: 0.1 s per task
+        d = decide_replicas(o, POLICY, history, replicas, float(t))
+        history, replicas = d.history, d.replicas
+    assert "rate window not full" not in d.reason
+    assert d.replicas == 4  # (200 + 400 / 2) / 100 per worker, where the backlog rule says 9
