@@ -59,5 +59,6 @@ def test_a_worker_runs_every_handler_kind_on_each_loop(
         assert err is not None
         assert err.type == "Timeout"
         assert f"event loop: {loop}" in w.log()
+        assert "garbage collector: thresholds (20000, 10, 10), start-up frozen" in w.log()
     finally:
         w.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ from kubeq.app import App, load_app
 from kubeq.metrics import Families, WorkerMetrics
 from kubeq.protocol import AsyncClient, KubeqError, policy_problem
 from kubeq.protocol.connection import redacted
+from kubeq.worker import gc_policy
 from kubeq.worker.breaker import TRANSIENT
 from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
@@ -222,6 +224,8 @@ def run_worker(settings: WorkerSettings) -> int:
         log.error("%s", exc)
         return 2
     log.debug("event loop: %s", loop_name)
+    if gc_policy.apply(settings.gc_gen0_threshold):
+        log.debug("garbage collector: thresholds %s, start-up frozen", gc.get_threshold())
     with asyncio.Runner(loop_factory=factory) as runner:
         code = runner.run(_main(settings, app))
     stuck = [t for t in threading.enumerate() if t.name.startswith("kubeq-task") and t.is_alive()]

@@ -73,6 +73,9 @@ class WorkerSettings(BaseSettings):
     liveness_stall_seconds: float = Field(default=300.0, gt=0)
     #: the event loop: auto (uvloop when installed, else asyncio's), uvloop, asyncio
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: collect the garbage collector's youngest generation every this many allocations
+    #: (and freeze what start-up left alive); 0 keeps Python's policy (see gc_policy)
+    gc_gen0_threshold: int = Field(default=20_000, ge=0, le=10_000_000)
 
     def queue_names(self) -> list[str]:
         return list(dict.fromkeys(q.strip() for q in self.queue.split(",") if q.strip()))
