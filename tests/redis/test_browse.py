@@ -190,6 +190,13 @@ def test_submit_counts_each_new_task_once_per_type(client: Client) -> None:
     client.submit("a", idempotency_key="k")
     client.submit("a", idempotency_key="k")  # the same task again: not counted
     assert client.type_stats() == {"a": {"submitted": 3}, "b": {"submitted": 1}}
+    # One type per chunk (sent without per-task type indexes), plain and with checks.
+    client.submit_many([{"type": "c"}] * 4)
+    repeated = {"type": "d", "idempotency_key": "x"}
+    client.submit_many([repeated, repeated, {"type": "d", "id": "chosen-1"}, {"type": "d"}])
+    stats = client.type_stats()
+    assert stats["c"] == {"submitted": 4}
+    assert stats["d"] == {"submitted": 3}  # the repeated key is one task
 
 
 def test_per_type_counters_are_bounded(client: Client) -> None:

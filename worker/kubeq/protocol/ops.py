@@ -190,6 +190,12 @@ def new_task_id() -> str:
     return os.urandom(16).hex()
 
 
+def new_task_ids(n: int) -> list[str]:
+    """`n` ids as `new_task_id` makes them, from one read of the system's randomness."""
+    digits = os.urandom(16 * n).hex()
+    return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
 @functools.lru_cache(maxsize=1024)
 def _type_literal(text: str) -> str:
     """A task type, checked and as a JSON string literal: a handful of distinct values,
@@ -326,8 +332,9 @@ class QueueOps:
 
     # -- submit ------------------------------------------------------------------------
 
-    def encode_task(self, req: RequestFields, now: int) -> EncodedTask:
-        """Validate one request.
+    def encode_task(self, req: RequestFields, now: int, fresh_id: str | None = None) -> EncodedTask:
+        """Validate one request. `fresh_id`: the id to give it if the caller chose none
+        (else one is drawn here).
 
         Returns (id, level index, delay ms, eta ms or 0, idempotency key, meta head,
         record, 1 when the caller chose the id). Every way a request can be wrong raises
@@ -362,7 +369,7 @@ class QueueOps:
                 f"got {max_attempts!r}"
             )
         if req.id is None:
-            task_id = new_task_id()
+            task_id = fresh_id or new_task_id()
         elif isinstance(req.id, str) and _ID_RE.match(req.id):
             task_id = req.id
         else:
@@ -455,7 +462,8 @@ class QueueOps:
         _check_count("chunk_size", chunk_size, 1, MAX_SCRIPT_BATCH)
         # Validate every item before writing any chunk.
         requests = list(requests)
-        encoded = [self.encode_task(r, now) for r in requests]
+        ids = new_task_ids(len(requests))  # one system call, not one per task
+        encoded = [self.encode_task(r, now, fresh) for r, fresh in zip(requests, ids, strict=True)]
         types = [r.type for r in requests]
         seen: set[str] = set()
         for task_id, *_ in encoded:
@@ -487,6 +495,7 @@ class QueueOps:
         k = self.keys
         idem_keys: list[str] = []
         slots: dict[str, int] = {}
+        checks = any(t[4] is not None or t[7] for t in chunk)
         args: list[str | int | float] = [
             self._now_arg(now),
             self.config.max_backlog or 0,
@@ -494,9 +503,12 @@ class QueueOps:
             self.config.idempotency_ttl * 1000,
             len(self.levels),
             len(chunk),
-            int(any(t[4] is not None or t[7] for t in chunk)),
+            int(checks),
         ]
         for task_id, level, delay_ms, eta_ms, key, meta_head, record, chosen in chunk:
+            args += [task_id, level, delay_ms, eta_ms, meta_head, record]
+            if not checks:  # a plain chunk: no idempotency index or chosen flag per task
+                continue
             idem = 0
             if key is not None:
                 # One KEYS slot per distinct key: a key repeated within the chunk is one key.
@@ -506,11 +518,15 @@ class QueueOps:
                     idem = slots[key] = len(idem_keys)
             # Only a caller-chosen id needs the existence check: a generated one is 128
             # random bits.
-            args += [task_id, level, delay_ms, eta_ms, idem, meta_head, record, chosen]
-        # Per-type `submitted` counts: the chunk's distinct types, then one index per task.
+            args += [idem, chosen]
+        # Per-type `submitted` counts: the chunk's distinct types, then (several types
+        # only) one index per task.
         names = list(dict.fromkeys(types))
-        index = {t: i + 1 for i, t in enumerate(names)}
-        args += [len(names), *names, *(index[t] for t in types)] if names else [0]
+        if len(names) > 1:
+            index = {t: i + 1 for i, t in enumerate(names)}
+            args += [len(names), *names, *(index[t] for t in types)]
+        else:
+            args += [len(names), *names]
         keys = [
             k.tasks,
             k.wake,
