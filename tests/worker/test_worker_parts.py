@@ -407,6 +407,8 @@ def test_type_tally_counts_each_type_apart_and_keeps_what_a_failed_flush_put_bac
         ("b", "duration_ms"): 500,
     }
     assert tally.take() == {}  # taken once
+    tally.add(out("c", "completed", 0.0001))  # under a millisecond: still a duration
+    assert tally.take() == {("c", "runs"): 1, ("c", "duration_ms"): 0, ("c", "completed"): 1}
     tally.add(out("a", "completed", 0.001))
     tally.put_back(taken)  # the flush failed: counted again, with what came meanwhile
     again = tally.take()

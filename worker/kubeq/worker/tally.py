@@ -33,13 +33,14 @@ class TypeTally:
             c[i] += 1
 
     def take(self) -> dict[tuple[str, str], int]:
-        """Everything counted since the last take (for one flush), zeros left out."""
+        """Everything counted since the last take (for one flush): zeros left out, except
+        the duration of runs that took under a millisecond (a run has a duration)."""
         taken, self._counts = self._counts, {}
         return {
             (t, name): n
             for t, counts in taken.items()
             for name, n in zip(_FIELDS, counts, strict=True)
-            if n
+            if n or (name == "duration_ms" and counts[0])
         }
 
     def put_back(self, counts: dict[tuple[str, str], int]) -> None:
