@@ -209,3 +209,16 @@ def test_per_type_counters_are_bounded(client: Client) -> None:
     assert len(types) == 1001
     assert types["(other)"] == {"completed": 200}
     assert client.redis.hlen(client.keys.type_counters) == 1001
+
+
+def test_lease_holders_counts_each_workers_leases_from_the_fencing_state(client: Client) -> None:
+    big = "x" * 200_000  # payloads are never read: only "token|worker|started" per lease
+    client.submit_many([{"type": "t", "payload": big}] * 3 + [{"type": "t"}] * 2500)
+    assert client.lease_holders() == {}
+    a = client.claim("worker-a", 2)
+    client.claim("worker-b", 2501)  # more than one scan page
+    assert client.lease_holders() == {"worker-a": 2, "worker-b": 2501}
+    assert client.lease_holders(limit=2503) == {"worker-a": 2, "worker-b": 2501}
+    assert client.lease_holders(limit=2502) is None  # a bounded read says it stopped
+    client.settle([client.ops.completion(t, None, client.clock()) for t in a.tasks])
+    assert client.lease_holders() == {"worker-b": 2501}  # ended leases are gone

@@ -56,6 +56,8 @@ from kubeq.protocol.workflow import (
 
 Clock = Callable[[], int]
 RECHECK = 5.0  # seconds between status checks while waiting on the done channel
+#: most leases `lease_holders` reads by default (about 40 bytes each): 20 scan pages
+MAX_LEASES_READ = 20_000
 
 
 def _left(deadline: float | None, task_id: str, task: Task) -> float:
@@ -393,6 +395,21 @@ class Client(_Base):
             yield from tasks
             if cursor == 0:
                 return
+
+    def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
+        """Tasks leased now per worker id, from the fencing state alone (never a task's
+        record, whatever its payload); None when more than `limit` are leased."""
+        held: dict[str, int] = {}
+        cursor, seen = 0, 0
+        while True:
+            cursor, leases = self.run(self.ops.leases_page(cursor, min(limit, 1000)))
+            seen += len(leases)
+            if seen > limit:
+                return None
+            for _, worker in leases:
+                held[worker] = held.get(worker, 0) + 1
+            if cursor == 0:
+                return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 
@@ -754,6 +771,21 @@ class AsyncClient(_Base):
                 yield task
             if cursor == 0:
                 return
+
+    async def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
+        """Tasks leased now per worker id, from the fencing state alone (never a task's
+        record, whatever its payload); None when more than `limit` are leased."""
+        held: dict[str, int] = {}
+        cursor, seen = 0, 0
+        while True:
+            cursor, leases = await self.run(self.ops.leases_page(cursor, min(limit, 1000)))
+            seen += len(leases)
+            if seen > limit:
+                return None
+            for _, worker in leases:
+                held[worker] = held.get(worker, 0) + 1
+            if cursor == 0:
+                return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 

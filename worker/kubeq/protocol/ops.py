@@ -1147,6 +1147,21 @@ class QueueOps:
         pairs = entries.items() if isinstance(entries, dict) else _pairs(entries)
         return int(next_cursor), [terminal_task(tid, raw) for tid, raw in pairs]
 
+    def leases_page(self, cursor: int, count: int = 1000) -> Op:
+        """One page of the queue's leases and the cursor of the next (0: done): (task id,
+        worker id) per leased task, from the fencing state ("token|worker|started_ms"),
+        never a task's record. A scan: a lease taken or ended meanwhile may be missed."""
+        reply = yield Command(("HSCAN", self.keys.holders, cursor, "COUNT", count))
+        next_cursor, entries = reply
+        pairs = entries.items() if isinstance(entries, dict) else _pairs(entries)
+        leases = []
+        for task_id, raw in pairs:
+            _, _, rest = str(raw).partition("|")
+            worker = rest.partition("|")[0]
+            if worker:
+                leases.append((str(task_id), worker))
+        return int(next_cursor), leases
+
     def publish_config(self) -> Command:
         return Command(("SET", self.keys.config, self.config.model_dump_json()))
 
