@@ -399,17 +399,8 @@ class Client(_Base):
     def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
         """Tasks leased now per worker id, from the fencing state alone (never a task's
         record, whatever its payload); None when more than `limit` are leased."""
-        held: dict[str, int] = {}
-        cursor, seen = 0, 0
-        while True:
-            cursor, leases = self.run(self.ops.leases_page(cursor, min(limit, 1000)))
-            seen += len(leases)
-            if seen > limit:
-                return None
-            for _, worker in leases:
-                held[worker] = held.get(worker, 0) + 1
-            if cursor == 0:
-                return held
+        held: dict[str, int] | None = self.run(self.ops.lease_holders(limit))
+        return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 
@@ -775,17 +766,8 @@ class AsyncClient(_Base):
     async def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
         """Tasks leased now per worker id, from the fencing state alone (never a task's
         record, whatever its payload); None when more than `limit` are leased."""
-        held: dict[str, int] = {}
-        cursor, seen = 0, 0
-        while True:
-            cursor, leases = await self.run(self.ops.leases_page(cursor, min(limit, 1000)))
-            seen += len(leases)
-            if seen > limit:
-                return None
-            for _, worker in leases:
-                held[worker] = held.get(worker, 0) + 1
-            if cursor == 0:
-                return held
+        held: dict[str, int] | None = await self.run(self.ops.lease_holders(limit))
+        return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 

@@ -1162,6 +1162,22 @@ class QueueOps:
                 leases.append((str(task_id), worker))
         return int(next_cursor), leases
 
+    def lease_holders(self, limit: int) -> Op:
+        """Tasks leased now per worker id (every page of `leases_page`); None when more
+        than `limit` are leased: the read stops there."""
+        limit = _check_count("limit", limit, 1)
+        held: dict[str, int] = {}
+        cursor, seen = 0, 0
+        while True:
+            cursor, leases = yield from self.leases_page(cursor, min(limit, 1000))
+            seen += len(leases)
+            if seen > limit:
+                return None
+            for _, worker in leases:
+                held[worker] = held.get(worker, 0) + 1
+            if cursor == 0:
+                return held
+
     def publish_config(self) -> Command:
         return Command(("SET", self.keys.config, self.config.model_dump_json()))
 
