@@ -27,8 +27,8 @@ from tests.k8s.test_operator import (
 
 import redis
 from kubeq.protocol import Client, QueueKeys
-from kubeq_operator.handlers import Operator
-from kubeq_operator.k8s_backend import SECRETS, TASK_QUEUES, KubeApi
+from kubeq_operator.kube.backend import SECRETS, TASK_QUEUES, KubeApi
+from kubeq_operator.kube.handlers import Operator
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 

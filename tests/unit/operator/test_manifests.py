@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from kubeq.protocol.config import QueueConfig
-from kubeq_operator import manifests as m
-from kubeq_operator.spec import TaskQueueSpec, parse_spec
+from kubeq_operator.core import manifests as m
+from kubeq_operator.core.spec import TaskQueueSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())

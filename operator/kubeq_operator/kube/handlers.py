@@ -29,12 +29,24 @@ import kopf
 from prometheus_client import start_http_server
 
 from kubeq.protocol import AsyncClient, KubeqError, QueueConfig, policy_problem
-from kubeq_operator import status as st
-from kubeq_operator.autoscaler import QueueAutoscaler
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.crd_schema import GROUP, PLURAL, VERSION, checked_spec
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.k8s_backend import (
+from kubeq_operator.core import status as st
+from kubeq_operator.core.crd_schema import GROUP, PLURAL, VERSION, checked_spec
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.manifests import (
+    MANAGED_BY,
+    OwnerRef,
+    build_deployment,
+    deployment_name,
+    selector_string,
+)
+from kubeq_operator.core.pod_security import policy_problems
+from kubeq_operator.core.scaling import ScalingPolicy
+from kubeq_operator.core.spec import Condition, TaskQueueSpec
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
+from kubeq_operator.engine.scheduler import run_schedules
+from kubeq_operator.kube.backend import (
     TASK_QUEUES,
     ApiError,
     DeploymentMissing,
@@ -42,26 +54,14 @@ from kubeq_operator.k8s_backend import (
     KubeApi,
     UnresolvedReferences,
 )
-from kubeq_operator.manifests import (
-    MANAGED_BY,
-    OwnerRef,
-    build_deployment,
-    deployment_name,
-    selector_string,
-)
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.pod_security import policy_problems
-from kubeq_operator.redis_access import (
+from kubeq_operator.kube.redis_access import (
     RedisClients,
     inline_password,
     purge,
     resolve_url,
     secret_reader,
 )
-from kubeq_operator.scaling import ScalingPolicy
-from kubeq_operator.schedules import run_schedules
-from kubeq_operator.settings import OperatorSettings, load_settings
-from kubeq_operator.spec import Condition, TaskQueueSpec
+from kubeq_operator.kube.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("kubeq.operator")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeq.protocol.config import QueueConfig
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.spec import TaskQueueSpec
 
 Manifest = dict[str, Any]
 
