@@ -7,13 +7,15 @@ and a real redis-server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import time
 from typing import Any
 
 import kmock as km
 import pytest
-from tests.k8s.emulator import KubeqEmulator, eventually, running_operator
+from tests.k8s.emulator import KubeqEmulator, eventually, operator_settings, running_operator
 from tests.k8s.test_operator import (
     NS,
     condition,
@@ -27,6 +29,7 @@ from tests.k8s.test_operator import (
 
 import redis
 from kubeq.protocol import Client, QueueKeys
+from kubeq_operator.core.manifests import SPEC_ANNOTATION
 from kubeq_operator.kube.backend import SECRETS, TASK_QUEUES, KubeApi
 from kubeq_operator.kube.handlers import Operator
 
@@ -261,3 +264,107 @@ async def test_missing_secret_key_is_not_rolled_out(api: KubeApi, redis_url: str
         )
         await ready(api, "secretive")
         assert await api.get(dep_path("secretive")) is not None
+
+
+async def test_restart_with_refused_spec_keeps_scaling_the_last_good_deployment(
+    api: KubeApi, redis_url: str
+) -> None:
+    """The operator restarts while the current spec is refused (422) and the backlog grows:
+    it scales the running Deployment by the spec that Deployment was built from (recorded
+    on the Deployment itself), exactly as it did before the restart, while the status
+    still says the current spec is refused."""
+    tq = taskqueue("stuck", redis_url)  # maxReplicas 5, 10 tasks per replica
+    async with running_operator(clients=[api]):
+        await api.create(TASK_QUEUES.path(NS), tq)
+        await ready(api, "stuck")
+        good_env = env_of(await get(api, dep_path("stuck")))
+        # Refused by the API server; its own autoscaling part (max 2) is never applied.
+        bad = {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}}
+        await api.patch(tq_path("stuck"), {"spec": {**bad, "autoscaling": {"maxReplicas": 2}}})
+        await eventually(
+            lambda: get(api, tq_path("stuck")),
+            lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
+            what="Ready=False ApplyFailed",
+        )
+    assert (await get(api, dep_path("stuck")))["spec"]["replicas"] == 1
+
+    producer = Client.from_url(redis_url, "stuck", NS)
+    try:
+        producer.submit_many({"type": "t", "payload": i} for i in range(35))
+    finally:
+        producer.close()
+
+    async with running_operator(clients=[api]):
+        dep = await eventually(
+            lambda: get(api, dep_path("stuck")),
+            lambda d: d["spec"].get("replicas") == 4,
+            what="the last good Deployment scaled to ceil(35 / 10) after the restart",
+        )
+        assert env_of(dep) == good_env  # still the last good template
+        body = await eventually(
+            lambda: get(api, tq_path("stuck")),
+            lambda b: b.get("status", {}).get("desiredReplicas") == 4,
+            what="status.desiredReplicas",
+        )
+        assert condition(body, "Ready")["status"] == "False"
+        assert condition(body, "Ready")["reason"] == "ApplyFailed"
+        assert "LOG_LEVEL=debug" in condition(body, "Ready")["message"]
+        assert condition(body, "Scaling")["reason"] == "ScaledUp"
+
+
+async def test_restart_does_not_adopt_an_unusable_record(api: KubeApi, redis_url: str) -> None:
+    """A record that does not pass the checks any spec passes is not scaled by: one
+    hand-edited into an invalid spec, one whose pods the restarted operator's pod policy no
+    longer allows (a service account taken off the list). The operator keeps running,
+    reports the refused spec, and serves the queue whose record is good."""
+    bad = {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}}
+    account = {"podTemplate": {"serviceAccountName": "workers"}}
+    queues = {
+        "forged": taskqueue("forged", redis_url),
+        "revoked": taskqueue("revoked", redis_url),
+        "good": taskqueue("good", redis_url),
+    }
+    queues["revoked"]["spec"]["worker"] |= account
+    async with running_operator(
+        operator_settings(allowed_service_accounts="workers"), clients=[api]
+    ):
+        for name, tq in queues.items():
+            await api.create(TASK_QUEUES.path(NS), tq)
+            await ready(api, name)
+            await api.patch(tq_path(name), {"spec": bad})
+            await eventually(
+                lambda name=name: get(api, tq_path(name)),  # type: ignore[misc]
+                lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
+                what=f"{name}: Ready=False ApplyFailed",
+            )
+    forged = {"worker": {"image": "evil:1"}}  # no redis, no app: not a TaskQueue spec
+    await api.patch(
+        dep_path("forged"),
+        {"metadata": {"annotations": {SPEC_ANNOTATION: json.dumps(forged)}}},
+    )
+    templates = {n: (await get(api, dep_path(n)))["spec"]["template"] for n in queues}
+
+    for name in queues:
+        producer = Client.from_url(redis_url, name, NS)
+        try:
+            producer.submit_many({"type": "t", "payload": i} for i in range(35))
+        finally:
+            producer.close()
+
+    async with running_operator(operator_settings(allowed_service_accounts=""), clients=[api]):
+        await eventually(
+            lambda: get(api, dep_path("good")),
+            lambda d: d["spec"].get("replicas") == 4,
+            what="the queue with a good record scaled",
+        )
+        # Their rounds run at the same pace as the good queue's: give them two more.
+        await asyncio.sleep(1.0)
+        for name in ("forged", "revoked"):
+            dep = await get(api, dep_path(name))
+            assert dep["spec"]["replicas"] == 1, name
+            assert dep["spec"]["template"] == templates[name], name  # nothing built from it
+            body = await get(api, tq_path(name))
+            assert condition(body, "Ready")["status"] == "False", name
+            # No autoscaler round ran for it: the backlog shown is the one before the restart.
+            assert body["status"]["backlog"] == 0, name
+            assert condition(body, "Scaling")["reason"] != "AutoscalerError", name

@@ -37,6 +37,7 @@ from kubeq_operator.core.manifests import (
     OwnerRef,
     build_deployment,
     deployment_name,
+    recorded_spec,
     selector_string,
 )
 from kubeq_operator.core.pod_security import policy_problems
@@ -47,6 +48,7 @@ from kubeq_operator.engine.backend import QueueRef
 from kubeq_operator.engine.metrics import OperatorMetrics
 from kubeq_operator.engine.scheduler import run_schedules
 from kubeq_operator.kube.backend import (
+    DEPLOYMENTS,
     TASK_QUEUES,
     ApiError,
     DeploymentMissing,
@@ -392,6 +394,8 @@ class Operator:
         try:
             if q.settled != fingerprint(body) and self.clock() >= q.retry_at:
                 await self.reconcile(body, logger)
+            if q.applied is None:
+                await self._adopt(q, body, logger)
             return await self._autoscale(q, logger)
         except asyncio.CancelledError:
             raise
@@ -404,6 +408,42 @@ class Operator:
             with contextlib.suppress(Exception):
                 await self.write_status(q, {})
             return backoff(self._poll(q), q.failures)
+
+    async def _adopt(self, q: Queue, body: Mapping[str, Any], logger: kopf.Logger) -> None:
+        """Nothing applied by this process (it restarted) and the current spec not applied:
+        take the live Deployment over with the spec it was built from, recorded on it
+        (`recorded_spec`), so its pool keeps scaling and being repaired as before the
+        restart. The record is checked as any spec (schema, CEL rules, pod policy); Ready
+        stays as the reconcile left it (the current spec is refused), and the first
+        reconcile that succeeds replaces the adopted spec."""
+        async with q.lock:
+            if q.applied is not None:  # a reconcile got there first
+                return
+            name = deployment_name(q.ref.name)
+            live = await self.api.get(DEPLOYMENTS.path(q.ref.namespace, name))
+            raw = recorded_spec(live, str(body["metadata"].get("uid"))) if live else None
+            if raw is None:
+                return  # none, someone else's, or built before specs were recorded
+            recorded = {"apiVersion": body["apiVersion"], "kind": body["kind"]}
+            recorded |= {"metadata": body["metadata"], "spec": raw}
+            try:
+                spec = checked_spec(recorded)
+                config = spec.to_queue_config(q.ref.name, q.ref.namespace)
+            except InvalidSpec as exc:
+                logger.info(f"the spec recorded on {name} is not usable: {exc}")
+                return
+            built = build_deployment(q.ref.name, q.ref.namespace, spec, replicas=None)
+            if policy_problems(built, q.ref.namespace, self.policy):
+                logger.info(f"the spec recorded on {name} violates the pod policy: not used")
+                return
+            q.applied, q.applied_config = spec, config
+        message = (
+            f"current spec not applied: Deployment {name} keeps scaling by the spec it was "
+            "built from"
+        )
+        logger.info(message)
+        if q.target is not None:
+            kopf.event(q.target, type="Normal", reason="Adopted", message=message)
 
     async def _autoscale(self, q: Queue, logger: kopf.Logger) -> float:
         spec, config = q.applied, q.applied_config
