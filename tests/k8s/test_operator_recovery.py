@@ -266,25 +266,39 @@ async def test_missing_secret_key_is_not_rolled_out(api: KubeApi, redis_url: str
         assert await api.get(dep_path("secretive")) is not None
 
 
+# Each refused spec also asks for maxReplicas 2, which must not apply: the pool is scaled
+# by the spec its Deployment was built from (maxReplicas 5).
+REFUSED = {
+    "ApplyFailed": {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}},
+    "MissingReference": {
+        "worker": {
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]
+        }
+    },
+    "InvalidSpec": {"autoscaling": {"minReplicas": 3}},
+}
+
+
+@pytest.mark.parametrize("reason", list(REFUSED))
 async def test_restart_with_refused_spec_keeps_scaling_the_last_good_deployment(
-    api: KubeApi, redis_url: str
+    api: KubeApi, redis_url: str, reason: str
 ) -> None:
-    """The operator restarts while the current spec is refused (422) and the backlog grows:
-    it scales the running Deployment by the spec that Deployment was built from (recorded
-    on the Deployment itself), exactly as it did before the restart, while the status
-    still says the current spec is refused."""
+    """The operator restarts while the current spec is refused (by the API server, for a
+    missing Secret, or as invalid) and the backlog grows: it scales the running Deployment
+    by the spec that Deployment was built from (recorded on the Deployment itself), exactly
+    as it did before the restart, while the status still says why the spec is refused."""
     tq = taskqueue("stuck", redis_url)  # maxReplicas 5, 10 tasks per replica
     async with running_operator(clients=[api]):
         await api.create(TASK_QUEUES.path(NS), tq)
         await ready(api, "stuck")
         good_env = env_of(await get(api, dep_path("stuck")))
-        # Refused by the API server; its own autoscaling part (max 2) is never applied.
-        bad = {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}}
-        await api.patch(tq_path("stuck"), {"spec": {**bad, "autoscaling": {"maxReplicas": 2}}})
+        refused = REFUSED[reason]
+        autoscaling = {"maxReplicas": 2, **refused.get("autoscaling", {})}
+        await api.patch(tq_path("stuck"), {"spec": {**refused, "autoscaling": autoscaling}})
         await eventually(
             lambda: get(api, tq_path("stuck")),
-            lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
-            what="Ready=False ApplyFailed",
+            lambda b: condition(b, "Ready").get("reason") == reason,
+            what=f"Ready=False {reason}",
         )
     assert (await get(api, dep_path("stuck")))["spec"]["replicas"] == 1
 
@@ -307,9 +321,19 @@ async def test_restart_with_refused_spec_keeps_scaling_the_last_good_deployment(
             what="status.desiredReplicas",
         )
         assert condition(body, "Ready")["status"] == "False"
-        assert condition(body, "Ready")["reason"] == "ApplyFailed"
-        assert "LOG_LEVEL=debug" in condition(body, "Ready")["message"]
+        assert condition(body, "Ready")["reason"] == reason
         assert condition(body, "Scaling")["reason"] == "ScaledUp"
+        await eventually(lambda: events(api, "stuck"), has_event("Adopted"), what="Event")
+        # And repaired by it: a hand edit is put back to the last good template.
+        hand = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "x"}]}}}}
+        await api.patch(dep_path("stuck"), hand)
+        dep = await eventually(
+            lambda: get(api, dep_path("stuck")),
+            lambda d: d["spec"]["template"]["spec"]["containers"][0].get("image") != "x",
+            what="the hand edit restored",
+        )
+        assert env_of(dep) == good_env
+        assert dep["spec"]["replicas"] == 4
 
 
 async def test_restart_does_not_adopt_an_unusable_record(api: KubeApi, redis_url: str) -> None:
