@@ -24,7 +24,10 @@ def plot(path: Path) -> Path:
         [row["rate"].median - row["rate"].low for row in drain],
         [row["rate"].high - row["rate"].median for row in drain],
     ]
-    colors = ["tab:green" if n == "kubeq" else "tab:gray" for n in names]
+    colors = [
+        "tab:green" if n == "kubeq" else "tab:olive" if n.startswith("kubeq") else "tab:gray"
+        for n in names
+    ]
     a.bar(names, med, yerr=err, color=colors, capsize=4)
     a.set_ylabel("tasks/s (median, min-max)")
     a.set_title(f"drain {data['params']['n']:,} tasks, one worker process")

@@ -51,6 +51,15 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             kubeq_env,
             bulk=True,
         ),
+        # An ablation, not a peer: the same worker with Python's own garbage-collector
+        # policy (KUBEQ_GC_GEN0_THRESHOLD=0), to show what kubeq.worker.gc_policy gains.
+        System(
+            "kubeq-stock-gc",
+            f"kubeq, concurrency {kubeq_concurrency}, Python's GC policy",
+            (py, "-m", "kubeq.worker"),
+            (py, "kubeq_app.py"),
+            kubeq_env | {"KUBEQ_GC_GEN0_THRESHOLD": "0"},
+        ),
         System(
             "bullmq",
             "BullMQ (Node), concurrency 50",

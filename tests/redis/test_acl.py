@@ -201,6 +201,7 @@ def test_the_operator_runs_its_functions(
     stats = operator.stats()
     assert (stats.ready, stats.in_flight, stats.dead) == (1, 1, 1)
     assert [w.id for w in operator.workers()] == ["w1"]
+    assert operator.lease_holders() == {"w1": 1}  # idle-first removal reads the leases
     operator.publish_config()
     operator.record_scale({"at": 1, "from": 0, "to": 1, "reason": "backlog"})
     assert b'"reason":"backlog"' in admin.lindex(QueueKeys(NS, QUEUE).scale_log, 0)

@@ -123,7 +123,8 @@ def _one(call: ScriptCall):  # type: ignore[no-untyped-def]
 def test_a_forged_submit_tuple_is_refused_before_anything_is_written(client: Client) -> None:
     call = next(client.ops.submit_many([TaskRequest("t", delay=5), TaskRequest("t")], 0))
     args = list(call.args)
-    args[7 + 8 + 1] = 99  # the second task's level index (ARGV[8 + 8 + 1]): no such level
+    t = 8 if args[6] else 6  # a tuple's length: 8 with idempotency checks, else 6
+    args[7 + t + 1] = 99  # the second task's level index (ARGV[8 + T + 1]): no such level
     before = client.redis.dbsize()
     with pytest.raises(ScriptError, match="BADSUBMIT"):
         client.run(_one(ScriptCall("submit", call.keys, args)))

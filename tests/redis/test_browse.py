@@ -190,6 +190,13 @@ def test_submit_counts_each_new_task_once_per_type(client: Client) -> None:
     client.submit("a", idempotency_key="k")
     client.submit("a", idempotency_key="k")  # the same task again: not counted
     assert client.type_stats() == {"a": {"submitted": 3}, "b": {"submitted": 1}}
+    # One type per chunk (sent without per-task type indexes), plain and with checks.
+    client.submit_many([{"type": "c"}] * 4)
+    repeated = {"type": "d", "idempotency_key": "x"}
+    client.submit_many([repeated, repeated, {"type": "d", "id": "chosen-1"}, {"type": "d"}])
+    stats = client.type_stats()
+    assert stats["c"] == {"submitted": 4}
+    assert stats["d"] == {"submitted": 3}  # the repeated key is one task
 
 
 def test_per_type_counters_are_bounded(client: Client) -> None:
@@ -202,3 +209,22 @@ def test_per_type_counters_are_bounded(client: Client) -> None:
     assert len(types) == 1001
     assert types["(other)"] == {"completed": 200}
     assert client.redis.hlen(client.keys.type_counters) == 1001
+
+
+def test_lease_holders_counts_each_workers_leases_from_the_fencing_state(client: Client) -> None:
+    big = "x" * 200_000  # payloads are never read: only "token|worker|started" per lease
+    client.submit_many([{"type": "t", "payload": big}] * 3 + [{"type": "t"}] * 2500)
+    assert client.lease_holders() == {}
+    a = client.claim("worker-a", 2)
+    client.claim("worker-b", 2501)  # more than one scan page
+    assert client.lease_holders() == {"worker-a": 2, "worker-b": 2501}
+    assert client.lease_holders(limit=2503) == {"worker-a": 2, "worker-b": 2501}
+    assert client.lease_holders(limit=2502) is None  # a bounded read says it stopped
+    client.settle([client.ops.completion(t, None, client.clock()) for t in a.tasks])
+    assert client.lease_holders() == {"worker-b": 2501}  # ended leases are gone
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, "10", True])
+def test_lease_holders_limit_must_be_a_positive_integer(client: Client, limit: object) -> None:
+    with pytest.raises(ConfigError, match="limit"):
+        client.lease_holders(limit)  # type: ignore[arg-type]

@@ -122,3 +122,24 @@ def test_a_record_cannot_choose_its_own_lease_fields(client: Client) -> None:
         assert c.task.status == TaskStatus.RUNNING
         assert c.task.worker == "w"
         assert c.task.started_at != 7
+
+
+def test_a_claimed_id_keeps_every_character_it_was_submitted_with(client: Client) -> None:
+    """The claim parser quotes hex ids as they are and any other through JSON: ids with
+    the punctuation the API allows, and (written into Redis by hand) ids no producer could
+    choose, come back exactly, never as broken or altered JSON."""
+    chosen = ["a.b:c-d_e", "UPPER.lower", "x" * 128, "0"]
+    ids = client.submit_many([{"type": "t", "id": i} for i in chosen])
+    assert ids == chosen
+    forged = 'q"uo\\te\u00e9'
+    record = (
+        '{"queue":"default/q","type":"t","priority":"default","max_attempts":3,'
+        '"created_at":1,"due_at":1}'
+    )
+    client.redis.hset(client.keys.tasks, forged, record)
+    client.redis.hset(client.keys.meta, forged, "default|3|1")
+    client.redis.rpush(client.keys.ready("default"), forged)
+    claim = client.claim("w", 10)
+    assert claim.malformed == []
+    assert sorted(c.id for c in claim.tasks) == sorted([*chosen, forged])
+    assert all(c.task.id == c.id for c in claim.tasks)

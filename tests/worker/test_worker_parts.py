@@ -378,3 +378,40 @@ def test_a_task_type_outside_the_safe_pattern_is_refused_at_registration() -> No
     async def fine(payload: object, ctx: object) -> None: ...
 
     assert "ok.type" in app.tasks
+
+
+def test_type_tally_counts_each_type_apart_and_keeps_what_a_failed_flush_put_back() -> None:
+    from kubeq.protocol.ops import Settlement
+    from kubeq.worker.execution import Outcome
+    from kubeq.worker.tally import TypeTally
+
+    def out(t: str, event: Any, duration: float | None, failed: bool = False) -> Outcome:
+        s = Settlement("id", 1, 1, "complete")
+        return Outcome(s, event, "default", t, 1, None, failed, duration)
+
+    tally = TypeTally()
+    tally.add(out("a", "completed", 0.0104))
+    tally.add(out("a", "retried", 0.002, failed=True))
+    tally.add(out("b", "dead", None, failed=True))  # never ran (e.g. malformed): no run
+    tally.add(out("b", "released", 0.5))  # a release is a run, not an ending counted here
+    taken = tally.take()
+    assert taken == {
+        ("a", "runs"): 2,
+        ("a", "duration_ms"): 12,
+        ("a", "failed"): 1,
+        ("a", "completed"): 1,
+        ("a", "retried"): 1,
+        ("b", "failed"): 1,
+        ("b", "dead"): 1,
+        ("b", "runs"): 1,
+        ("b", "duration_ms"): 500,
+    }
+    assert tally.take() == {}  # taken once
+    tally.add(out("c", "completed", 0.0001))  # under a millisecond: still a duration
+    assert tally.take() == {("c", "runs"): 1, ("c", "duration_ms"): 0, ("c", "completed"): 1}
+    tally.add(out("a", "completed", 0.001))
+    tally.put_back(taken)  # the flush failed: counted again, with what came meanwhile
+    again = tally.take()
+    assert again[("a", "completed")] == 2
+    assert again[("a", "runs")] == 3
+    assert again[("b", "dead")] == 1

@@ -180,6 +180,8 @@ class Rates:
     arrivals: float
     claims: float
     in_flight: float
+    #: how many intervals between readings the rates rest on
+    intervals: int = 1
 
     @property
     def service_seconds(self) -> float | None:
@@ -204,7 +206,7 @@ def measured_rates(history: History, window: float | None = None) -> Rates | Non
     # Mean in flight over the window (trapezoids: readings need not be evenly spaced).
     pairs = itertools.pairwise(counts)
     area = sum((b[0] - a[0]) * (a[3] + b[3]) / 2 for a, b in pairs)
-    return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span)
+    return Rates(span, (s1 - s0) / span, (c1 - c0) / span, area / span, len(counts) - 1)
 
 
 def throughput_need(
@@ -393,17 +395,14 @@ def decide_replicas(
     if need is not None:
         raw = math.ceil(need[0] - 1e-9)  # float noise must not add a worker
         notes = [need[1]]
-        warming = rates is not None and rates.seconds < policy.rate_window_seconds - 1e-9
-        if warming and by_backlog > raw:
-            # Warming up: readings from before the pool filled (tasks claimed but not yet
-            # run their length) make the capacity look larger than it is, and the first
-            # workers then fall behind. Until the rate window is full, the backlog rule
-            # is the floor.
+        if rates is not None and rates.intervals < 2 and by_backlog > raw:
+            # A cold start (or counters reset): the only interval measured began before
+            # the pool filled, so it saw tasks claimed that have not run their length yet,
+            # and one worker's capacity looks larger than it is (the first workers then
+            # fall behind). Until a second interval is measured, the backlog rule is
+            # the floor.
             raw = by_backlog
-            notes.append(
-                f"rate window not full yet ({policy.rate_window_seconds:g} s):"
-                f" at least the {backlog_note}"
-            )
+            notes.append(f"one interval measured so far: at least the {backlog_note}")
     else:
         raw = by_backlog
         notes = [backlog_note]

@@ -41,10 +41,9 @@ def obs(at: float, waiting: int, in_flight: int, submitted: int, claimed: int) -
 
 
 def steady(
-    policy: ScalingPolicy, *, arrivals: float, service: float, waiting: int, seconds: int = 6
+    policy: ScalingPolicy, *, arrivals: float, service: float, waiting: int, seconds: int = 4
 ) -> list[int]:
-    """Replicas decided each second of a steady load (past the 5 s rate window, so the
-    last is a steady-state decision): `arrivals` tasks/s, each holding a
+    """Replicas decided each second of a steady load: `arrivals` tasks/s, each holding a
     slot `service` seconds (so arrivals * service tasks in flight, by Little's law)."""
     history, replicas, out = History(), 1, []
     for t in range(seconds + 1):
@@ -61,7 +60,7 @@ def test_rates_by_littles_law() -> None:
     for t, claimed, in_flight in ((0, 0, 20), (1, 200, 20), (2, 400, 20)):
         history = history.count(obs(t, 0, in_flight, claimed + 10, claimed), 5)
     rates = measured_rates(history)
-    assert rates == Rates(seconds=2, arrivals=200, claims=200, in_flight=20)
+    assert rates == Rates(seconds=2, arrivals=200, claims=200, in_flight=20, intervals=2)
     assert rates.service_seconds == pytest.approx(0.1)  # 20 in flight / 200 per second
 
 
@@ -259,16 +258,17 @@ def test_a_pool_still_filling_does_not_make_the_capacity_look_larger() -> None:
     first = decide_replicas(obs(0, 0, 0, 0, 0), POLICY, History(), 1, 0.0)
     d = decide_replicas(obs(1, 119, 10, 196, 77), POLICY, first.history, 1, 1.0)
     assert d.replicas == 3  # the backlog rule's ceil(129 / 50) is the floor
-    assert "rate window not full yet (5 s): at least the backlog 129" in d.reason
+    assert "one interval measured so far: at least the backlog 129" in d.reason
     unfloored = throughput_need(measured_rates(d.history) or Rates(0, 0, 0, 0), 119, 10, 2)
     assert unfloored is not None
     assert unfloored[0] < 2  # what the floor corrects
-    # Once the window is full the measured capacity decides alone, below the backlog rule.
+    # From the second interval on, the measured capacity decides alone, below the backlog
+    # rule (here 4 where the backlog rule says 9).
     history, replicas = d.history, d.replicas
-    for t in range(2, 8):
+    for t in range(2, 4):
         n = 200 * t
         o = obs(float(t), 400, 20, n + 400, n)  # 20 in flight: 0.1 s per task
         d = decide_replicas(o, POLICY, history, replicas, float(t))
         history, replicas = d.history, d.replicas
-    assert "rate window not full" not in d.reason
+    assert "interval measured so far" not in d.reason
     assert d.replicas == 4  # (200 + 400 / 2) / 100 per worker, where the backlog rule says 9

@@ -221,3 +221,22 @@ def test_the_fast_outcome_of_a_plain_ending_is_the_encoders_outcome(
     fast.encode("utf-8")  # storable: no lone surrogate survives
     expected = json.loads(general) | {"reason": None}
     assert json.loads(fast) == expected
+
+
+def test_generated_ids_are_128_random_bits_whether_drawn_alone_or_for_a_batch() -> None:
+    import re
+
+    from kubeq.protocol.ops import new_task_id, new_task_ids
+
+    batch = new_task_ids(5000)
+    assert len(batch) == 5000
+    assert len(set(batch) | {new_task_id() for _ in range(5000)}) == 10_000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in batch)
+    assert new_task_ids(0) == []
+    # submit_many gives every request its own (the batch's ids are not reused across calls)
+    ops = QueueOps(QueueConfig(name="t"))
+    first = next(ops.submit_many([TaskRequest("t")] * 3, 0))
+    second = next(ops.submit_many([TaskRequest("t")] * 3, 0))
+    ids = [a for call in (first, second) for a in call.args[7::6][:3]]
+    assert len(set(ids)) == 6
+    assert all(re.fullmatch(r"[0-9a-f]{32}", str(i)) for i in ids)

@@ -56,6 +56,8 @@ from kubeq.protocol.workflow import (
 
 Clock = Callable[[], int]
 RECHECK = 5.0  # seconds between status checks while waiting on the done channel
+#: most leases `lease_holders` reads by default (about 40 bytes each): 20 scan pages
+MAX_LEASES_READ = 20_000
 
 
 def _left(deadline: float | None, task_id: str, task: Task) -> float:
@@ -393,6 +395,12 @@ class Client(_Base):
             yield from tasks
             if cursor == 0:
                 return
+
+    def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
+        """Tasks leased now per worker id, from the fencing state alone (never a task's
+        record, whatever its payload); None when more than `limit` are leased."""
+        held: dict[str, int] | None = self.run(self.ops.lease_holders(limit))
+        return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 
@@ -754,6 +762,12 @@ class AsyncClient(_Base):
                 yield task
             if cursor == 0:
                 return
+
+    async def lease_holders(self, limit: int = MAX_LEASES_READ) -> dict[str, int] | None:
+        """Tasks leased now per worker id, from the fencing state alone (never a task's
+        record, whatever its payload); None when more than `limit` are leased."""
+        held: dict[str, int] | None = await self.run(self.ops.lease_holders(limit))
+        return held
 
     # -- seeing and steering (issue 13) -------------------------------------------------
 

@@ -77,12 +77,13 @@ class Task(BaseModel):
     progress: TaskProgress | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedTask:
     """What a claim hands to a worker: the task plus its lease's fencing token.
 
     A plain dataclass, not a model: one is built per claimed task, and its parts are
-    validated already (the task by `Task`, the numbers by the claim's parser)."""
+    validated already (the task by `Task`, the numbers by the claim's parser). Not frozen
+    either (a frozen __init__ sets each field through object.__setattr__); never changed."""
 
     task: Task
     token: int

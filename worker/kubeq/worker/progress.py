@@ -30,6 +30,10 @@ class ProgressBuffer:
 
     def forget(self, task_id: str, token: int) -> None:
         """The attempt ended: a value not yet written is not worth writing."""
+        if task_id not in self._latest:
+            # Most tasks report nothing: no lock for them. A report racing this check is
+            # of an attempt that has ended; its write is fenced by the lease and dropped.
+            return
         with self._lock:
             if self._latest.get(task_id, (None,))[0] == token:
                 del self._latest[task_id]

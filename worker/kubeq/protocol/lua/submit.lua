@@ -10,12 +10,14 @@
 -- ARGV[1] now_ms (0: Redis TIME)  ARGV[2] max_backlog (0: unbounded)  ARGV[3] wake cap
 -- ARGV[4] idempotency TTL ms  ARGV[5] L (levels)  ARGV[6] N (tasks, at most MAX_BATCH)
 -- ARGV[7] 1 when some task has an idempotency key or a caller-chosen id (else no checks)
--- then N tuples of 8: id, level index (1-based), delay ms, eta ms (0: none; absolute),
---   idempotency key index (0: none), meta "<level>|<max attempts>|<enqueued ms>" (the
---   producer's clock: informational, for stats' oldest-task age), task record JSON,
---   1 when the caller chose the id (checked to be new) or 0 (128 random bits: not checked)
--- then K (distinct task types in the chunk), K type names, and N type indexes (1-based),
---   one per tuple: fresh tasks are counted per type (`submitted`) in type_counters
+-- then N tuples of T: id, level index (1-based), delay ms, eta ms (0: none; absolute),
+--   meta "<level>|<max attempts>|<enqueued ms>" (the producer's clock: informational, for
+--   stats' oldest-task age), task record JSON, and only with checks (T = 8, else T = 6):
+--   idempotency key index (0: none), 1 when the caller chose the id (checked to be new)
+--   or 0 (128 random bits: not checked)
+-- then K (distinct task types in the chunk), K type names, and, when K > 1, N type
+--   indexes (1-based), one per tuple: fresh tasks are counted per type (`submitted`) in
+--   type_counters
 -- Returns: N ids (the first task's id on an idempotency hit), or, with nothing written,
 --   the error "QUEUEFULL <backlog> <max> <new>" or "TASKEXISTS <id>".
 local now = clock(ARGV[1])
@@ -25,18 +27,18 @@ local idem_ttl = ARGV[4]
 local L = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 local idem_base = 6 + 2 * L
-local T = 8
-check_batch(n, 'submit')
-
 -- Read and decide; nothing is written before every check passed.
 local checks = ARGV[7] == '1'
+local T = checks and 8 or 6  -- plain chunks carry no idempotency index or chosen flag
+check_batch(n, 'submit')
+
 local owner = {}     -- idempotency key index -> the id that owns it
 local new_owner = {} -- idempotency key index -> true when this chunk takes the key
 local ids, fresh = {}, {}
 for i = 0, n - 1 do
   local base = 8 + i * T
   local id = ARGV[base]
-  local idem = checks and tonumber(ARGV[base + 4]) or 0
+  local idem = checks and tonumber(ARGV[base + 6]) or 0
   local is_fresh = true
   if idem > 0 then
     local o = owner[idem]
@@ -93,9 +95,9 @@ for k, i in ipairs(fresh) do
   local due = now + delay
   if eta > 0 then due = math.max(now, eta) end
   records[#records + 1] = id
-  records[#records + 1] = ARGV[base + 6]
+  records[#records + 1] = ARGV[base + 5]
   metas[#metas + 1] = id
-  metas[#metas + 1] = ARGV[base + 5]
+  metas[#metas + 1] = ARGV[base + 4]
   if due > now then
     sequenced[#sequenced + 1] = {#metas, k}
     delayed_args[level] = delayed_args[level] or {}
@@ -137,7 +139,9 @@ end
 redis.call('HINCRBY', KEYS[3], 'submitted', #fresh)
 local types_at = 8 + n * T
 local k_types = tonumber(ARGV[types_at]) or 0
-if k_types > 0 then
+if k_types == 1 then  -- one type: every fresh task is of it, no per-task index sent
+  count_type(KEYS[#KEYS], ARGV[types_at + 1], 'submitted', #fresh)
+elseif k_types > 1 then
   local per_type = {}
   for _, i in ipairs(fresh) do
     local t = tonumber(ARGV[types_at + k_types + 1 + i])
