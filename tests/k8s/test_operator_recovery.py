@@ -66,8 +66,17 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         await ready(api, "fixme")
         good_env = env_of(await get(api, dep_path("fixme")))
 
+        published = redis.Redis.from_url(redis_url)
+        config_key = QueueKeys(NS, "fixme").config
+
+        def lease_published() -> float:
+            return float(json.loads(published.get(config_key) or b"{}")["lease_seconds"])
+
+        good_lease = lease_published()
         bad = [{"name": "LOG_LEVEL=debug", "value": "1"}]
-        await api.patch(tq_path("fixme"), {"spec": {"worker": {"env": bad}}})
+        # The refused update also changes the queue's config (a longer lease).
+        change = {"worker": {"env": bad}, "lease": {"durationSeconds": 77}}
+        await api.patch(tq_path("fixme"), {"spec": change})
         body = await eventually(
             lambda: get(api, tq_path("fixme")),
             lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
@@ -77,6 +86,9 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         assert "422" in condition(body, "Ready")["message"]
         assert "LOG_LEVEL=debug" in condition(body, "Ready")["message"]
         assert env_of(await get(api, dep_path("fixme"))) == good_env  # the last good one
+        # Producers and tools read the published config: it stays the one the running
+        # workers were given (their template), not the refused spec's.
+        assert lease_published() == good_lease != 77
 
         # The fix: the bad value removed.
         fixed_at = time.monotonic()
@@ -89,6 +101,8 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         )
         assert time.monotonic() - fixed_at <= poll + 1.0
         assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
+        assert lease_published() == 77  # applied now: published with it
+        good_env = env_of(await get(api, dep_path("fixme")))  # the fixed spec's template
         # Item 3: the refusal and the recovery are Events.
         warnings = await eventually(
             lambda: events(api, "fixme"), has_event("ApplyFailed", "Warning"), what="Warning"

@@ -351,16 +351,7 @@ class Operator:
         self.backend.own(q.ref, OwnerRef.from_body(body))
         q.spec, q.config = spec, config
         client, error = await self._connect(q, spec, config)
-        if client is not None:
-            try:
-                await client.publish_config()
-            except KubeqError as exc:
-                error = str(exc)
-            else:
-                await self._eviction_policy(q, client)
         self._redis(q, error)
-        if error is not None:
-            logger.info(f"config not published, Redis unavailable: {error}")
         try:
             await self.backend.apply(q.ref, spec, config)
         except UnresolvedReferences as exc:
@@ -371,6 +362,19 @@ class Operator:
             self._reconcile_failed(q, "ApplyFailed", str(exc))
             await self.write_status(q, {})
             return
+        # Published only once the Deployment carries it: producers and tools read the
+        # published config, and a refused spec's config (a new priority, say) would send
+        # them where the running workers, still on the last good template, never look.
+        if client is not None:
+            try:
+                await client.publish_config()
+            except KubeqError as exc:
+                error = str(exc)
+                self._redis(q, error)
+            else:
+                await self._eviction_policy(q, client)
+        if error is not None:
+            logger.info(f"config not published, Redis unavailable: {error}")
         q.applied, q.applied_config = spec, config
         q.settled, q.reconcile_failures, q.retry_at = key, 0, 0.0
         self._track(q, client)
