@@ -62,9 +62,9 @@ from typing import Any
 
 from bench.common import RESULTS, write
 from kubeq.protocol import TaskRequest
-from kubeq_operator.autoscaler import QueueAutoscaler, Tick
-from kubeq_operator.local import LocalRunner
-from kubeq_operator.scaling import Decision, History, Observation, ScalingPolicy
+from kubeq_operator.core.scaling import Decision, History, Observation, ScalingPolicy, Tick
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.local.runner import LocalRunner
 
 HERE = Path(__file__).parent
 RULES = ("kubeq", "keda-same-windows", "keda")

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from bench.common import write
 from bench.peers.stats import last_json, percentile, schedule
-from bench.peers.systems import APPS, System, systems
+from bench.peers.systems import APPS, System, compile_sources, systems
 from kubeq.redis_server import RedisServer
 
 DONE, LAT = "bench:done", "bench:lat"
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(os.environ.get("BENCH_LOGS", "/tmp/kubeq-bench-peers"))
     logdir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
+    compile_sources()
     server = RedisServer().start()
     try:
         url = server.url

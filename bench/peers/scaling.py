@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from bench.common import write
 from bench.peers.run import _env, _redis_cpu, _rss_mb, stop
-from bench.peers.systems import APPS, systems
+from bench.peers.systems import APPS, compile_sources, systems
 from kubeq.redis_server import RedisServer, free_port
 
 DONE = "bench:done"
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.n, a.reps = 2000, 1
     records = []
+    compile_sources()
     with ExitStack() as stack:
         single = RedisServer()
         stack.callback(single.close)

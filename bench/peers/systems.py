@@ -8,6 +8,7 @@ single-process one (the settings the peers' docs suggest, defaults otherwise).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,18 @@ class System:
     producer: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     bulk: bool = False  # has a batch submit API measured separately
+
+
+def compile_sources() -> None:
+    """Byte-compile kubeq's own tree and the bench apps before a run. The peers come from
+    pip, which compiles what it installs; kubeq runs from an editable install, whose
+    sources would otherwise be compiled at every worker start-up (start-up counts in the
+    drain) wherever PYTHONDONTWRITEBYTECODE is set or the tree just changed."""
+    import kubeq
+
+    py = str(KUBEQ_PY) if KUBEQ_PY.exists() else sys.executable
+    for tree in (Path(kubeq.__file__).parent, APPS):
+        subprocess.run([py, "-m", "compileall", "-q", str(tree)], check=True)
 
 
 def _peer(tool: str) -> str:

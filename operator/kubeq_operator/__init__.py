@@ -1,5 +1,12 @@
 """kubeq's Kubernetes operator: reconciles TaskQueue resources into autoscaled worker pools.
 
-Handlers (kopf) are wiring only; the decisions are pure functions in `spec` (what a
-TaskQueue means), `manifests` (what to apply) and `scaling` (how many workers).
+Five rooms, kept apart by import-linter contracts (pyproject.toml):
+
+- `core`: the decisions, pure (no I/O, time a parameter): `spec` (what a TaskQueue means),
+  `manifests` (what to apply), `scaling` (how many workers), `status`, schedule ticks.
+- `engine`: what both shells drive: the autoscaler round, the backend interface, metrics,
+  the schedule round. Talks to Redis; knows neither Kubernetes nor `kubeq up`.
+- `kube`: the Kubernetes shell (kopf handlers, the API client, `kubeq operator`).
+- `local`: the local shell (`kubeq up`, `kubeq demo`: worker processes, no cluster).
+- `tools`: developer commands (`python -m kubeq_operator.tools.crd_doc`).
 """

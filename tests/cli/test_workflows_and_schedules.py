@@ -8,8 +8,8 @@ from typing import Any
 
 from kubeq.protocol import AsyncClient, Client
 from kubeq.protocol.workflow import Step, chain, chord
-from kubeq_operator.schedules import run_schedules
-from kubeq_operator.spec import Schedule
+from kubeq_operator.core.spec import Schedule
+from kubeq_operator.engine.scheduler import run_schedules
 
 Kubeq = Any
 

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.local import load_manifest
-from kubeq_operator.local_backend import LocalBackend
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.local.backend import LocalBackend
+from kubeq_operator.local.runner import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 

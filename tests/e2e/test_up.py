@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from kubeq.examples.simulator import Phase
-from kubeq_operator.demo import run_demo
+from kubeq_operator.local.demo import run_demo
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

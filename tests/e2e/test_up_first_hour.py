@@ -271,7 +271,7 @@ def test_killing_kubeq_up_outright_takes_redis_and_the_workers_with_it(
 
 
 async def test_without_a_state_directory_nothing_is_left_on_disk(tmp_path: Path) -> None:
-    from kubeq_operator.local import LocalRunner
+    from kubeq_operator.local.runner import LocalRunner
 
     runner = LocalRunner(idle_manifest(tmp_path), metrics_port=-1)  # the demo's way
     await runner.start()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.k8s.emulator import KubeqEmulator, api_for, kubeconfig_for
 
-from kubeq_operator.k8s_backend import KubeApi
+from kubeq_operator.kube.backend import KubeApi
 
 
 @pytest.fixture

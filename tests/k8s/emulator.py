@@ -40,9 +40,9 @@ import kubernetes.client
 import kubernetes.config.kube_config
 import yaml
 
-from kubeq_operator.crd_schema import resource_names
-from kubeq_operator.k8s_backend import KubeApi
-from kubeq_operator.settings import OperatorSettings
+from kubeq_operator.core.crd_schema import resource_names
+from kubeq_operator.kube.backend import KubeApi
+from kubeq_operator.kube.settings import OperatorSettings
 
 T = TypeVar("T")
 PEERING_CRDS = Path(__file__).resolve().parents[2] / "charts" / "kubeq" / "crds"
@@ -421,7 +421,7 @@ async def running_operator(
 ) -> AsyncIterator[kopf.Memo]:
     """kopf with the kubeq handlers, as a task of the calling test (never of a fixture: on
     shutdown kopf cancels the tasks created after it started). Yields the operator's memo."""
-    import kubeq_operator.handlers  # noqa: F401  (registers the handlers)
+    import kubeq_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
     memo = kopf.Memo(settings=settings or operator_settings())
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()

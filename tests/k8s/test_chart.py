@@ -18,9 +18,9 @@ import pytest
 import yaml
 from chart_values_doc import DOC, documented_table, rows, table
 
-from kubeq_operator import manifests
-from kubeq_operator.crd_schema import checked_spec, to_jsonschema
-from kubeq_operator.spec import parse_spec
+from kubeq_operator.core import manifests
+from kubeq_operator.core.crd_schema import checked_spec, to_jsonschema
+from kubeq_operator.core.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubeq"
@@ -559,8 +559,8 @@ def test_no_role_grants_listing_or_watching_secrets() -> None:
 
 
 def test_pod_security_values_reach_the_operator_settings() -> None:
-    from kubeq_operator.pod_security import PodPolicy
-    from kubeq_operator.settings import OperatorSettings
+    from kubeq_operator.core.pod_security import PodPolicy
+    from kubeq_operator.kube.settings import OperatorSettings
 
     for values, policy in (
         ("default", PodPolicy()),
@@ -579,7 +579,7 @@ def test_pod_security_values_reach_the_operator_settings() -> None:
 
 
 def test_the_operator_pod_meets_the_restricted_profile() -> None:
-    from kubeq_operator.pod_security import restricted_problems
+    from kubeq_operator.core.pod_security import restricted_problems
 
     for values in VALUE_SETS:
         deployment = one(render(values), "Deployment")
@@ -916,7 +916,7 @@ def test_the_dashboard_is_off_by_default() -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_the_dashboard_renders_valid_restricted_objects(version: str) -> None:
-    from kubeq_operator.pod_security import restricted_problems
+    from kubeq_operator.core.pod_security import restricted_problems
 
     result = helm.lint(CHART, copy.deepcopy(DASHBOARD), strict=True, namespace=NAMESPACE)
     assert result["errors"] == []

@@ -457,8 +457,8 @@ def test_worker_image_imports_every_kubeq_module(worker_image: Installed) -> Non
 def _operator_built_worker_container() -> dict[str, Any]:
     import yaml
 
-    from kubeq_operator.manifests import build_deployment
-    from kubeq_operator.spec import parse_spec
+    from kubeq_operator.core.manifests import build_deployment
+    from kubeq_operator.core.spec import parse_spec
 
     body = yaml.safe_load((ROOT / "examples" / "telemetry.yaml").read_text())
     deployment = build_deployment("telemetry", "apps", parse_spec(body["spec"]), replicas=1)

@@ -9,7 +9,7 @@ import pytest
 from tests.k8s.emulator import KubeqEmulator
 from tests.k8s.test_operator import NS, taskqueue
 
-from kubeq_operator.k8s_backend import DEPLOYMENTS, TASK_QUEUES, ApiError, KubeApi
+from kubeq_operator.kube.backend import DEPLOYMENTS, TASK_QUEUES, ApiError, KubeApi
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 

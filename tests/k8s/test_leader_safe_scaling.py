@@ -13,13 +13,13 @@ from tests.k8s.emulator import KubeqEmulator
 from tests.k8s.test_operator import NS, dep_path, get, taskqueue
 
 from kubeq.protocol import AsyncClient, Client
-from kubeq_operator.autoscaler import QueueAutoscaler
-from kubeq_operator.backend import PoolView, QueueRef
-from kubeq_operator.crd_schema import checked_spec
-from kubeq_operator.k8s_backend import TASK_QUEUES, K8sBackend, KubeApi
-from kubeq_operator.manifests import OwnerRef
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import ScalingPolicy
+from kubeq_operator.core.crd_schema import checked_spec
+from kubeq_operator.core.manifests import OwnerRef
+from kubeq_operator.core.scaling import ScalingPolicy
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.engine.backend import PoolView, QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
+from kubeq_operator.kube.backend import TASK_QUEUES, K8sBackend, KubeApi
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 

@@ -19,7 +19,15 @@ from tests.k8s.emulator import (
 import redis
 from kubeq.protocol import Client, QueueKeys, WorkerInfo
 from kubeq.redis_server import free_port
-from kubeq_operator.k8s_backend import (
+from kubeq_operator.core.manifests import (
+    DELETION_COST_ANNOTATION,
+    config_map_name,
+    deployment_name,
+    labels,
+    metrics_service_name,
+    pdb_name,
+)
+from kubeq_operator.kube.backend import (
     CONFIG_MAPS,
     DEPLOYMENTS,
     PDBS,
@@ -27,14 +35,6 @@ from kubeq_operator.k8s_backend import (
     SERVICES,
     TASK_QUEUES,
     KubeApi,
-)
-from kubeq_operator.manifests import (
-    DELETION_COST_ANNOTATION,
-    config_map_name,
-    deployment_name,
-    labels,
-    metrics_service_name,
-    pdb_name,
 )
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)

@@ -28,7 +28,7 @@ from tests.k8s.test_operator import NS, condition, dep_path, events, get, taskqu
 
 from kubeq.protocol import Client
 from kubeq.redis_server import free_port
-from kubeq_operator.k8s_backend import TASK_QUEUES, KubeApi
+from kubeq_operator.kube.backend import TASK_QUEUES, KubeApi
 
 pytestmark = [pytest.mark.kmock(cls=KubeqEmulator), pytest.mark.slow]
 LIFETIME = 4  # seconds: KUBEQ_OPERATOR_PEERING_LIFETIME_SECONDS of both replicas

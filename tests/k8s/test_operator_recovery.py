@@ -7,13 +7,15 @@ and a real redis-server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import time
 from typing import Any
 
 import kmock as km
 import pytest
-from tests.k8s.emulator import KubeqEmulator, eventually, running_operator
+from tests.k8s.emulator import KubeqEmulator, eventually, operator_settings, running_operator
 from tests.k8s.test_operator import (
     NS,
     condition,
@@ -27,8 +29,9 @@ from tests.k8s.test_operator import (
 
 import redis
 from kubeq.protocol import Client, QueueKeys
-from kubeq_operator.handlers import Operator
-from kubeq_operator.k8s_backend import SECRETS, TASK_QUEUES, KubeApi
+from kubeq_operator.core.manifests import SPEC_ANNOTATION
+from kubeq_operator.kube.backend import SECRETS, TASK_QUEUES, KubeApi
+from kubeq_operator.kube.handlers import Operator
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 
@@ -63,8 +66,17 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         await ready(api, "fixme")
         good_env = env_of(await get(api, dep_path("fixme")))
 
+        published = redis.Redis.from_url(redis_url)
+        config_key = QueueKeys(NS, "fixme").config
+
+        def lease_published() -> float:
+            return float(json.loads(published.get(config_key) or b"{}")["lease_seconds"])
+
+        good_lease = lease_published()
         bad = [{"name": "LOG_LEVEL=debug", "value": "1"}]
-        await api.patch(tq_path("fixme"), {"spec": {"worker": {"env": bad}}})
+        # The refused update also changes the queue's config (a longer lease).
+        change = {"worker": {"env": bad}, "lease": {"durationSeconds": 77}}
+        await api.patch(tq_path("fixme"), {"spec": change})
         body = await eventually(
             lambda: get(api, tq_path("fixme")),
             lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
@@ -74,6 +86,9 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         assert "422" in condition(body, "Ready")["message"]
         assert "LOG_LEVEL=debug" in condition(body, "Ready")["message"]
         assert env_of(await get(api, dep_path("fixme"))) == good_env  # the last good one
+        # Producers and tools read the published config: it stays the one the running
+        # workers were given (their template), not the refused spec's.
+        assert lease_published() == good_lease != 77
 
         # The fix: the bad value removed.
         fixed_at = time.monotonic()
@@ -86,6 +101,8 @@ async def test_refused_update_recovers_when_fixed(api: KubeApi, redis_url: str) 
         )
         assert time.monotonic() - fixed_at <= poll + 1.0
         assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
+        assert lease_published() == 77  # applied now: published with it
+        good_env = env_of(await get(api, dep_path("fixme")))  # the fixed spec's template
         # Item 3: the refusal and the recovery are Events.
         warnings = await eventually(
             lambda: events(api, "fixme"), has_event("ApplyFailed", "Warning"), what="Warning"
@@ -261,3 +278,131 @@ async def test_missing_secret_key_is_not_rolled_out(api: KubeApi, redis_url: str
         )
         await ready(api, "secretive")
         assert await api.get(dep_path("secretive")) is not None
+
+
+# Each refused spec also asks for maxReplicas 2, which must not apply: the pool is scaled
+# by the spec its Deployment was built from (maxReplicas 5).
+REFUSED = {
+    "ApplyFailed": {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}},
+    "MissingReference": {
+        "worker": {
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]
+        }
+    },
+    "InvalidSpec": {"autoscaling": {"minReplicas": 3}},
+}
+
+
+@pytest.mark.parametrize("reason", list(REFUSED))
+async def test_restart_with_refused_spec_keeps_scaling_the_last_good_deployment(
+    api: KubeApi, redis_url: str, reason: str
+) -> None:
+    """The operator restarts while the current spec is refused (by the API server, for a
+    missing Secret, or as invalid) and the backlog grows: it scales the running Deployment
+    by the spec that Deployment was built from (recorded on the Deployment itself), exactly
+    as it did before the restart, while the status still says why the spec is refused."""
+    tq = taskqueue("stuck", redis_url)  # maxReplicas 5, 10 tasks per replica
+    async with running_operator(clients=[api]):
+        await api.create(TASK_QUEUES.path(NS), tq)
+        await ready(api, "stuck")
+        good_env = env_of(await get(api, dep_path("stuck")))
+        refused = REFUSED[reason]
+        autoscaling = {"maxReplicas": 2, **refused.get("autoscaling", {})}
+        await api.patch(tq_path("stuck"), {"spec": {**refused, "autoscaling": autoscaling}})
+        await eventually(
+            lambda: get(api, tq_path("stuck")),
+            lambda b: condition(b, "Ready").get("reason") == reason,
+            what=f"Ready=False {reason}",
+        )
+    assert (await get(api, dep_path("stuck")))["spec"]["replicas"] == 1
+
+    producer = Client.from_url(redis_url, "stuck", NS)
+    try:
+        producer.submit_many({"type": "t", "payload": i} for i in range(35))
+    finally:
+        producer.close()
+
+    async with running_operator(clients=[api]):
+        dep = await eventually(
+            lambda: get(api, dep_path("stuck")),
+            lambda d: d["spec"].get("replicas") == 4,
+            what="the last good Deployment scaled to ceil(35 / 10) after the restart",
+        )
+        assert env_of(dep) == good_env  # still the last good template
+        body = await eventually(
+            lambda: get(api, tq_path("stuck")),
+            lambda b: b.get("status", {}).get("desiredReplicas") == 4,
+            what="status.desiredReplicas",
+        )
+        assert condition(body, "Ready")["status"] == "False"
+        assert condition(body, "Ready")["reason"] == reason
+        assert condition(body, "Scaling")["reason"] == "ScaledUp"
+        await eventually(lambda: events(api, "stuck"), has_event("Adopted"), what="Event")
+        # And repaired by it: a hand edit is put back to the last good template.
+        hand = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "x"}]}}}}
+        await api.patch(dep_path("stuck"), hand)
+        dep = await eventually(
+            lambda: get(api, dep_path("stuck")),
+            lambda d: d["spec"]["template"]["spec"]["containers"][0].get("image") != "x",
+            what="the hand edit restored",
+        )
+        assert env_of(dep) == good_env
+        assert dep["spec"]["replicas"] == 4
+
+
+async def test_restart_does_not_adopt_an_unusable_record(api: KubeApi, redis_url: str) -> None:
+    """A record that does not pass the checks any spec passes is not scaled by: one
+    hand-edited into an invalid spec, one whose pods the restarted operator's pod policy no
+    longer allows (a service account taken off the list). The operator keeps running,
+    reports the refused spec, and serves the queue whose record is good."""
+    bad = {"worker": {"env": [{"name": "LOG_LEVEL=debug", "value": "1"}]}}
+    account = {"podTemplate": {"serviceAccountName": "workers"}}
+    queues = {
+        "forged": taskqueue("forged", redis_url),
+        "revoked": taskqueue("revoked", redis_url),
+        "good": taskqueue("good", redis_url),
+    }
+    queues["revoked"]["spec"]["worker"] |= account
+    async with running_operator(
+        operator_settings(allowed_service_accounts="workers"), clients=[api]
+    ):
+        for name, tq in queues.items():
+            await api.create(TASK_QUEUES.path(NS), tq)
+            await ready(api, name)
+            await api.patch(tq_path(name), {"spec": bad})
+            await eventually(
+                lambda name=name: get(api, tq_path(name)),  # type: ignore[misc]
+                lambda b: condition(b, "Ready").get("reason") == "ApplyFailed",
+                what=f"{name}: Ready=False ApplyFailed",
+            )
+    forged = {"worker": {"image": "evil:1"}}  # no redis, no app: not a TaskQueue spec
+    await api.patch(
+        dep_path("forged"),
+        {"metadata": {"annotations": {SPEC_ANNOTATION: json.dumps(forged)}}},
+    )
+    templates = {n: (await get(api, dep_path(n)))["spec"]["template"] for n in queues}
+
+    for name in queues:
+        producer = Client.from_url(redis_url, name, NS)
+        try:
+            producer.submit_many({"type": "t", "payload": i} for i in range(35))
+        finally:
+            producer.close()
+
+    async with running_operator(operator_settings(allowed_service_accounts=""), clients=[api]):
+        await eventually(
+            lambda: get(api, dep_path("good")),
+            lambda d: d["spec"].get("replicas") == 4,
+            what="the queue with a good record scaled",
+        )
+        # Their rounds run at the same pace as the good queue's: give them two more.
+        await asyncio.sleep(1.0)
+        for name in ("forged", "revoked"):
+            dep = await get(api, dep_path(name))
+            assert dep["spec"]["replicas"] == 1, name
+            assert dep["spec"]["template"] == templates[name], name  # nothing built from it
+            body = await get(api, tq_path(name))
+            assert condition(body, "Ready")["status"] == "False", name
+            # No autoscaler round ran for it: the backlog shown is the one before the restart.
+            assert body["status"]["backlog"] == 0, name
+            assert condition(body, "Scaling")["reason"] != "AutoscalerError", name

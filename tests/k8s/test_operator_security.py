@@ -25,8 +25,8 @@ from tests.k8s.emulator import (
 from tests.k8s.test_operator import condition, dep_path, events, get, taskqueue, tq_path
 
 from kubeq.redis_server import free_port
-from kubeq_operator.k8s_backend import SECRETS, TASK_QUEUES, KubeApi
-from kubeq_operator.redis_access import CREDENTIALS_LABEL
+from kubeq_operator.kube.backend import SECRETS, TASK_QUEUES, KubeApi
+from kubeq_operator.kube.redis_access import CREDENTIALS_LABEL
 
 pytestmark = pytest.mark.kmock(cls=KubeqEmulator)
 NS = "default"

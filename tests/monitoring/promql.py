@@ -261,7 +261,7 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from kubeq.metrics import WorkerMetrics
-    from kubeq_operator.metrics import OperatorMetrics
+    from kubeq_operator.engine.metrics import OperatorMetrics
 
     out: dict[str, frozenset[str]] = {}
     for owner in (

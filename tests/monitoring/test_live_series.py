@@ -13,7 +13,7 @@ import yaml
 from promql import PrometheusServer, all_expressions, metric_names, rule_expressions
 
 from kubeq.examples.simulator import DeviceFleet
-from kubeq_operator.local import LocalRunner
+from kubeq_operator.local.runner import LocalRunner
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

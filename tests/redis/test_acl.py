@@ -195,7 +195,7 @@ def test_the_worker_cannot_reconfigure_or_delete_the_queue(
 def test_the_operator_runs_its_functions(
     connect: Callable[[str], Client], admin: redis.Redis, seeded: dict[str, Any]
 ) -> None:
-    from kubeq_operator.redis_access import purge
+    from kubeq_operator.kube.redis_access import purge
 
     operator = connect("operator")
     stats = operator.stats()

@@ -6,10 +6,10 @@ looks idle there, and removing it would interrupt that task)."""
 from __future__ import annotations
 
 from kubeq.protocol import AsyncClient, Client, QueueConfig, WorkerInfo
-from kubeq_operator.autoscaler import QueueAutoscaler, Tick
-from kubeq_operator.backend import PoolView, QueueRef
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import ScalingPolicy
+from kubeq_operator.core.scaling import ScalingPolicy, Tick
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.engine.backend import PoolView, QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
 
 
 class Pool:

@@ -8,8 +8,9 @@ import random
 from typing import Any
 
 from kubeq.protocol import AsyncClient, QueueConfig
-from kubeq_operator.schedules import decide, idempotency_key, run_schedules
-from kubeq_operator.spec import Schedule
+from kubeq_operator.core.schedules import decide, idempotency_key
+from kubeq_operator.core.spec import Schedule
+from kubeq_operator.engine.scheduler import run_schedules
 
 MINUTE = 60_000
 T0 = 1_800_000_000_000 // MINUTE * MINUTE

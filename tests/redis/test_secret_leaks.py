@@ -115,8 +115,8 @@ def test_worker_settings_never_show_the_password() -> None:
 
 
 def test_kubeq_up_banner_and_errors_never_quote_a_secret(tmp_path: Path) -> None:
-    from kubeq_operator.commands import banner
-    from kubeq_operator.local import LocalRunner
+    from kubeq_operator.local.commands import banner
+    from kubeq_operator.local.runner import LocalRunner
 
     manifest = ROOT / "examples" / "minimal.yaml"
     for url in hostile_urls(unreachable()):

@@ -15,8 +15,8 @@ from kubeq.protocol import AsyncClient, Client, ConnectionFailed, QueueConfig
 from kubeq.protocol.connection import with_credentials
 from kubeq.redis_server import RedisServer, free_port
 from kubeq.worker.settings import WorkerSettings
-from kubeq_operator.redis_access import resolve_url
-from kubeq_operator.spec import RedisSpec
+from kubeq_operator.core.spec import RedisSpec
+from kubeq_operator.kube.redis_access import resolve_url
 
 CONFIG = QueueConfig(name="tls")
 

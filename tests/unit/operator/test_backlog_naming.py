@@ -11,11 +11,10 @@ import yaml
 
 from kubeq.cli.stats import stats_json
 from kubeq.protocol import LevelStats, QueueStats
-from kubeq_operator import status as st
-from kubeq_operator.autoscaler import Tick
-from kubeq_operator.crd_schema import load_crd
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import Decision, History, Observation
+from kubeq_operator.core import status as st
+from kubeq_operator.core.crd_schema import load_crd
+from kubeq_operator.core.scaling import Decision, History, Observation, Tick
+from kubeq_operator.engine.metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 

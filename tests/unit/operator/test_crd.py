@@ -12,8 +12,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from kubeq_operator import crd_doc
-from kubeq_operator.crd_schema import (
+from kubeq_operator.core.crd_schema import (
     apply_defaults,
     crd_path,
     load_crd,
@@ -21,6 +20,7 @@ from kubeq_operator.crd_schema import (
     resource_names,
     to_jsonschema,
 )
+from kubeq_operator.tools import crd_doc
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
@@ -161,7 +161,7 @@ def test_required_fields() -> None:
 def test_docs_reference_is_current() -> None:
     doc = (ROOT / "docs" / "operator.md").read_text()
     assert crd_doc.update_document(doc, crd_doc.render_reference()) == doc, (
-        "docs/operator.md is stale: run python -m kubeq_operator.crd_doc --write"
+        "docs/operator.md is stale: run python -m kubeq_operator.tools.crd_doc --write"
     )
     assert crd_doc.main(["--check"]) == 0
 

@@ -13,15 +13,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kubeq_operator.crd_schema import (
+from kubeq_operator.core.crd_schema import (
     apply_defaults,
     checked_spec,
     openapi_schema,
     to_jsonschema,
     validate_resource,
 )
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.spec import parse_spec
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kubeq_operator.k8s_backend import (
+from kubeq_operator.core.manifests import labels
+from kubeq_operator.kube.backend import (
     DEPLOYMENTS,
     LAST_APPLIED_ANNOTATION,
     PODS,
@@ -15,7 +16,6 @@ from kubeq_operator.k8s_backend import (
     removed_fields,
     with_last_applied,
 )
-from kubeq_operator.manifests import labels
 
 
 def test_paths() -> None:

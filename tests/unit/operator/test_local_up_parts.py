@@ -11,19 +11,18 @@ from rich.console import Console
 
 from kubeq.protocol import LevelStats, QueueStats
 from kubeq.redis_server import port_is_free
-from kubeq_operator.autoscaler import Tick
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.live import line, render
-from kubeq_operator.local import Snapshot, rate_over
-from kubeq_operator.local_backend import (
+from kubeq_operator.core.scaling import Decision, History, Tick
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.local.backend import (
     CrashInfo,
     Ended,
     WorkerFates,
     crash_backoff,
     last_line,
 )
-from kubeq_operator.scaling import Decision, History
-from kubeq_operator.state_dir import PORT_RANGE, StateDir, StateDirError, default_port
+from kubeq_operator.local.live import line, render
+from kubeq_operator.local.runner import Snapshot, rate_over
+from kubeq_operator.local.state_dir import PORT_RANGE, StateDir, StateDirError, default_port
 
 ROOT = Path(__file__).resolve().parents[3]
 

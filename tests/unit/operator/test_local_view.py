@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.local import load_manifest
-from kubeq_operator.scrape import delta, merge, parse, quantile
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.local.runner import load_manifest
+from kubeq_operator.local.scrape import delta, merge, parse, quantile
 
 EXPOSITION = """
 # TYPE kubeq_tasks_completed_total counter

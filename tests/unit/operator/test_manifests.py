@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from kubeq.protocol.config import QueueConfig
-from kubeq_operator import manifests as m
-from kubeq_operator.spec import TaskQueueSpec, parse_spec
+from kubeq_operator.core import manifests as m
+from kubeq_operator.core.crd_schema import checked_spec
+from kubeq_operator.core.spec import TaskQueueSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
@@ -446,3 +447,59 @@ def test_owner_ref_from_body() -> None:
         "metadata": {"name": "telemetry", "uid": "6f1c-uid", "namespace": "prod"},
     }
     assert m.OwnerRef.from_body(body) == OWNER
+
+
+@pytest.mark.parametrize(("name", "spec"), SPECS, ids=[s[0] for s in SPECS])
+def test_the_deployment_records_the_spec_it_was_built_from(name: str, spec: TaskQueueSpec) -> None:
+    """What an operator restarted with a refused spec scales by: the record, read back
+    through the same checks as any spec, is the spec and builds the very same Deployment."""
+    deployment = m.build_deployment(name, "prod", spec, replicas=None, owner=OWNER)
+    raw = m.recorded_spec(deployment, OWNER.uid)
+    assert raw is not None
+    body = {
+        "apiVersion": "kubeq.io/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": name, "namespace": "prod"},
+        "spec": raw,
+    }
+    back = checked_spec(body)
+    assert back == spec
+    assert m.build_deployment(name, "prod", back, replicas=None, owner=OWNER) == deployment
+
+
+def test_recording_the_spec_rolls_no_worker() -> None:
+    """The record is on the Deployment, not its pod template: a change the workers do not
+    see (autoscaling bounds) changes the record and leaves the template alone."""
+    wider = parse_spec({**BASE, "autoscaling": {"maxReplicas": 40}})
+    before = m.build_deployment("q", "prod", parse_spec(BASE), replicas=None)
+    after = m.build_deployment("q", "prod", wider, replicas=None)
+    assert after["spec"]["template"] == before["spec"]["template"]
+    assert (
+        after["metadata"]["annotations"][m.SPEC_ANNOTATION]
+        != (before["metadata"]["annotations"][m.SPEC_ANNOTATION])
+    )
+
+
+def _recorded(annotation: object, owners: list[dict[str, Any]]) -> dict[str, Any]:
+    annotations = {} if annotation is None else {m.SPEC_ANNOTATION: annotation}
+    return {"metadata": {"annotations": annotations, "ownerReferences": owners}}
+
+
+@pytest.mark.parametrize(
+    ("deployment", "why"),
+    [
+        (_recorded(None, [OWNER.to_manifest()]), "no record (built before specs were recorded)"),
+        (_recorded("{not json", [OWNER.to_manifest()]), "not JSON"),
+        (_recorded("[1, 2]", [OWNER.to_manifest()]), "not an object"),
+        (_recorded(7, [OWNER.to_manifest()]), "not a string"),
+        (_recorded("{}", []), "no owner"),
+        (_recorded("{}", [{**OWNER.to_manifest(), "uid": "other"}]), "another TaskQueue's"),
+        (_recorded("{}", [{**OWNER.to_manifest(), "controller": False}]), "not the controller"),
+        (_recorded("{}", ["junk"]), "a mangled owner list"),
+        ({}, "no metadata"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_an_unusable_record_is_none(deployment: dict[str, Any], why: str) -> None:
+    assert m.recorded_spec(deployment, OWNER.uid) is None, why
+    assert m.recorded_spec(_recorded("{}", [OWNER.to_manifest()]), OWNER.uid) == {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeq_operator.run import kopf_options
-from kubeq_operator.settings import OperatorSettings
+from kubeq_operator.kube.run import kopf_options
+from kubeq_operator.kube.settings import OperatorSettings
 
 
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +47,7 @@ def test_kopf_options() -> None:
 def test_peering_lifetime_reaches_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from kubeq_operator.handlers import configure_kopf
+    from kubeq_operator.kube.handlers import configure_kopf
 
     assert OperatorSettings().peering_lifetime_seconds == 15  # kopf's own default is 60
     monkeypatch.setenv("KUBEQ_OPERATOR_PEERING_LIFETIME_SECONDS", "6")

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from kubeq_operator import manifests as m
-from kubeq_operator.pod_security import PodPolicy, policy_problems, restricted_problems
-from kubeq_operator.settings import OperatorSettings
-from kubeq_operator.spec import parse_spec
+from kubeq_operator.core import manifests as m
+from kubeq_operator.core.pod_security import PodPolicy, policy_problems, restricted_problems
+from kubeq_operator.core.spec import parse_spec
+from kubeq_operator.kube.settings import OperatorSettings
 
 BASE: dict[str, Any] = {
     "redis": {"url": "redis://redis:6379/0"},

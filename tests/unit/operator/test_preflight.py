@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeq_operator.manifests import build_deployment
-from kubeq_operator.preflight import Reference, problems, references
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.manifests import build_deployment
+from kubeq_operator.core.preflight import Reference, problems, references
+from kubeq_operator.core.spec import TaskQueueSpec
 
 
 def spec(**redis: Any) -> TaskQueueSpec:

@@ -6,13 +6,13 @@ import pytest
 
 from kubeq.protocol import QueueConfig
 from kubeq.protocol.connection import with_credentials
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.redis_access import (
+from kubeq_operator.core.spec import RedisSpec
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.kube.redis_access import (
     RedisAccessError,
     RedisClients,
     resolve_url,
 )
-from kubeq_operator.spec import RedisSpec
 
 
 def test_with_credentials() -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from kubeq_operator.scaling import (
+from kubeq_operator.core.scaling import (
     Decision,
     History,
     Observation,
     ScalingPolicy,
     decide_replicas,
 )
-from kubeq_operator.spec import parse_spec
+from kubeq_operator.core.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 

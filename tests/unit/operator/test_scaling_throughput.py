@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from kubeq_operator.scaling import (
+from kubeq_operator.core.scaling import (
     History,
     Observation,
     Rates,
@@ -124,7 +124,7 @@ def test_window_is_bounded() -> None:
 
 
 def test_scale_down_removes_only_idle_workers() -> None:
-    from kubeq_operator.scaling import Decision, keep_busy
+    from kubeq_operator.core.scaling import Decision, keep_busy
 
     before = History(last_scale_at=5.0)
     down = Decision(3, "r", replace(before, last_scale_at=9.0), "down", 3)
@@ -155,7 +155,7 @@ def run_load(
     task holds a slot, waiting): counters grow with the arrivals, in flight by Little's
     law; the waiting tasks are not arrivals (due retries, say). `busy` workers (None:
     none) are what keep_busy sees before a scale-down."""
-    from kubeq_operator.scaling import keep_busy
+    from kubeq_operator.core.scaling import keep_busy
 
     history, out, t, submitted = History(), [], 0, 0
     for seconds, arrivals, service, waiting in phases:

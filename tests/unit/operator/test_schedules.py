@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.schedules import decide, ticks_between
-from kubeq_operator.spec import Schedule, parse_spec
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.schedules import decide, ticks_between
+from kubeq_operator.core.spec import Schedule, parse_spec
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -132,7 +132,7 @@ def test_bad_schedules_are_clear_spec_errors(entry: dict[str, Any], message: str
 
 
 def test_fired_and_skipped_ticks_are_counted_per_schedule() -> None:
-    from kubeq_operator.metrics import OperatorMetrics
+    from kubeq_operator.engine.metrics import OperatorMetrics
 
     m = OperatorMetrics()
     m.observe_schedules("ns/q", {"a": 1, "b": 0}, {"a": 0, "b": 3})

@@ -11,9 +11,9 @@ import pytest
 from pydantic import BaseModel
 
 from kubeq.protocol.config import Backoff, PriorityLevel, QueueConfig, RateLimit
-from kubeq_operator.crd_schema import apply_defaults, load_crd, openapi_schema
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.spec import (
+from kubeq_operator.core.crd_schema import apply_defaults, load_crd, openapi_schema
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.spec import (
     OPERATOR_ENV,
     TaskQueueSpec,
     TaskQueueStatus,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime
 
 from kubeq.protocol import LevelStats, QueueStats
-from kubeq_operator import status as st
-from kubeq_operator.autoscaler import Tick
-from kubeq_operator.scaling import Decision, Direction, History
-from kubeq_operator.spec import Condition
+from kubeq_operator.core import status as st
+from kubeq_operator.core.scaling import Decision, Direction, History, Tick
+from kubeq_operator.core.spec import Condition
 
 
 def tick(current: int, replicas: int, *, stats: bool = True, error: str | None = None) -> Tick:
@@ -172,7 +171,7 @@ def test_transition_events_warn_on_failure_and_announce_recovery() -> None:
 def test_fingerprint_sees_spec_changes_through_views() -> None:
     from collections.abc import Iterator, Mapping
 
-    from kubeq_operator.handlers import fingerprint
+    from kubeq_operator.kube.handlers import fingerprint
 
     class View(Mapping[str, object]):  # what kopf may hand out instead of a dict
         def __init__(self, src: dict[str, object]) -> None:

@@ -4,7 +4,7 @@ same autoscaler) turns Redis's `submitted` counter into kubeq_queue_submitted_to
 from __future__ import annotations
 
 from kubeq.protocol import Client, QueueStats
-from kubeq_operator.metrics import OperatorMetrics
+from kubeq_operator.engine.metrics import OperatorMetrics
 
 NAME = "kubeq_queue_submitted_total"
 

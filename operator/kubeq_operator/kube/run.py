@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:  # imported when the command runs: `kubeq --help` loads this module
-    from kubeq_operator.settings import OperatorSettings
+    from kubeq_operator.kube.settings import OperatorSettings
 
 
 def kopf_options(cfg: OperatorSettings) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def operator_command(
     """Run the TaskQueue operator (KUBEQ_OPERATOR_* variables set the defaults)."""
     import kopf
 
-    import kubeq_operator.handlers  # noqa: F401  (registers the handlers)
-    from kubeq_operator.settings import OperatorSettings
+    import kubeq_operator.kube.handlers  # noqa: F401  (registers the handlers)
+    from kubeq_operator.kube.settings import OperatorSettings
 
     flags: dict[str, Any] = {
         "namespace": namespace,

@@ -7,8 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.local import Snapshot
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.local.runner import Snapshot
 
 
 def _ms(seconds: float | None) -> str:

@@ -25,8 +25,8 @@ from kubeq.text import printable
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from kubeq_operator.demo import DemoReport
-    from kubeq_operator.local import LocalRunner, StopReport
+    from kubeq_operator.local.demo import DemoReport
+    from kubeq_operator.local.runner import LocalRunner, StopReport
 
 DEFAULT_METRICS_PORT = 8471  # not Prometheus's own 9090, nor an exporter's 91xx-99xx
 DEFAULT_STATE_DIR = Path(".kubeq")
@@ -45,7 +45,7 @@ def example_manifest(name: str) -> Path:
     packaged = resources.files("kubeq_operator").joinpath("examples", name)
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "examples" / name
+    return Path(__file__).resolve().parents[3] / "examples" / name
 
 
 @click.command("up")
@@ -111,8 +111,8 @@ def up_command(
     log_level: str,
 ) -> None:
     """Run a TaskQueue on this machine: worker processes, autoscaled like Pods."""
-    from kubeq_operator.errors import InvalidSpec
-    from kubeq_operator.local import LocalRunner
+    from kubeq_operator.core.errors import InvalidSpec
+    from kubeq_operator.local.runner import LocalRunner
 
     _setup_logging(log_level)
     try:
@@ -200,8 +200,8 @@ async def _up(
     from rich.live import Live
 
     from kubeq.protocol import KubeqError
-    from kubeq_operator.live import line, render
-    from kubeq_operator.local import UpError
+    from kubeq_operator.local.live import line, render
+    from kubeq_operator.local.runner import UpError
 
     console = Console()
     stop = asyncio.Event()
@@ -341,10 +341,10 @@ def telemetry_command(
     from rich.live import Live
 
     from kubeq.examples.simulator import Phase
-    from kubeq_operator.demo import run_demo
-    from kubeq_operator.errors import InvalidSpec
-    from kubeq_operator.live import line, render
-    from kubeq_operator.local import load_manifest
+    from kubeq_operator.core.errors import InvalidSpec
+    from kubeq_operator.local.demo import run_demo
+    from kubeq_operator.local.live import line, render
+    from kubeq_operator.local.runner import load_manifest
 
     _setup_logging("WARNING")
     console = Console()

@@ -29,12 +29,26 @@ import kopf
 from prometheus_client import start_http_server
 
 from kubeq.protocol import AsyncClient, KubeqError, QueueConfig, policy_problem
-from kubeq_operator import status as st
-from kubeq_operator.autoscaler import QueueAutoscaler
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.crd_schema import GROUP, PLURAL, VERSION, checked_spec
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.k8s_backend import (
+from kubeq_operator.core import status as st
+from kubeq_operator.core.crd_schema import GROUP, PLURAL, VERSION, checked_spec
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.manifests import (
+    MANAGED_BY,
+    OwnerRef,
+    build_deployment,
+    deployment_name,
+    recorded_spec,
+    selector_string,
+)
+from kubeq_operator.core.pod_security import policy_problems
+from kubeq_operator.core.scaling import ScalingPolicy
+from kubeq_operator.core.spec import Condition, TaskQueueSpec
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
+from kubeq_operator.engine.scheduler import run_schedules
+from kubeq_operator.kube.backend import (
+    DEPLOYMENTS,
     TASK_QUEUES,
     ApiError,
     DeploymentMissing,
@@ -42,26 +56,14 @@ from kubeq_operator.k8s_backend import (
     KubeApi,
     UnresolvedReferences,
 )
-from kubeq_operator.manifests import (
-    MANAGED_BY,
-    OwnerRef,
-    build_deployment,
-    deployment_name,
-    selector_string,
-)
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.pod_security import policy_problems
-from kubeq_operator.redis_access import (
+from kubeq_operator.kube.redis_access import (
     RedisClients,
     inline_password,
     purge,
     resolve_url,
     secret_reader,
 )
-from kubeq_operator.scaling import ScalingPolicy
-from kubeq_operator.schedules import run_schedules
-from kubeq_operator.settings import OperatorSettings, load_settings
-from kubeq_operator.spec import Condition, TaskQueueSpec
+from kubeq_operator.kube.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("kubeq.operator")
 
@@ -349,16 +351,7 @@ class Operator:
         self.backend.own(q.ref, OwnerRef.from_body(body))
         q.spec, q.config = spec, config
         client, error = await self._connect(q, spec, config)
-        if client is not None:
-            try:
-                await client.publish_config()
-            except KubeqError as exc:
-                error = str(exc)
-            else:
-                await self._eviction_policy(q, client)
         self._redis(q, error)
-        if error is not None:
-            logger.info(f"config not published, Redis unavailable: {error}")
         try:
             await self.backend.apply(q.ref, spec, config)
         except UnresolvedReferences as exc:
@@ -369,6 +362,19 @@ class Operator:
             self._reconcile_failed(q, "ApplyFailed", str(exc))
             await self.write_status(q, {})
             return
+        # Published only once the Deployment carries it: producers and tools read the
+        # published config, and a refused spec's config (a new priority, say) would send
+        # them where the running workers, still on the last good template, never look.
+        if client is not None:
+            try:
+                await client.publish_config()
+            except KubeqError as exc:
+                error = str(exc)
+                self._redis(q, error)
+            else:
+                await self._eviction_policy(q, client)
+        if error is not None:
+            logger.info(f"config not published, Redis unavailable: {error}")
         q.applied, q.applied_config = spec, config
         q.settled, q.reconcile_failures, q.retry_at = key, 0, 0.0
         self._track(q, client)
@@ -392,6 +398,8 @@ class Operator:
         try:
             if q.settled != fingerprint(body) and self.clock() >= q.retry_at:
                 await self.reconcile(body, logger)
+            if q.applied is None:
+                await self._adopt(q, body, logger)
             return await self._autoscale(q, logger)
         except asyncio.CancelledError:
             raise
@@ -404,6 +412,42 @@ class Operator:
             with contextlib.suppress(Exception):
                 await self.write_status(q, {})
             return backoff(self._poll(q), q.failures)
+
+    async def _adopt(self, q: Queue, body: Mapping[str, Any], logger: kopf.Logger) -> None:
+        """Nothing applied by this process (it restarted) and the current spec not applied:
+        take the live Deployment over with the spec it was built from, recorded on it
+        (`recorded_spec`), so its pool keeps scaling and being repaired as before the
+        restart. The record is checked as any spec (schema, CEL rules, pod policy); Ready
+        stays as the reconcile left it (the current spec is refused), and the first
+        reconcile that succeeds replaces the adopted spec."""
+        async with q.lock:
+            if q.applied is not None:  # a reconcile got there first
+                return
+            name = deployment_name(q.ref.name)
+            live = await self.api.get(DEPLOYMENTS.path(q.ref.namespace, name))
+            raw = recorded_spec(live, str(body["metadata"].get("uid"))) if live else None
+            if raw is None:
+                return  # none, someone else's, or built before specs were recorded
+            recorded = {"apiVersion": body["apiVersion"], "kind": body["kind"]}
+            recorded |= {"metadata": body["metadata"], "spec": raw}
+            try:
+                spec = checked_spec(recorded)
+                config = spec.to_queue_config(q.ref.name, q.ref.namespace)
+            except InvalidSpec as exc:
+                logger.info(f"the spec recorded on {name} is not usable: {exc}")
+                return
+            built = build_deployment(q.ref.name, q.ref.namespace, spec, replicas=None)
+            if policy_problems(built, q.ref.namespace, self.policy):
+                logger.info(f"the spec recorded on {name} violates the pod policy: not used")
+                return
+            q.applied, q.applied_config = spec, config
+        message = (
+            f"current spec not applied: Deployment {name} keeps scaling by the spec it was "
+            "built from"
+        )
+        logger.info(message)
+        if q.target is not None:
+            kopf.event(q.target, type="Normal", reason="Adopted", message=message)
 
     async def _autoscale(self, q: Queue, logger: kopf.Logger) -> float:
         spec, config = q.applied, q.applied_config

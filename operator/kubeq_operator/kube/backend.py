@@ -29,8 +29,7 @@ import kubernetes.client
 import kubernetes.config
 
 from kubeq.protocol import QueueConfig
-from kubeq_operator.backend import PoolView, QueueRef
-from kubeq_operator.manifests import (
+from kubeq_operator.core.manifests import (
     DELETION_COST_ANNOTATION,
     Manifest,
     OwnerRef,
@@ -44,9 +43,10 @@ from kubeq_operator.manifests import (
     selector_labels,
     selector_string,
 )
-from kubeq_operator.preflight import Kind as RefKind
-from kubeq_operator.preflight import problems, references
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.preflight import Kind as RefKind
+from kubeq_operator.core.preflight import problems, references
+from kubeq_operator.core.spec import TaskQueueSpec
+from kubeq_operator.engine.backend import PoolView, QueueRef
 
 LAST_APPLIED_ANNOTATION = "kubeq.io/last-applied"
 # Counts the scale decisions applied to a Deployment: each one tests it (see `scale`).

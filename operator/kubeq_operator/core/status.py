@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubeq_operator.autoscaler import Tick
-from kubeq_operator.spec import Condition
+from kubeq_operator.core.scaling import Tick
+from kubeq_operator.core.spec import Condition
 
 READY = "Ready"
 REDIS_REACHABLE = "RedisReachable"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeq.protocol.config import QueueConfig
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.spec import TaskQueueSpec
 
 Manifest = dict[str, Any]
 
@@ -31,6 +31,8 @@ CONTAINER_NAME = "worker"
 METRICS_PORT_NAME = "metrics"
 CONFIG_KEY = "queue-config.json"
 CONFIG_HASH_ANNOTATION = "kubeq.io/config-hash"
+#: On the Deployment: the TaskQueue spec it was built from (see `spec_record`).
+SPEC_ANNOTATION = "kubeq.io/spec"
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 CA_MOUNT_DIR = "/etc/kubeq/redis-ca"
 CLIENT_CERT_MOUNT_DIR = "/etc/kubeq/redis-client"
@@ -135,6 +137,42 @@ def worker_grace_seconds(termination_grace_period_seconds: int) -> int:
 
 def config_hash(config: QueueConfig) -> str:
     return hashlib.sha256(queue_config_json(config).encode()).hexdigest()[:16]
+
+
+def spec_record(spec: TaskQueueSpec) -> str:
+    """The spec as canonical JSON, for the Deployment's SPEC_ANNOTATION.
+
+    Written in the same patch as the pod template, so it always names the spec the running
+    template was built from: after an operator restart whose current spec the API server
+    refuses, the autoscaler scales that Deployment by this spec (`recorded_spec`), as it did
+    before the restart. On the Deployment, not the ConfigMap: the ConfigMap is applied
+    first and already carries a spec whose Deployment is then refused.
+    """
+    dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+
+
+def recorded_spec(deployment: Mapping[str, Any], owner_uid: str) -> dict[str, Any] | None:
+    """The raw spec recorded on a Deployment that `owner_uid` controls, else None.
+
+    Raw: the caller checks it as any spec (`crd_schema.checked_spec`, pod policy) before use;
+    anything unreadable (no annotation, not JSON, not an object, someone else's Deployment)
+    is None.
+    """
+    meta = deployment.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    if not any(
+        isinstance(o, Mapping) and o.get("controller") and o.get("uid") == owner_uid for o in owners
+    ):
+        return None
+    raw = (meta.get("annotations") or {}).get(SPEC_ANNOTATION)
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def build_config_map(
@@ -340,7 +378,7 @@ def build_deployment(
         pod_spec.update({k: copy.deepcopy(v) for k, v in optional.items() if v is not None})
 
     meta = _metadata(deployment_name(name), name, namespace, owner)
-    meta["annotations"] = {CONFIG_HASH_ANNOTATION: digest}
+    meta["annotations"] = {CONFIG_HASH_ANNOTATION: digest, SPEC_ANNOTATION: spec_record(spec)}
     deployment_spec: Manifest = {
         "selector": {"matchLabels": selector_labels(name)},
         "revisionHistoryLimit": 3,

@@ -1,7 +1,7 @@
 """The small interface the reconcile and autoscaling code drives.
 
-Two implementations: Kubernetes (a Deployment and its pods, `k8s_backend.py`) and local
-processes (`local_backend.py`, for `kubeq up`). The autoscaler and reconcile code cannot
+Two implementations: Kubernetes (a Deployment and its pods, `kube/backend.py`) and local
+processes (`local/backend.py`, for `kubeq up`). The autoscaler and reconcile code cannot
 tell them apart, so `kubeq up` exercises the very code the operator runs in a cluster.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kubeq.protocol import QueueConfig
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.spec import TaskQueueSpec
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Generate the TaskQueue reference in docs/operator.md from crds/taskqueue.yaml.
 
-    python -m kubeq_operator.crd_doc            # print the reference
-    python -m kubeq_operator.crd_doc --write    # rewrite it in docs/operator.md
-    python -m kubeq_operator.crd_doc --check    # exit 1 if docs/operator.md is stale
+    python -m kubeq_operator.tools.crd_doc            # print the reference
+    python -m kubeq_operator.tools.crd_doc --write    # rewrite it in docs/operator.md
+    python -m kubeq_operator.tools.crd_doc --check    # exit 1 if docs/operator.md is stale
 
 The reference sits between START and END markers; the rest of the page is hand-written.
 """
@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubeq_operator.crd_schema import load_crd, openapi_schema, resource_names
+from kubeq_operator.core.crd_schema import load_crd, openapi_schema, resource_names
 
 START = "<!-- crd-reference:start -->"
 END = "<!-- crd-reference:end -->"
-DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
+DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "operator.md"
 
 
 def _cell(text: str) -> str:
@@ -135,7 +135,7 @@ def update_document(text: str, reference: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubeq_operator.crd_doc")
+    parser = argparse.ArgumentParser(prog="python -m kubeq_operator.tools.crd_doc")
     parser.add_argument("--doc", type=Path, default=DOC_PATH)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the reference in --doc")
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = update_document(current, reference)
     if args.check:
         if wanted != current:
-            print(f"{args.doc} is stale: run python -m kubeq_operator.crd_doc --write")
+            print(f"{args.doc} is stale: run python -m kubeq_operator.tools.crd_doc --write")
             return 1
         return 0
     if wanted != current:

@@ -25,16 +25,16 @@ from kubeq.cli.envfile import write_env_file
 from kubeq.protocol import AsyncClient, QueueConfig, QueueStats
 from kubeq.protocol.connection import redacted
 from kubeq.redis_server import RedisServer, RedisServerError
-from kubeq_operator.autoscaler import QueueAutoscaler, Tick
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.local_backend import CrashInfo, LocalBackend, WorkerFates
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import ScalingPolicy
-from kubeq_operator.schedules import run_schedules
-from kubeq_operator.scrape import WorkerSample, delta, merge, quantile, scrape
-from kubeq_operator.spec import ScheduleStatus, TaskQueueSpec, parse_spec
-from kubeq_operator.state_dir import StateDir, StateDirError
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.scaling import ScalingPolicy, Tick
+from kubeq_operator.core.spec import ScheduleStatus, TaskQueueSpec, parse_spec
+from kubeq_operator.engine.autoscaler import QueueAutoscaler
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
+from kubeq_operator.engine.scheduler import run_schedules
+from kubeq_operator.local.backend import CrashInfo, LocalBackend, WorkerFates
+from kubeq_operator.local.scrape import WorkerSample, delta, merge, quantile, scrape
+from kubeq_operator.local.state_dir import StateDir, StateDirError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""spec.schedules: which ticks are due (pure, time a parameter) and submitting them (shell).
+"""spec.schedules: which ticks are due. Pure, time a parameter; `engine/scheduler.py` submits.
 
 Exactly one task per tick, whoever runs the scheduler (several operator replicas, `kubeq
 up`, a scheduler restarted between its submit and its bookkeeping): each tick is submitted
@@ -11,18 +11,14 @@ clock, so schedulers on pods whose clocks disagree agree on which ticks are due.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
 
-from kubeq.protocol import AsyncClient
-from kubeq.protocol.ops import Command
-from kubeq_operator.spec import Schedule, ScheduleStatus
+from kubeq_operator.core.spec import Schedule
 
 #: At most this many ticks are looked at per schedule and round (a long outage of a
 #: per-second schedule is then skipped in bounded steps, never all in memory).
@@ -106,70 +102,3 @@ def rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Round:
-    """What a scheduler round did, for status and metrics."""
-
-    statuses: list[ScheduleStatus]
-    fired: dict[str, int]
-    skipped: dict[str, int]
-
-
-async def redis_now(client: AsyncClient) -> int:
-    seconds, micros = await client.run(_one(Command(("TIME",))))
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def _one(cmd: Command) -> Any:
-    reply = yield cmd
-    return reply
-
-
-async def run_schedules(
-    client: AsyncClient, schedules: Sequence[Schedule], now_ms: int | None = None
-) -> Round:
-    """One round: submit each due tick once, record where each schedule stands."""
-    now = await redis_now(client) if now_ms is None else now_ms
-    key = client.keys.schedules
-    names = [s.name for s in schedules]
-    raw = await client.run(_one(Command(("HMGET", key, *names)))) if names else []
-    result = Round([], {}, {})
-    for sched, stored in zip(schedules, raw, strict=True):
-        state = _state(stored)
-        d = decide(sched, state.get("checked"), now)
-        if d.fire is not None:
-            state["last_task"] = await client.submit(
-                sched.task,
-                sched.payload,
-                priority=sched.priority,
-                idempotency_key=idempotency_key(sched, d.fire),
-            )
-            state["last_run"] = d.fire
-        state.update(checked=d.checked_until, next=d.next_run)
-        state["fired"] = int(state.get("fired", 0)) + (d.fire is not None)
-        state["skipped"] = int(state.get("skipped", 0)) + d.skipped
-        timing = sched.cron or f"every {sched.interval_seconds}s"
-        state.update(task=sched.task, suspend=sched.suspend, timing=timing, tz=sched.timezone)
-        await client.run(_one(Command(("HSET", key, sched.name, json.dumps(state)))))
-        result.fired[sched.name] = int(d.fire is not None)
-        result.skipped[sched.name] = d.skipped
-        result.statuses.append(
-            ScheduleStatus(
-                name=sched.name,
-                last_run=rfc3339(state.get("last_run")),
-                next_run=rfc3339(None if sched.suspend else d.next_run),
-                last_task_id=state.get("last_task"),
-                suspended=sched.suspend or None,
-            )
-        )
-    return result
-
-
-def _state(stored: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(stored) if stored else {}
-    except ValueError:
-        return {}  # damaged bookkeeping: start over (the idempotency keys still hold)
-    return value if isinstance(value, dict) else {}

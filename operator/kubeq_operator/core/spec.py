@@ -27,7 +27,7 @@ from kubeq.protocol.config import (
     QueueConfig,
     RateLimit,
 )
-from kubeq_operator.errors import InvalidSpec
+from kubeq_operator.core.errors import InvalidSpec
 
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -242,7 +242,7 @@ class RateLimitSpec(_Model):
 
 
 class Schedule(_Model):
-    """One entry of spec.schedules: a task submitted on every tick (kubeq_operator.schedules)."""
+    """One entry of spec.schedules: a task submitted on every tick (core/schedules.py)."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     cron: str | None = Field(default=None, min_length=1, max_length=200)

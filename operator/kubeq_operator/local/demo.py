@@ -22,7 +22,7 @@ from typing import Any
 
 from kubeq.examples.simulator import DeviceFleet, Phase, burst_profile
 from kubeq.protocol import AsyncClient, TaskStatus
-from kubeq_operator.local import LocalRunner, Snapshot
+from kubeq_operator.local.runner import LocalRunner, Snapshot
 
 
 @dataclass

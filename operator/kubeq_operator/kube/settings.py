@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kubeq_operator.pod_security import PodPolicy, parse_names
+from kubeq_operator.core.pod_security import PodPolicy, parse_names
 
 
 class OperatorSettings(BaseSettings):

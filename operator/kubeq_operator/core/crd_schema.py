@@ -20,8 +20,8 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from kubeq_operator.errors import InvalidSpec
-from kubeq_operator.spec import TaskQueueSpec, format_errors
+from kubeq_operator.core.errors import InvalidSpec
+from kubeq_operator.core.spec import TaskQueueSpec, format_errors
 
 GROUP = "kubeq.io"
 VERSION = "v1alpha1"
@@ -36,8 +36,8 @@ def crd_path() -> Path:
     override = os.environ.get("KUBEQ_CRD_PATH")
     if override:
         return Path(override)
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "crds" / CRD_FILE, here.parents[1] / "crds" / CRD_FILE):
+    package = Path(__file__).resolve().parents[1]  # kubeq_operator/
+    for candidate in (package / "crds" / CRD_FILE, package.parents[1] / "crds" / CRD_FILE):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"cannot find {CRD_FILE}; set KUBEQ_CRD_PATH")

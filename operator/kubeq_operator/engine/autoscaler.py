@@ -10,7 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from kubeq.protocol import (
     AsyncClient,
@@ -21,28 +21,20 @@ from kubeq.protocol import (
     QueueStats,
     WorkerInfo,
 )
-from kubeq_operator.backend import Backend, QueueRef
-from kubeq_operator.manifests import deletion_cost_annotations
-from kubeq_operator.metrics import OperatorMetrics
-from kubeq_operator.scaling import (
+from kubeq_operator.core.manifests import deletion_cost_annotations
+from kubeq_operator.core.scaling import (
     Decision,
     History,
     Observation,
     ScalingPolicy,
+    Tick,
     decide_replicas,
     keep_busy,
 )
+from kubeq_operator.engine.backend import Backend, QueueRef
+from kubeq_operator.engine.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tick:
-    decision: Decision
-    current: int  # desired replicas before this tick
-    ready: int
-    stats: QueueStats | None  # None when Redis could not be read
-    error: str | None = None
 
 
 #: Running tasks read per page, and pages at most, before a scale-down (see _leases_held).

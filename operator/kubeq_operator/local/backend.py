@@ -25,9 +25,9 @@ from signal import SIGTERM
 
 from kubeq.protocol import QueueConfig
 from kubeq.redis_server import die_with_parent, free_port
-from kubeq_operator.backend import PoolView, QueueRef
-from kubeq_operator.manifests import config_hash, queue_config_json, worker_grace_seconds
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq_operator.core.manifests import config_hash, queue_config_json, worker_grace_seconds
+from kubeq_operator.core.spec import TaskQueueSpec
+from kubeq_operator.engine.backend import PoolView, QueueRef
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from kubeq.protocol import AsyncClient, KubeqError, QueueConfig
 from kubeq.protocol.connection import describe, translated, with_credentials
-from kubeq_operator.backend import QueueRef
-from kubeq_operator.k8s_backend import SECRETS, KubeApi
-from kubeq_operator.spec import RedisSpec
+from kubeq_operator.core.spec import RedisSpec
+from kubeq_operator.engine.backend import QueueRef
+from kubeq_operator.kube.backend import SECRETS, KubeApi
 
 SECRET_TTL_SECONDS = 60.0  # re-read Secrets this often, so a rotated password is picked up
 #: The label a Secret must carry for the operator to read it (least privilege, docs/security.md)

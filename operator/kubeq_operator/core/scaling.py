@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
-from kubeq_operator.spec import TaskQueueSpec
+from kubeq.protocol.models import QueueStats
+from kubeq_operator.core.spec import TaskQueueSpec
 
 Direction = Literal["up", "down", "none"]
 
@@ -290,6 +291,17 @@ class Decision:
     @property
     def changed(self) -> bool:
         return self.direction != "none"
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one autoscaler round saw and decided (engine/autoscaler.py runs the round)."""
+
+    decision: Decision
+    current: int  # desired replicas before this tick
+    ready: int
+    stats: QueueStats | None  # None when Redis could not be read
+    error: str | None = None
 
 
 def _direction(current: int, target: int) -> Direction:

@@ -1,0 +1,1 @@
+"""Developer commands run from a checkout (not part of any running operator)."""
