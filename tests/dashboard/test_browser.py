@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dashboard_support import TOKEN, Served
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
@@ -21,7 +22,6 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import TOKEN, Served
 from kubeq.protocol import TaskError, TaskStatus, WorkerInfo
 
 # Debian's chromium-driver, or a GitHub runner's preinstalled one.

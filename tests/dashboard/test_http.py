@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import httpx
+from dashboard_support import TOKEN, Served, serve
 
-from conftest import TOKEN, Served, serve
 from kubeq.dashboard.pages import MAX_SHOWN_CHARS
 from kubeq.protocol import TaskError
 from kubeq.protocol.ops import encode_progress

@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 import pytest
-from support import queue_config
+from worker_support import queue_config
 
 from kubeq.app import App, TaskContext
 from kubeq.protocol import ClaimedTask, QueueOps, Task

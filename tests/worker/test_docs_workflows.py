@@ -7,7 +7,7 @@ import contextlib
 import re
 from typing import Any
 
-from support import REPO, queue_config
+from worker_support import REPO, queue_config
 
 from kubeq import App
 from kubeq.protocol import Client

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, queue_config, wait_until
+from worker_support import WorkerProcess, queue_config, wait_until
 
 from kubeq.protocol import Client
 from kubeq.worker.loop import LoopUnavailable, pick_loop, uvloop_installed

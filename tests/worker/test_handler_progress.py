@@ -12,7 +12,7 @@ from typing import Any
 
 import kubeq_test_apps
 import pytest
-from support import queue_config, serving, until
+from worker_support import queue_config, serving, until
 
 from kubeq.protocol import (
     MAX_PROGRESS_BYTES,
@@ -25,7 +25,7 @@ from kubeq.protocol import (
 from kubeq.redis_server import RedisServer, free_port
 from kubeq.worker.progress import PROGRESS_INTERVAL, ProgressBuffer
 
-# A real worker on this loop for the block (support.serving), running kubeq_test_apps.app.
+# A real worker on this loop for the block (worker_support.serving), running kubeq_test_apps.app.
 worker = functools.partial(serving, app=kubeq_test_apps.app)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import kubeq_test_apps
 import pytest
-from support import queue_config, until
+from worker_support import queue_config, until
 
 from kubeq.app import App, TaskContext
 from kubeq.middleware import Middleware, TaskEnd

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from support import REPO, queue_config, serving, until
+from worker_support import REPO, queue_config, serving, until
 
 from kubeq import App, Permanent, TaskContext
 from kubeq.otel import TracingMiddleware
@@ -53,7 +53,7 @@ def traced_sync(payload: Any, ctx: TaskContext) -> dict[str, str]:
     return ctx.headers  # a child process sees the headers too
 
 
-# A real worker on this loop for the block (support.serving), running app.
+# A real worker on this loop for the block (worker_support.serving), running app.
 worker = functools.partial(serving, app=app)
 
 

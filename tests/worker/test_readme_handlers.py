@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
+from worker_support import REPO
 
 
 def section(title: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import kubeq_test_apps
 import pytest
-from support import queue_config, serving, until
+from worker_support import queue_config, serving, until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.worker import WorkerSettings, serve

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import HERE, REPO, wait_until
+from worker_support import HERE, REPO, wait_until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.redis_server import free_port

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import WorkerProcess, holder_of, http_get, metric, queue_config, wait_until
+from worker_support import WorkerProcess, holder_of, http_get, metric, queue_config, wait_until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.redis_server import RedisServer, free_port

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import kubeq_test_apps
 import redis.exceptions
-from support import queue_config, until
+from worker_support import queue_config, until
 
 from kubeq.metrics import WorkerMetrics
 from kubeq.protocol import Client, QueueConfig, Settlement, TaskStatus

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import kubeq_test_apps
 import pytest
-from support import metric, parse_metrics, queue_config, until
+from worker_support import metric, parse_metrics, queue_config, until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.redis_server import free_port

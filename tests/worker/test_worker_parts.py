@@ -13,7 +13,7 @@ from typing import Any
 import kubeq_test_apps
 import pytest
 import redis.exceptions
-from support import queue_config
+from worker_support import queue_config
 
 from kubeq.app import App, TaskContext, load_app
 from kubeq.exceptions import Permanent, Retry

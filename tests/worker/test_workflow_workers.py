@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import WorkerProcess, queue_config, wait_until
+from worker_support import WorkerProcess, queue_config, wait_until
 
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.protocol.workflow import Step, chain, chord
