@@ -183,7 +183,7 @@ def test_a_sigkilled_worker_leaves_no_handler_process_running(
 def test_a_frozen_workers_handler_stops_before_its_lease_can_expire(
     redis_url: str, tmp_path: Path
 ) -> None:
-    from support import WorkerProcess, queue_config
+    from worker_support import WorkerProcess, queue_config
 
     config = queue_config()  # lease 1 s: the children stop after 0.5 s without a ping
     w = WorkerProcess(redis_url, config, tmp_path)
