@@ -16,7 +16,7 @@ from worker_support import queue_config, serving, until
 from kubeq.protocol import Client, QueueConfig, TaskStatus
 from kubeq.worker import WorkerSettings, serve
 
-# A real worker on this loop for the block (support.serving), running kubeq_test_apps.app.
+# A real worker on this loop for the block (worker_support.serving), running kubeq_test_apps.app.
 worker = functools.partial(serving, app=kubeq_test_apps.app)
 
 
