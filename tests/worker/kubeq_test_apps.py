@@ -352,3 +352,11 @@ def progress_after_marker(payload: dict[str, Any], ctx: TaskContext) -> str:
     ctx.progress({"reported": "while redis was down"})
     time.sleep(payload["hold"])
     return "done"
+
+
+@app.task("leaks_cycle")
+async def leaks_cycle(payload: dict[str, int], ctx: TaskContext) -> None:
+    """Leaves a reference cycle holding `bytes` of memory: only the collector frees it."""
+    a: dict[str, Any] = {"blob": bytearray(payload["bytes"])}
+    b: dict[str, Any] = {"a": a}
+    a["b"] = b

@@ -6,7 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import pytest
+from worker_support import WorkerProcess, queue_config, wait_until
+
+from kubeq.protocol import Client
 from kubeq.worker import gc_policy
 from kubeq.worker.settings import WorkerSettings
 
@@ -15,6 +20,34 @@ def test_thresholds_and_the_way_back_to_pythons_own() -> None:
     assert gc_policy.thresholds(20_000) == (20_000, 10, 10)
     assert gc_policy.thresholds(0) is None
     assert WorkerSettings().gc_gen0_threshold == 20_000  # the default the worker runs with
+
+
+def test_the_memory_trigger_collects_once_memory_grew_by_its_bound() -> None:
+    mb = 2**20
+    rss = [100 * mb]
+    collected: list[int] = []
+
+    def collect() -> None:
+        collected.append(rss[0])
+        rss[0] -= 30 * mb  # a collection frees some; the baseline is what is left
+
+    t = gc_policy.MemoryTrigger(lambda: rss[0], collect, growth_mb=64, every=4)
+    rss[0] += 63 * mb
+    assert not any(t.task_finished() for _ in range(8))  # below the bound: never
+    rss[0] += 1 * mb  # 164 MB: 64 above the baseline
+    assert [t.task_finished() for _ in range(4)] == [False, False, False, True]  # 4th reads
+    assert collected == [164 * mb]
+    assert t.baseline == 134 * mb
+    rss[0] += 63 * mb
+    assert not any(t.task_finished() for _ in range(8))
+    assert t.collections == 1
+    assert gc_policy.should_collect(200, 100, 100)
+    assert not gc_policy.should_collect(199, 100, 100)
+
+
+def test_an_unreadable_rss_never_collects() -> None:
+    t = gc_policy.MemoryTrigger(lambda: 0, lambda: pytest.fail("collected"), every=1)
+    assert not any(t.task_finished() for _ in range(100))
 
 
 def _run(code: str) -> str:
@@ -71,3 +104,41 @@ def test_threshold_zero_leaves_the_collector_alone() -> None:
         """
     )
     assert out == "True 0"
+
+
+@pytest.mark.slow
+def test_cyclic_garbage_holding_memory_cannot_pile_up_to_the_threshold(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """An attack on the policy: a handler whose every run leaves a cycle holding 1 MB. A
+    youngest generation of 20,000 objects would let ~10,000 such cycles (10 GB) wait for
+    a collection; the worker also collects once its memory grew by RSS_GROWTH_MB, so
+    1,500 of them never hold more than about that much."""
+    limit = getattr(gc_policy, "RSS_GROWTH_MB", 64)
+    config = queue_config()
+    w = WorkerProcess(redis_url, config, tmp_path, concurrency=8)
+    try:
+        w.wait_ready()
+        with Client.from_url(redis_url, config.name, config=config) as client:
+            baseline = _peak_rss_mb(w.pid)
+            ids = client.submit_many(
+                [{"type": "leaks_cycle", "payload": {"bytes": 1_000_000}}] * 1500
+            )
+            wait_until(
+                lambda: client.stats().counters.get("completed", 0) >= len(ids),
+                120,
+                "every leaking task completed",
+            )
+        grown = _peak_rss_mb(w.pid) - baseline
+        # The bound plus one check interval's worth of leaks (32 tasks) and slack; without
+        # the memory trigger this grows by ~1,500 MB.
+        assert grown < limit + 32 + 100, (grown, w.log()[-2000:])
+    finally:
+        w.stop()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")

@@ -22,7 +22,7 @@ from kubeq.worker.drain import serve as serve_worker
 from kubeq.worker.health import HealthServer
 from kubeq.worker.logs import configure_logging
 from kubeq.worker.loop import LoopUnavailable, loop_factory
-from kubeq.worker.runtime import Worker
+from kubeq.worker.runtime import Worker, rss_bytes
 from kubeq.worker.settings import WorkerSettings
 
 log = logging.getLogger("kubeq.worker")
@@ -224,7 +224,7 @@ def run_worker(settings: WorkerSettings) -> int:
         log.error("%s", exc)
         return 2
     log.debug("event loop: %s", loop_name)
-    if gc_policy.apply(settings.gc_gen0_threshold):
+    if gc_policy.apply(settings.gc_gen0_threshold, read_rss=rss_bytes):
         log.debug("garbage collector: thresholds %s, start-up frozen", gc.get_threshold())
     with asyncio.Runner(loop_factory=factory) as runner:
         code = runner.run(_main(settings, app))

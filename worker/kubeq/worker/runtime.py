@@ -29,6 +29,7 @@ from kubeq.protocol import (
     system_clock,
 )
 from kubeq.protocol.ops import Command, Op, Pipeline
+from kubeq.worker import gc_policy
 from kubeq.worker.batcher import SettleBatcher
 from kubeq.worker.breaker import TRANSIENT, CircuitBreaker
 from kubeq.worker.execution import Outcome, TaskRunner
@@ -418,6 +419,7 @@ class Worker:
 
     def _count_for_recycling(self) -> None:
         self._finished += 1
+        gc_policy.task_finished()
         s = self.settings
         if self.recycle.is_set():
             return
