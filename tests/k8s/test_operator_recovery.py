@@ -29,6 +29,7 @@ from tests.k8s.test_operator import (
 
 import redis
 from kubeq.protocol import Client, QueueKeys
+from kubeq.redis_server import RedisServer, free_port
 from kubeq_operator.core.manifests import SPEC_ANNOTATION
 from kubeq_operator.kube.backend import SECRETS, TASK_QUEUES, KubeApi
 from kubeq_operator.kube.handlers import Operator
@@ -406,3 +407,29 @@ async def test_restart_does_not_adopt_an_unusable_record(api: KubeApi, redis_url
             # No autoscaler round ran for it: the backlog shown is the one before the restart.
             assert body["status"]["backlog"] == 0, name
             assert condition(body, "Scaling")["reason"] != "AutoscalerError", name
+
+
+async def test_a_config_not_published_while_redis_was_down_is_published_once_it_is_back(
+    api: KubeApi,
+) -> None:
+    """The spec is applied while its Redis is down (the Deployment carries the config
+    inline); producers read the published config, so it reaches Redis as soon as Redis is
+    back, not only at the next spec change."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    tq = taskqueue("later", url, lease={"durationSeconds": 44})
+    async with running_operator(clients=[api]):
+        await api.create(TASK_QUEUES.path(NS), tq)
+        await ready(api, "later")  # applied: Ready=True although Redis is unreachable
+        body = await get(api, tq_path("later"))
+        assert condition(body, "RedisReachable").get("status") == "False"
+        await asyncio.sleep(2.0)  # several polls with Redis down: the spec is settled
+        with RedisServer(port=port) as server:
+            published = redis.Redis.from_url(server.url)
+            raw = await eventually(
+                lambda: asyncio.to_thread(published.get, QueueKeys(NS, "later").config),
+                lambda v: v is not None,
+                timeout=15,
+                what="the config published once Redis is reachable",
+            )
+            assert json.loads(raw)["lease_seconds"] == 44

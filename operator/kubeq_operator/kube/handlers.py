@@ -147,6 +147,9 @@ class Queue:
     # Deployment repair use. A spec the API server refused never gets here.
     applied: TaskQueueSpec | None = None
     applied_config: QueueConfig | None = None
+    # The config this process last published to the queue's Redis: the autoscaler round
+    # publishes the applied one whenever they differ (e.g. Redis was down at the apply).
+    published: QueueConfig | None = None
     settled: str | None = None  # fingerprint of the spec last reconciled to an end
     retry_at: float = 0.0  # a failed reconcile is retried (by the daemon) from then on
     reconcile_failures: int = 0
@@ -232,6 +235,16 @@ class Operator:
             return
         message = st.INLINE_PASSWORD_MESSAGE
         self._set(q, st.CREDENTIALS_SAFE, False, "InlinePassword", message)
+
+    async def _publish(self, q: Queue, client: AsyncClient, config: QueueConfig) -> str | None:
+        """Publish `config` to the queue's Redis; the error, or None once published."""
+        try:
+            await client.publish_config()
+        except KubeqError as exc:
+            return str(exc)
+        q.published = config
+        await self._eviction_policy(q, client)
+        return None
 
     async def _eviction_policy(self, q: Queue, client: AsyncClient) -> None:
         """The EvictionPolicySafe condition (a Warning Event, a metric at 0) while Redis runs
@@ -366,15 +379,12 @@ class Operator:
         # published config, and a refused spec's config (a new priority, say) would send
         # them where the running workers, still on the last good template, never look.
         if client is not None:
-            try:
-                await client.publish_config()
-            except KubeqError as exc:
-                error = str(exc)
+            published = await self._publish(q, client, config)
+            if published is not None:
+                error = published
                 self._redis(q, error)
-            else:
-                await self._eviction_policy(q, client)
         if error is not None:
-            logger.info(f"config not published, Redis unavailable: {error}")
+            logger.info(f"config not published yet (the autoscaler retries), Redis: {error}")
         q.applied, q.applied_config = spec, config
         q.settled, q.reconcile_failures, q.retry_at = key, 0, 0.0
         self._track(q, client)
@@ -471,6 +481,10 @@ class Operator:
             return min(poll, 1.0)
 
         self._redis(q, tick.error)
+        # Applied while Redis could not take it (level-based: whatever missed it).
+        unpublished = client is not None and not tick.error and q.published != config
+        if unpublished and client is not None and await self._publish(q, client, config) is None:
+            logger.info("queue config published")
         ok, reason, message = st.scaling_condition(tick, enabled=spec.autoscaling.enabled)
         if reason == "Stable" and tick.decision.recommendation in (None, tick.decision.replicas):
             message = f"{tick.decision.replicas} replicas match the backlog"  # no churn
@@ -506,6 +520,7 @@ class Operator:
             q.autoscaler = None  # its history is of a time another replica may have acted in
             q.written = None
             q.settled = None
+            q.published = None
 
     # -- the child Deployment -------------------------------------------------------------
 
