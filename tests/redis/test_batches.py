@@ -41,6 +41,37 @@ def test_50k_submit_then_10k_claim_heartbeat_and_settle_through_the_public_api(
     assert client.status(ids[9_999]).result == 9_999
 
 
+def test_chunks_with_idempotency_keys_and_chosen_ids_at_the_batch_bound(client: Client) -> None:
+    """Chunks that carry the per-task checks (idempotency index, chosen-id flag) are sent
+    in a longer tuple than plain ones; full chunks of that form, several task types, and a
+    key repeated across chunks all land as one submit of the same tasks would."""
+    n = 2 * MAX_SCRIPT_BATCH + 500
+    reqs: list[dict[str, object]] = []
+    first_of_key: dict[str, int] = {}
+    for i in range(n):
+        req: dict[str, object] = {"type": "a" if i % 2 else "b", "payload": i}
+        if i % 3 == 0:
+            key = f"k{i % 900}"  # repeats, within and across chunks
+            req["idempotency_key"] = key
+            first_of_key.setdefault(key, i)
+        elif i % 5 == 1:
+            req["id"] = f"chosen-{i}"
+        reqs.append(req)
+    ids = client.submit_many(reqs)
+    assert len(ids) == n
+    for i, tid in enumerate(ids):
+        if i % 3 == 0:
+            assert tid == ids[first_of_key[f"k{i % 900}"]]  # one task per key
+        elif i % 5 == 1:
+            assert tid == f"chosen-{i}"
+    kept = {i for i in range(n) if i % 3 or first_of_key[f"k{i % 900}"] == i}
+    assert len(set(ids)) == len(kept) == client.stats().ready
+    types = client.type_stats()
+    assert types["a"]["submitted"] == sum(1 for i in kept if i % 2)
+    assert types["b"]["submitted"] == sum(1 for i in kept if not i % 2)
+    assert {t.task.payload for t in client.claim("w", n).tasks} == kept
+
+
 def test_10k_expired_leases_are_all_returned_by_one_reap(
     make_client: Callable[..., Client],
 ) -> None:

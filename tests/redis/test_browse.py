@@ -222,6 +222,9 @@ def test_lease_holders_counts_each_workers_leases_from_the_fencing_state(client:
     assert client.lease_holders(limit=2502) is None  # a bounded read says it stopped
     client.settle([client.ops.completion(t, None, client.clock()) for t in a.tasks])
     assert client.lease_holders() == {"worker-b": 2501}  # ended leases are gone
+    client.submit("t")
+    client.claim("pod|7|x", 1)  # a worker id with the separator in it comes back whole
+    assert client.lease_holders() == {"worker-b": 2501, "pod|7|x": 1}
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, "10", True])

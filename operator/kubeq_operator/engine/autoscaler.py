@@ -37,11 +37,6 @@ from kubeq_operator.engine.metrics import OperatorMetrics
 log = logging.getLogger(__name__)
 
 
-#: Running tasks read per page, and pages at most, before a scale-down (see _leases_held).
-LEASE_PAGE = 1000
-MAX_LEASE_PAGES = 20
-
-
 class QueueAutoscaler:
     def __init__(
         self,
@@ -96,8 +91,8 @@ class QueueAutoscaler:
         The registry's in-flight counts are as old as each worker's last heartbeat (a few
         seconds): a worker that claimed a long task since looks idle there. The leases are
         written by the claim itself; they are read from the fencing state alone (tens of
-        bytes per task, whatever the tasks' payloads)."""
-        held = await self.client.lease_holders(LEASE_PAGE * MAX_LEASE_PAGES)
+        bytes per task, whatever the tasks' payloads), at most the client's MAX_LEASES_READ."""
+        held = await self.client.lease_holders()
         return None if held is None else Counter(held)
 
     async def _mark_idle_first(self) -> int | None:

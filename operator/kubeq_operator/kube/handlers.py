@@ -481,10 +481,10 @@ class Operator:
             return min(poll, 1.0)
 
         self._redis(q, tick.error)
-        # Applied while Redis could not take it (level-based: whatever missed it).
-        unpublished = client is not None and not tick.error and q.published != config
-        if unpublished and client is not None and await self._publish(q, client, config) is None:
-            logger.info("queue config published")
+        if client is not None and not tick.error and q.published != config:
+            # Applied while Redis could not take it (level-based: whatever missed it).
+            failed = await self._publish(q, client, config)
+            logger.info("queue config published" if failed is None else f"not published: {failed}")
         ok, reason, message = st.scaling_condition(tick, enabled=spec.autoscaling.enabled)
         if reason == "Stable" and tick.decision.recommendation in (None, tick.decision.replicas):
             message = f"{tick.decision.replicas} replicas match the backlog"  # no churn

@@ -1156,8 +1156,10 @@ class QueueOps:
         pairs = entries.items() if isinstance(entries, dict) else _pairs(entries)
         leases = []
         for task_id, raw in pairs:
+            # "token|worker|started_ms": the worker is between the first and the last bar
+            # (a worker id may hold bars itself; the scripts compare the whole prefix).
             _, _, rest = str(raw).partition("|")
-            worker = rest.partition("|")[0]
+            worker = rest.rpartition("|")[0]
             if worker:
                 leases.append((str(task_id), worker))
         return int(next_cursor), leases

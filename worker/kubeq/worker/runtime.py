@@ -415,11 +415,11 @@ class Worker:
         self.tally.add(out)
         self.ledger.settling(ct.id, ct.token)
         self.batcher.add(out)
+        gc_policy.task_finished()
         self._count_for_recycling()
 
     def _count_for_recycling(self) -> None:
         self._finished += 1
-        gc_policy.task_finished()
         s = self.settings
         if self.recycle.is_set():
             return
