@@ -54,6 +54,7 @@ from kubeq.protocol.ops import (
     QueueOps,
     Settlement,
     TaskRequest,
+    WokenClaim,
     policy_problem,
 )
 
@@ -106,6 +107,7 @@ __all__ = [
     "TaskRequest",
     "TaskStatus",
     "UnknownPriority",
+    "WokenClaim",
     "WorkerInfo",
     "policy_problem",
     "system_clock",

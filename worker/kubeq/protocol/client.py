@@ -42,6 +42,7 @@ from kubeq.protocol.ops import (
     ScriptCall,
     Settlement,
     TaskRequest,
+    WokenClaim,
     result_of,
 )
 from kubeq.protocol.scripts import SCRIPTS, Script
@@ -326,6 +327,13 @@ class Client(_Base):
         claim: Claim = self.run(self.ops.claim(worker, n, self.clock(), order, lease_ms, claim_id))
         return claim
 
+    def abandon_claim(self, worker: str, claim_id: str) -> Claim:
+        """After a claim whose reply was lost, when the caller wants no tasks after all: the
+        tasks that claim leased (to release), and its id spent so it takes nothing later."""
+        order = self.ops.serving_order(self.rng)
+        claim: Claim = self.run(self.ops.abandon_claim(worker, claim_id, self.clock(), order))
+        return claim
+
     def heartbeat(
         self,
         worker: str,
@@ -556,6 +564,30 @@ async def _packed_call(r: Any, args: tuple[Any, ...]) -> Any:
         await pool.release(conn)
 
 
+async def _two_replies(r: Any, first: bytes, second: bytes) -> tuple[Any, Any]:
+    """Send two packed commands in one write on one connection; both replies, an error
+    reply returned (not raised) so the second is always read. A connection that failed,
+    timed out or was cancelled with a reply unread is dropped (redis-py does so), never
+    returned to the pool."""
+    pool = r.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command([first, second])
+        return await _reply(conn), await _reply(conn)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def _reply(conn: Any) -> Any:
+    try:
+        return await conn.read_response()
+    except redis.exceptions.ResponseError as exc:
+        return exc
+
+
 class AsyncClient(_Base):
     """The asyncio twin of `Client`; same operations, same keys, same scripts."""
 
@@ -705,6 +737,49 @@ class AsyncClient(_Base):
             self.ops.claim(worker, n, self.clock(), order, lease_ms, claim_id)
         )
         return claim
+
+    async def abandon_claim(self, worker: str, claim_id: str) -> Claim:
+        order = self.ops.serving_order(self.rng)
+        claim: Claim = await self.run(self.ops.abandon_claim(worker, claim_id, self.clock(), order))
+        return claim
+
+    async def wait_then_claim(
+        self, timeout: float, worker: str, n: int, *, claim_id: str
+    ) -> WokenClaim:
+        """Block on the wake list for up to `timeout`, then claim up to `n` (at most
+        MAX_SCRIPT_BATCH) tasks: one round trip where a client that can pipeline (not a
+        cluster client) sends both at once, so Redis runs the claim the moment the wait
+        ends, without a reply and a request crossing the network in between.
+
+        A wait that fails (or is cancelled) may leave the claim run or not: re-send
+        `claim_id` (`claim` to take the tasks, `abandon_claim` to give them back)."""
+        r = self.redis
+        if not _packs_fast(r):
+            woke = await self.wait_for_work(timeout)
+            return WokenClaim(woke, await self.claim(worker, n, claim_id=claim_id))
+        order = self.ops.serving_order(self.rng)
+        want = min(n, MAX_SCRIPT_BATCH)
+        op = self.ops.claim(worker, want, self.clock(), order, None, claim_id)
+        req = next(op)
+        assert isinstance(req, ScriptCall)  # a claim is script calls only
+        script = SCRIPTS[req.script]
+        block = _pack(("BLPOP", self.keys.wake, self._idle_timeout(timeout)))
+        call = _pack((_eval_command(script), script.sha, len(req.keys), *req.keys, *req.args))
+        try:
+            woke, reply = await _two_replies(r, block, call)
+            if isinstance(reply, redis.exceptions.NoScriptError):  # the claim did not run
+                reply = await self._execute(req)
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        # A refused wait (an ACL, say) still let the claim run: its tasks count either way.
+        woken = woke is not None and not isinstance(woke, redis.exceptions.ResponseError)
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise self._fail(reply) from reply
+        try:
+            op.send(reply)
+        except StopIteration as stop:
+            return WokenClaim(woken, stop.value)
+        raise AssertionError("a claim of at most one script batch is one call")
 
     async def heartbeat(
         self,

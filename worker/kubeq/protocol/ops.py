@@ -187,6 +187,15 @@ class Claim:
     rate_wait_ms: int = 0
 
 
+@dataclass(frozen=True)
+class WokenClaim:
+    """A wait on the wake list and the claim that followed it."""
+
+    #: the wait ended on a wake-up (not its timeout)
+    woke: bool
+    claim: Claim
+
+
 def new_task_id() -> str:
     """128 random bits as 32 hex digits (the shape of uuid4().hex, at a fifth of the cost)."""
     return os.urandom(16).hex()
@@ -572,6 +581,48 @@ class QueueOps:
         leased come back (still held, attempt charged once) instead of new ones.
         """
         _check_count("claim size", n, 0)
+        tasks: list[ClaimedTask] = []
+        malformed: list[MalformedClaim] = []
+        wait = 0
+        chunk = 0
+        left = n
+        while left > 0:
+            want = min(left, MAX_SCRIPT_BATCH)
+            call = self._claim_call(worker, want, now, order, lease_ms, claim_id, chunk)
+            reply = yield call
+            part = self.parse_claim(reply, worker, now)
+            tasks += part.tasks
+            malformed += part.malformed
+            wait = part.rate_wait_ms
+            got = len(part.tasks) + len(part.malformed)
+            if got < want or wait > 0:
+                break
+            left -= got
+            chunk += 1
+        return Claim(tasks, malformed, wait)
+
+    def abandon_claim(self, worker: str, claim_id: str, now: int, order: Sequence[int]) -> Op:
+        """Settle the fate of a claim whose reply may be lost, without leasing anything:
+        the tasks it leased that this worker still holds come back (to be released), and
+        if it has not run, its id is spent so that it takes nothing if it runs later (a
+        claim queued behind a blocking wait on a connection that was dropped)."""
+        if not isinstance(claim_id, str) or not claim_id:
+            raise errors.ConfigError(f"claim_id must be a non-empty string, got {claim_id!r}")
+        reply = yield self._claim_call(worker, 0, now, order, None, claim_id, 0)
+        claim: Claim = self.parse_claim(reply, worker, now)
+        return claim
+
+    def _claim_call(
+        self,
+        worker: str,
+        want: int,
+        now: int,
+        order: Sequence[int],
+        lease_ms: int | None,
+        claim_id: str | None,
+        chunk: int,
+    ) -> ScriptCall:
+        """One claim.lua call of at most MAX_SCRIPT_BATCH tasks (0: abandon `claim_id`)."""
         lease = _check_count("lease_ms", lease_ms if lease_ms is not None else self._lease_ms, 1)
         if not isinstance(worker, str) or not worker:
             raise errors.ConfigError(f"worker id must be a non-empty string, got {worker!r}")
@@ -593,37 +644,20 @@ class QueueOps:
         for i in order:
             keys += self._level_keys3(i)
         keys.append(k.paused)  # last: claim.lua finds it at KEYS[#KEYS]
-        tasks: list[ClaimedTask] = []
-        malformed: list[MalformedClaim] = []
-        wait = 0
-        chunk = 0
-        left = n
-        while left > 0:
-            want = min(left, MAX_SCRIPT_BATCH)
-            args: list[str | int | float] = [
-                self._now_arg(now),
-                want,
-                worker,
-                lease,
-                len(order),
-                PROMOTE_LIMIT,
-                repr(rate.per_second / 1000.0) if rate else 0,
-                rate.burst if rate else 0,
-                claim_id or "",
-                chunk,
-                *[i + 1 for i in order],
-            ]
-            reply = yield ScriptCall("claim", keys, args)
-            part = self.parse_claim(reply, worker, now)
-            tasks += part.tasks
-            malformed += part.malformed
-            wait = part.rate_wait_ms
-            got = len(part.tasks) + len(part.malformed)
-            if got < want or wait > 0:
-                break
-            left -= got
-            chunk += 1
-        return Claim(tasks, malformed, wait)
+        args: list[str | int | float] = [
+            self._now_arg(now),
+            want,
+            worker,
+            lease,
+            len(order),
+            PROMOTE_LIMIT,
+            repr(rate.per_second / 1000.0) if rate else 0,
+            rate.burst if rate else 0,
+            claim_id or "",
+            chunk,
+            *[i + 1 for i in order],
+        ]
+        return ScriptCall("claim", keys, args)
 
     def parse_claim(self, reply: list[Any], worker: str, now: int) -> Claim:
         """Each task on its own: one that cannot be parsed, whatever the reason, becomes a

@@ -20,10 +20,13 @@ from kubeq.metrics import WorkerMetrics
 from kubeq.middleware import TaskEnd
 from kubeq.protocol import (
     AsyncClient,
+    Claim,
     ClaimedTask,
     KubeqError,
+    MalformedClaim,
     QueueConfig,
     QueueKeys,
+    WokenClaim,
     WorkerInfo,
     browse,
     system_clock,
@@ -79,6 +82,17 @@ def deregister_op(keys: QueueKeys, worker_id: str) -> Op:
 
 def new_claim_id() -> str:
     return os.urandom(8).hex()
+
+
+#: how soon a drain repeats a cancellation of the claimer's wait that was not taken
+RECANCEL_SECONDS = 0.05
+
+
+def _take_interruption(me: asyncio.Task[Any]) -> None:
+    """Clear every cancellation of `me` (the drain may have repeated it): later waits in
+    this task, under `asyncio.timeout`, must not mistake a stale one for their own."""
+    while me.cancelling():
+        me.uncancel()
 
 
 class Worker:
@@ -268,6 +282,9 @@ class Worker:
         # re-sending its id gets those tasks back instead of leaving them to expire and
         # charging them an attempt they never ran (protocol: claim ids).
         claim_id = new_claim_id()
+        # After a claim that found less than it asked for, the next one waits on the wake
+        # list first (this long); None: claim straight away.
+        wait: float | None = None
         while self.claiming():
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -280,32 +297,36 @@ class Worker:
                 break
             n = min(free, batch) if batch else free
             try:
-                async with self.breaker.attempt():
-                    claim = await self.client.claim(self.id, n, claim_id=claim_id)
+                if wait is None:
+                    async with self.breaker.attempt():
+                        claim = await self.client.claim(self.id, n, claim_id=claim_id)
+                elif self.breaker.state != "closed":  # a probe must not block for seconds
+                    await self._idle(wait, blpop=True)
+                    wait = None
+                    continue
+                else:
+                    woken = await self._wait_then_claim(wait, n, claim_id)
+                    if woken is None:
+                        break  # the drain interrupted the wait
+                    claim = woken.claim
+                    if self.draining:  # it began as the claim came back: nothing starts
+                        self._give_back(claim)
+                        break
             except Exception as exc:
+                if wait is not None and isinstance(exc, TRANSIENT):
+                    self.breaker.record_failure()  # the wait is not gated, so not counted
                 self._redis_failed("claim", exc)
+                wait = None
                 if not isinstance(exc, TRANSIENT):
                     claim_id = new_claim_id()  # refused, not lost: nothing to recover
                     await self._idle(self.idle_wait, blpop=False)
                 continue
+            if wait is not None:
+                self.breaker.record_success()
+                wait = None
             claim_id = new_claim_id()
             for m in claim.malformed:
-                self.ledger.hold(m.task_id, m.token, m.level_index)
-                out = self.runner.malformed(m)
-                tlog.warning(
-                    "task %s has a malformed record: %s",
-                    m.task_id,
-                    m.error,
-                    extra={
-                        "queue": self.config.full_name,
-                        "task_id": m.task_id,
-                        "event": "malformed",
-                        "attempt": m.attempts,
-                    },
-                )
-                self.metrics.series(out.priority, out.task_type).failed.inc()
-                self.ledger.settling(m.task_id, m.token)
-                self.batcher.add(out)
+                self._dead_letter_malformed(m)
             now = system_clock()
             for ct in claim.tasks:
                 self._start(ct, now)
@@ -314,7 +335,59 @@ class Worker:
             if claim.rate_wait_ms > 0:
                 await self._idle(min(self._idle_timeout(), claim.rate_wait_ms / 1000), blpop=False)
             else:
-                await self._idle(self._idle_timeout(), blpop=True)
+                wait = self._idle_timeout()
+
+    async def _wait_then_claim(self, wait: float, n: int, claim_id: str) -> WokenClaim | None:
+        """Block on the wake list, then claim, in one round trip (the claim runs in Redis
+        the moment a wake-up arrives). The drain may interrupt the wait (None): whatever
+        the claim behind it leased, now or later, is given back, nothing charged."""
+        me = asyncio.current_task()
+        self._idle_task = me
+        try:
+            return await self.client.wait_then_claim(wait, self.id, n, claim_id=claim_id)
+        except asyncio.CancelledError:
+            if not self.draining or me is None:
+                raise
+            _take_interruption(me)
+        finally:
+            self._idle_task = None
+        # The connection is gone with the claim queued behind the wait: either it ran (its
+        # tasks are ours, to release) or it never will take anything (its id is spent).
+        try:
+            async with self.breaker.attempt():
+                abandoned = await self.client.abandon_claim(self.id, claim_id)
+        except Exception as exc:  # whatever it leased expires and is reaped: not lost
+            self._redis_failed("abandoning an interrupted claim", exc)
+            return None
+        self._give_back(abandoned)
+        return None
+
+    def _give_back(self, claim: Claim) -> None:
+        """Release what a claim leased without running it (the attempt is refunded)."""
+        for ct in claim.tasks:
+            self.ledger.hold(ct.id, ct.token, ct.level_index)
+            self.ledger.settling(ct.id, ct.token)
+            self.batcher.add(self.runner.released(ct))
+        for m in claim.malformed:  # as any claim would: it cannot run anywhere
+            self._dead_letter_malformed(m)
+
+    def _dead_letter_malformed(self, m: MalformedClaim) -> None:
+        self.ledger.hold(m.task_id, m.token, m.level_index)
+        out = self.runner.malformed(m)
+        tlog.warning(
+            "task %s has a malformed record: %s",
+            m.task_id,
+            m.error,
+            extra={
+                "queue": self.config.full_name,
+                "task_id": m.task_id,
+                "event": "malformed",
+                "attempt": m.attempts,
+            },
+        )
+        self.metrics.series(out.priority, out.task_type).failed.inc()
+        self.ledger.settling(m.task_id, m.token)
+        self.batcher.add(out)
 
     def _idle_timeout(self) -> float:
         return self.ledger.idle_timeout(self.idle_wait, system_clock())
@@ -331,7 +404,7 @@ class Worker:
         except asyncio.CancelledError:
             if not self.draining or me is None:
                 raise
-            me.uncancel()  # the drain's interruption: the claim loop ends by itself
+            _take_interruption(me)  # the drain's: the claim loop ends by itself
             return True, None
         except Exception as exc:
             return False, exc
@@ -569,7 +642,17 @@ class Worker:
         self.metrics.draining.set(1)
         if self._idle_task is not None:
             self._idle_task.cancel()
+            asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._interrupt_again)
         self._slot_freed.set()
+
+    def _interrupt_again(self) -> None:
+        """Cancel the claimer's wait again until it took the interruption: on Python 3.11
+        `asyncio.wait_for` (redis-py sends under it) loses a cancellation that arrives as
+        the send completes, and the wait would then run on to its end."""
+        task = self._idle_task
+        if task is not None and not task.done():
+            task.cancel()
+            asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._interrupt_again)
 
     def running(self) -> list[Job]:
         return list(self._running.values())

@@ -19,6 +19,8 @@
 --          wait_ms > 0 when the rate limit held tasks back: when a token is next due.
 -- A claim repeated with the same claim id and chunk (its reply was lost) returns the tasks
 -- that claim leased and this worker still holds, instead of leasing (and charging) anew.
+-- N = 0 abandons a claim id: what it leased comes back as above; if it has not run, the id
+-- is spent (stored with an empty chunk), so that claim takes nothing if it runs later.
 local now = clock(ARGV[1])
 local want = tonumber(ARGV[2])
 local worker = ARGV[3]
@@ -52,6 +54,18 @@ if claim_id ~= '' then
       return out
     end
   end
+end
+
+if want == 0 then
+  if claim_id ~= '' then
+    if stored_claim ~= claim_id then
+      redis.call('DEL', KEYS[9])
+      redis.call('HSET', KEYS[9], 'id', claim_id)
+    end
+    redis.call('HSET', KEYS[9], chunk, '')
+    redis.call('PEXPIRE', KEYS[9], lease_ms)
+  end
+  return {0}
 end
 
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
