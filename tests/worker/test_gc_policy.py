@@ -142,3 +142,37 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
+
+
+def test_rss_bytes_follows_the_process_and_a_forked_child_reads_its_own() -> None:
+    import os
+
+    from kubeq.worker.runtime import rss_bytes
+
+    def statm() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = rss_bytes()
+    assert abs(before - statm()) < 8 * 2**20
+    ballast = bytearray(64 * 2**20)  # zeroed, so touched: resident
+    grown = rss_bytes()
+    assert grown - before >= 60 * 2**20
+    assert abs(grown - statm()) < 8 * 2**20
+    del ballast
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child grows; the fd the parent opened would report the parent
+        try:
+            os.close(r)
+            base = rss_bytes()
+            own = bytearray(48 * 2**20)
+            os.write(w, str(rss_bytes() - base).encode())
+            del own
+        finally:
+            os._exit(0)
+    os.close(w)
+    child_growth = int(os.read(r, 64))
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert child_growth >= 40 * 2**20

@@ -75,9 +75,14 @@ end
 -- Promotion first, so a due task is claimable even when no maintenance ran. Tasks due in
 -- the same ms keep their submission order (the meta sequence), not the ZSET's member order.
 local promoted = 0
+-- One EXISTS over every level's delayed set first: with none (no retries or delays
+-- pending, the common case) that is one call instead of one range query per level.
+local delayed_keys = {}
+for lv = 0, L - 1 do delayed_keys[lv + 1] = KEYS[11 + lv * 3] end
+local any_delayed = redis.call('EXISTS', unpack(delayed_keys)) > 0
 for lv = 0, L - 1 do
   local ready, delayed = KEYS[10 + lv * 3], KEYS[11 + lv * 3]
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, promote_limit)
+  local due = any_delayed and redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, promote_limit) or {}
   if #due > 0 then
     local ids = {}
     for j = 1, #due, 2 do ids[#ids + 1] = due[j] end
@@ -184,10 +189,11 @@ if taken > 0 then
     -- Remember what this claim leased, for as long as the lease lasts, so a retry of a
     -- claim whose reply was lost gets these tasks back instead of charging new attempts.
     if stored_claim ~= claim_id then
-      redis.call('DEL', KEYS[9])
-      redis.call('HSET', KEYS[9], 'id', claim_id)
+      redis.call('DEL', KEYS[9])  -- a new id: no chunk of an older claim may answer for it
+      redis.call('HSET', KEYS[9], 'id', claim_id, chunk, table.concat(leased, ' '))
+    else
+      redis.call('HSET', KEYS[9], chunk, table.concat(leased, ' '))
     end
-    redis.call('HSET', KEYS[9], chunk, table.concat(leased, ' '))
     redis.call('PEXPIRE', KEYS[9], lease_ms)
   end
 end
