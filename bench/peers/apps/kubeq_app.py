@@ -3,7 +3,7 @@
 import os
 
 import redis.asyncio as aredis
-from shared import URL, abody, command, paced, timed_enqueue
+from shared import DONE, URL, abody, command, paced, timed_enqueue
 
 from kubeq import App, Client
 
@@ -12,8 +12,16 @@ _r = None
 
 
 def _redis():
-    if URL.startswith("redis+cluster://"):  # the scaling run on a Redis Cluster
-        return aredis.RedisCluster.from_url(URL.replace("redis+cluster://", "redis://", 1))
+    if URL.startswith("redis+cluster://"):  # the scaling run on a Redis Cluster (drains)
+        # The body's one round trip goes straight to the node holding its counter: redis-py's
+        # async RedisCluster, shared by concurrent calls, fails and re-sends some commands
+        # (README, Scaling), so a body through it measured that client, not the queue.
+        import redis
+
+        cluster = redis.RedisCluster.from_url(URL.replace("redis+cluster://", "redis://", 1))
+        node = cluster.get_node_from_key(DONE)
+        cluster.close()
+        return aredis.Redis(host=node.host, port=node.port)
     return aredis.Redis.from_url(URL)
 
 
