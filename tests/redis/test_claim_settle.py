@@ -8,6 +8,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from tests.conftest import FakeClock
+
 from kubeq.protocol import Client, QueueConfig, TaskError, TaskStatus, WorkerInfo
 
 
@@ -251,3 +253,17 @@ def test_config_published_to_redis_is_what_a_bare_client_uses(redis_url: str) ->
         publisher.publish_config()
     with Client.from_url(redis_url, "pub") as bare:
         assert bare.config == cfg
+
+
+def test_a_due_task_on_a_level_past_the_first_64_is_promoted_and_claimed(
+    make_client: Callable[..., Client], clock: FakeClock
+) -> None:
+    """claim.lua checks the delayed sets 64 levels per EXISTS before any range query: a
+    due task on level 70 of 70 (the second group) must still be promoted."""
+    levels = [{"name": f"p{i}", "weight": 1} for i in range(70)]
+    client = make_client(priorities=levels, mode="strict")
+    tid = client.submit("t", 1, priority="p69", delay=5)
+    assert client.claim("w", 5).tasks == []  # not due yet
+    clock.advance(6)
+    got = client.claim("w", 5).tasks
+    assert [c.id for c in got] == [tid]

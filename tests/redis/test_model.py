@@ -397,9 +397,12 @@ class ProtocolModel(RuleBasedStateMachine):
         self.tally["rule:claim"] += 1
         n = data.draw(_batch_size(self.profile.max_claim), label="n")
         self.tally["claims of 4000+"] += n >= 4000
-        self._claim(worker, n)
+        # Sometimes the worker will want nothing after a failed claim (a drain): it does
+        # not re-send, and may give the claim up later (`give_up_a_lost_claim`).
+        stop_after_failure = self.profile.drops and data.draw(st.booleans(), label="draining")
+        self._claim(worker, n, resend=not stop_after_failure)
 
-    def _claim(self, worker: str, n: int) -> None:
+    def _claim(self, worker: str, n: int, *, resend: bool = True) -> None:
         if n == 0:
             return
         client = self.clients[worker]
@@ -411,6 +414,10 @@ class ProtocolModel(RuleBasedStateMachine):
         # Only where replies get lost: the plain profiles run on any protocol version.
         kw = {"claim_id": claim_id} if self.profile.drops else {}
         claim, err = self.call("claim", client.claim, worker, n, **kw)
+        if err is not None and not resend and kw:
+            self.reconcile()
+            self._abandon(worker, claim_id, n)  # as a drain interrupting the wait does
+            return
         if err is not None:
             self.reconcile()
             claim, err = self.call("claim", client.claim, worker, n, **kw)
@@ -436,6 +443,42 @@ class ProtocolModel(RuleBasedStateMachine):
                 if not ok:
                     raise Violation(f"the claimer of malformed {m.task_id} could not settle it")
                 del self.leases[m.task_id]
+
+    @precondition(lambda self: bool(self.pending_claim))
+    @rule(data=st.data())
+    def give_up_a_lost_claim(self, data: st.DataObject) -> None:
+        """A worker that wants no tasks after all (a drain interrupting its idle wait)
+        abandons a claim whose reply it lost instead of re-sending it: what that claim
+        leased comes back and is released, and the id is spent, so sending it again leases
+        nothing new."""
+        worker = data.draw(st.sampled_from(sorted(self.pending_claim)), label="worker")
+        claim_id, n = self.pending_claim.pop(worker)
+        self.tally["rule:give_up_a_lost_claim"] += 1
+        self._abandon(worker, claim_id, n)
+
+    def _abandon(self, worker: str, claim_id: str, n: int) -> None:
+        self.tally["abandons"] += 1
+        client = self.clients[worker]
+        t0 = self.ref.now
+        back, err = self.call("abandon_claim", client.abandon_claim, worker, claim_id)
+        if err is not None:  # unknown effect: its leases, if any, expire and are reaped
+            self.reconcile()
+            return
+        for c in back.tasks:
+            self._deliver(worker, c.id, c.token, c.task.attempts, t0)
+            self.held[worker][c.id] = c
+        self.tally["abandoned claims' tasks released"] += len(back.tasks)
+        if back.tasks:
+            pool = list(self.held[worker])
+            self._settle(worker, [(pool.index(c.id), ("release", None)) for c in back.tasks])
+        again, err = self.call("claim", client.claim, worker, max(n, 1), claim_id=claim_id)
+        if err is not None:
+            self.reconcile()
+            return
+        for c in again.tasks:
+            mine = self.held[worker].get(c.id)
+            if mine is None or mine.token != c.token:
+                raise Violation(f"the spent claim id {claim_id} leased {c.id} anew")
 
     @rule(data=st.data())
     def worker_stalls_past_its_lease(self, data: st.DataObject) -> None:
@@ -958,7 +1001,12 @@ EXERCISED = {
     "batches": ("submits of 4000+", "claims of 4000+"),
     "skew": ("reaped", "rule:clock_steps"),
     "cancel": ("cancel:requested", "retry:applied"),
-    "faults": ("drops:fired", "rule:redis_restarts", "rule:oom_begins"),
+    "faults": (
+        "drops:fired",
+        "rule:redis_restarts",
+        "rule:oom_begins",
+        "abandons",
+    ),
 }
 
 

@@ -75,11 +75,20 @@ end
 -- Promotion first, so a due task is claimable even when no maintenance ran. Tasks due in
 -- the same ms keep their submission order (the meta sequence), not the ZSET's member order.
 local promoted = 0
--- One EXISTS over every level's delayed set first: with none (no retries or delays
--- pending, the common case) that is one call instead of one range query per level.
-local delayed_keys = {}
-for lv = 0, L - 1 do delayed_keys[lv + 1] = KEYS[11 + lv * 3] end
-local any_delayed = redis.call('EXISTS', unpack(delayed_keys)) > 0
+-- One EXISTS over the levels' delayed sets first (64 levels per call, so the unpack stays
+-- bounded): with none (no retries or delays pending, the common case) that is one call
+-- instead of one range query per level.
+local any_delayed = false
+for first = 0, L - 1, 64 do
+  local delayed_group = {}
+  for lv = first, math.min(first + 63, L - 1) do
+    delayed_group[#delayed_group + 1] = KEYS[11 + lv * 3]
+  end
+  if redis.call('EXISTS', unpack(delayed_group)) > 0 then
+    any_delayed = true
+    break
+  end
+end
 for lv = 0, L - 1 do
   local ready, delayed = KEYS[10 + lv * 3], KEYS[11 + lv * 3]
   local due = any_delayed and redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES', 'LIMIT', 0, promote_limit) or {}
