@@ -159,6 +159,7 @@ def test_the_worker_runs_its_functions(
     assert list(reply.lost) == []
     assert worker.run(worker.ops.progress("w1", [(running.id, running.token, "2")], 0)) == [True]
     assert worker.wait_for_work(0.1) in (True, False)
+    assert worker.abandon_claim("w1", "a-claim-given-up").tasks == []  # a drain's way out
     claim = worker.claim("w1", 5)
     assert [t.id for t in claim.tasks] == [seeded["pending"]]
     now = worker.clock()
