@@ -167,3 +167,24 @@ def test_bad_timing_and_key_types_are_invalid_task_errors(
     with pytest.raises(InvalidTask, match=field.replace("_", "[ _]")):
         client.submit_many([{"type": "t", field: value}])
     assert client.stats().ready == 0
+
+
+def test_wake_tokens_are_one_per_ready_task_up_to_the_cap(client: Client) -> None:
+    """Idle workers need one token each, at most WAKE_CAP of them: the list never grows
+    past the cap, whether tasks come one by one or in a batch (and delayed tasks push none)."""
+    from kubeq.protocol.ops import WAKE_CAP
+
+    wake = client.keys.wake
+    client.submit("t", 1, delay=60)
+    assert client.redis.llen(wake) == 0
+    for _ in range(3):
+        client.submit("t", 1)
+    assert client.redis.llen(wake) == 3
+    for _ in range(WAKE_CAP):
+        client.submit("t", 1)
+    assert client.redis.llen(wake) == WAKE_CAP
+    client.redis.delete(wake)
+    client.submit_many([{"type": "t"}] * (WAKE_CAP * 3))
+    assert client.redis.llen(wake) == WAKE_CAP
+    client.submit_many([{"type": "t"}] * 5)
+    assert client.redis.llen(wake) == WAKE_CAP

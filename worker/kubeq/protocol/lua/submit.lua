@@ -131,10 +131,13 @@ for level, d in pairs(delayed_args) do
   sliced('ZADD', KEYS[6 + L + level], d)
 end
 if ready_now > 0 then
+  local tokens = 0
   for _ = 1, math.min(ready_now, wake_cap) do
-    redis.call('RPUSH', KEYS[2], '1')
+    tokens = redis.call('RPUSH', KEYS[2], '1')
   end
-  redis.call('LTRIM', KEYS[2], -wake_cap, -1)
+  if tokens > wake_cap then  -- trimmed only when over the cap: one call less per submit
+    redis.call('LTRIM', KEYS[2], -wake_cap, -1)
+  end
 end
 redis.call('HINCRBY', KEYS[3], 'submitted', #fresh)
 local types_at = 8 + n * T
