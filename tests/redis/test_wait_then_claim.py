@@ -196,3 +196,26 @@ async def test_a_cancelled_wait_drops_its_connection_and_abandoning_makes_it_saf
     assert (st.ready, st.in_flight) == (2, 0)
     # The pool is usable afterwards: no connection came back with a reply unread.
     assert len((await aclient.claim("w", 2)).tasks) == 2
+
+
+async def test_a_claimed_record_that_is_not_utf8_fails_as_a_plain_claim_does(
+    aclient: AsyncClient, producer: Client, redis_url: str
+) -> None:
+    """Planted behind the protocol's back (no producer can write one): the reply cannot be
+    decoded. The pipelined claim reports it as `claim` does, a KubeqError naming it, not
+    a raw UnicodeDecodeError, and its connection is not handed out again half-read."""
+    import redis as sync_redis
+
+    from kubeq.protocol.errors import InvalidText
+
+    raw = sync_redis.Redis.from_url(redis_url)
+    tid = producer.submit("t", 1)
+    raw.hset(producer.keys.tasks, tid, b'{"type":"t","x":"\xff\xfe"}')
+    with pytest.raises(InvalidText):
+        await aclient.wait_then_claim(1.0, "w", 4, claim_id="f")
+    again = producer.submit("t", 2)
+    raw.hset(producer.keys.tasks, again, b'{"type":"t","x":"\xff"}')
+    with pytest.raises(InvalidText):
+        await aclient.claim("w", 4, claim_id="g")
+    raw.close()
+    assert await aclient.redis.ping()  # the pool still answers

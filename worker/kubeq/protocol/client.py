@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import hiredis
@@ -640,12 +648,16 @@ class AsyncClient(_Base):
             pipe.execute_command(*cmd.args)
         return await pipe.execute()
 
-    async def run(self, op: Op) -> Any:
+    async def run(self, op: Op, first: Callable[[Request], Awaitable[Any]] | None = None) -> Any:
+        """Drive `op`, each request through `_execute` (the first through `first` when
+        given), Redis's errors and undecodable replies thrown back into it."""
         try:
             req = next(op)
+            execute = first or self._execute
             while True:
+                call, execute = execute, self._execute
                 try:
-                    reply = await self._execute(req)
+                    reply = await call(req)
                 except redis.exceptions.RedisError as exc:
                     req = op.throw(self._fail(exc))
                 except UnicodeError as exc:
@@ -757,29 +769,29 @@ class AsyncClient(_Base):
         if not _packs_fast(r):
             woke = await self.wait_for_work(timeout)
             return WokenClaim(woke, await self.claim(worker, n, claim_id=claim_id))
-        order = self.ops.serving_order(self.rng)
-        want = min(n, MAX_SCRIPT_BATCH)
-        op = self.ops.claim(worker, want, self.clock(), order, None, claim_id)
-        req = next(op)
-        assert isinstance(req, ScriptCall)  # a claim is script calls only
-        script = SCRIPTS[req.script]
-        block = _pack(("BLPOP", self.keys.wake, self._idle_timeout(timeout)))
-        call = _pack((_eval_command(script), script.sha, len(req.keys), *req.keys, *req.args))
-        try:
+        woken = False
+
+        async def wait_then_send(req: Request) -> Any:
+            nonlocal woken
+            assert isinstance(req, ScriptCall)  # a claim is script calls only
+            script = SCRIPTS[req.script]
+            block = _pack(("BLPOP", self.keys.wake, self._idle_timeout(timeout)))
+            call = _pack((_eval_command(script), script.sha, len(req.keys), *req.keys, *req.args))
             woke, reply = await _two_replies(r, block, call)
+            # A refused wait (an ACL, say) still let the claim run: its tasks count either way.
+            woken = woke is not None and not isinstance(woke, redis.exceptions.ResponseError)
             if isinstance(reply, redis.exceptions.NoScriptError):  # the claim did not run
-                reply = await self._execute(req)
-        except redis.exceptions.RedisError as exc:
-            raise self._fail(exc) from exc
-        # A refused wait (an ACL, say) still let the claim run: its tasks count either way.
-        woken = woke is not None and not isinstance(woke, redis.exceptions.ResponseError)
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise self._fail(reply) from reply
-        try:
-            op.send(reply)
-        except StopIteration as stop:
-            return WokenClaim(woken, stop.value)
-        raise AssertionError("a claim of at most one script batch is one call")
+                return await self._execute(req)  # loads the script and claims
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+            return reply
+
+        # At most one script batch: one call, so only the first request is the pipelined one.
+        want = min(n, MAX_SCRIPT_BATCH)
+        order = self.ops.serving_order(self.rng)
+        op = self.ops.claim(worker, want, self.clock(), order, None, claim_id)
+        claim: Claim = await self.run(op, wait_then_send)
+        return WokenClaim(woken, claim)
 
     async def heartbeat(
         self,
