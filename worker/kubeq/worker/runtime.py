@@ -651,19 +651,17 @@ class Worker:
         """The first step of a drain: no new claims, not ready, draining in WorkerInfo."""
         self.draining = True
         self.metrics.draining.set(1)
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._interrupt_again)
+        self._interrupt_wait()
         self._slot_freed.set()
 
-    def _interrupt_again(self) -> None:
-        """Cancel the claimer's wait again until it took the interruption: on Python 3.11
-        `asyncio.wait_for` (redis-py sends under it) loses a cancellation that arrives as
-        the send completes, and the wait would then run on to its end."""
+    def _interrupt_wait(self) -> None:
+        """Cancel the claimer's wait, and again until it took the interruption: on Python
+        3.11 `asyncio.wait_for` (redis-py sends under it) loses a cancellation that arrives
+        as the send completes, and the wait would then run on to its end."""
         task = self._idle_task
         if task is not None and not task.done():
             task.cancel()
-            asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._interrupt_again)
+            asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._interrupt_wait)
 
     def running(self) -> list[Job]:
         return list(self._running.values())
