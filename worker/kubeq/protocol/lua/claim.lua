@@ -56,14 +56,22 @@ if claim_id ~= '' then
   end
 end
 
+-- Remember what this claim id leased in this chunk ('': nothing), for as long as a lease
+-- lasts, so a retry of a claim whose reply was lost gets these tasks back instead of
+-- charging new attempts (and an abandoned id takes nothing).
+local function remember(leased_text)
+  if stored_claim ~= claim_id then
+    redis.call('DEL', KEYS[9])  -- a new id: no chunk of an older claim may answer for it
+    redis.call('HSET', KEYS[9], 'id', claim_id, chunk, leased_text)
+  else
+    redis.call('HSET', KEYS[9], chunk, leased_text)
+  end
+  redis.call('PEXPIRE', KEYS[9], lease_ms)
+end
+
 if want == 0 then
   if claim_id ~= '' then
-    if stored_claim ~= claim_id then
-      redis.call('DEL', KEYS[9])
-      redis.call('HSET', KEYS[9], 'id', claim_id)
-    end
-    redis.call('HSET', KEYS[9], chunk, '')
-    redis.call('PEXPIRE', KEYS[9], lease_ms)
+    remember('')
   end
   return {0}
 end
@@ -195,15 +203,7 @@ end
 if taken > 0 then
   redis.call('HINCRBY', KEYS[5], 'claimed', taken)
   if claim_id ~= '' then
-    -- Remember what this claim leased, for as long as the lease lasts, so a retry of a
-    -- claim whose reply was lost gets these tasks back instead of charging new attempts.
-    if stored_claim ~= claim_id then
-      redis.call('DEL', KEYS[9])  -- a new id: no chunk of an older claim may answer for it
-      redis.call('HSET', KEYS[9], 'id', claim_id, chunk, table.concat(leased, ' '))
-    else
-      redis.call('HSET', KEYS[9], chunk, table.concat(leased, ' '))
-    end
-    redis.call('PEXPIRE', KEYS[9], lease_ms)
+    remember(table.concat(leased, ' '))
   end
 end
 out[1] = wait_ms
