@@ -65,6 +65,7 @@ from kubeq.protocol import (
     ClaimedTask,
     Client,
     KubeqError,
+    MalformedClaim,
     QueueConfig,
     QueueOps,
     TaskError,
@@ -429,20 +430,25 @@ class ProtocolModel(RuleBasedStateMachine):
             self._deliver(worker, c.id, c.token, c.task.attempts, t0)
             self.held[worker][c.id] = c
         self.tally["claimed"] += len(claim.tasks)
-        if claim.malformed:
-            # What the worker does: dead-letter each unparseable task alone.
-            for m in claim.malformed:
-                self._deliver(worker, m.task_id, m.token, m.attempts, t0)
-            now = client.clock()
-            batch = [client.ops.dead_letter_malformed(m, worker, now) for m in claim.malformed]
-            oks, err = self.call("settle(malformed)", client.settle, batch)
-            if err is not None:
-                self.reconcile()
-                return
-            for m, ok in zip(claim.malformed, oks, strict=True):
-                if not ok:
-                    raise Violation(f"the claimer of malformed {m.task_id} could not settle it")
-                del self.leases[m.task_id]
+        self._dead_letter_malformed(worker, claim.malformed, t0)
+
+    def _dead_letter_malformed(self, worker: str, malformed: list[MalformedClaim], t0: int) -> None:
+        """What the worker does: dead-letter each unparseable task alone."""
+        if not malformed:
+            return
+        client = self.clients[worker]
+        for m in malformed:
+            self._deliver(worker, m.task_id, m.token, m.attempts, t0)
+        now = client.clock()
+        batch = [client.ops.dead_letter_malformed(m, worker, now) for m in malformed]
+        oks, err = self.call("settle(malformed)", client.settle, batch)
+        if err is not None:
+            self.reconcile()
+            return
+        for m, ok in zip(malformed, oks, strict=True):
+            if not ok:
+                raise Violation(f"the claimer of malformed {m.task_id} could not settle it")
+            del self.leases[m.task_id]
 
     @precondition(lambda self: bool(self.pending_claim))
     @rule(data=st.data())
@@ -471,6 +477,7 @@ class ProtocolModel(RuleBasedStateMachine):
         if back.tasks:
             pool = list(self.held[worker])
             self._settle(worker, [(pool.index(c.id), ("release", None)) for c in back.tasks])
+        self._dead_letter_malformed(worker, back.malformed, t0)  # as the worker does
         again, err = self.call("claim", client.claim, worker, max(n, 1), claim_id=claim_id)
         if err is not None:
             self.reconcile()
