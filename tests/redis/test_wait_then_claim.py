@@ -205,7 +205,6 @@ async def test_a_claimed_record_that_is_not_utf8_fails_as_a_plain_claim_does(
     decoded. The pipelined claim reports it as `claim` does, a KubeqError naming it, not
     a raw UnicodeDecodeError, and its connection is not handed out again half-read."""
     import redis as sync_redis
-
     from kubeq.protocol.errors import InvalidText
 
     raw = sync_redis.Redis.from_url(redis_url)
