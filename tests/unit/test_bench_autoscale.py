@@ -4,7 +4,13 @@ Timings are never checked here."""
 from __future__ import annotations
 
 import pytest
-from bench.autoscale import TIMELINE_FIELDS, replica_seconds, summarize
+from bench.autoscale import (
+    TIMELINE_FIELDS,
+    queue_shape,
+    replica_seconds,
+    summarize,
+    zero_wait_floor,
+)
 
 
 def sample(at: float, ready: int, draining: int = 0) -> list[float]:
@@ -30,6 +36,7 @@ def run(rule: str, rs: float, to_done: float, p95: float, long_p95: float) -> di
         "replica_seconds": rs,
         "replica_seconds_to_done": to_done,
         "done_at_seconds": 70.0,
+        "zero_wait_floor_replica_seconds": rs - 10,
         "queue_wait_ms": {"p95": p95, "p99": p95},
         "long_task_wait_ms": {"p95": long_p95},
         "interrupted": 0,
@@ -45,3 +52,22 @@ def test_summary_reports_both_costs_as_median_min_max() -> None:
     assert s["replica_seconds"] == {"median": 100, "min": 90, "max": 110}
     assert s["replica_seconds_to_done"] == {"median": 120, "min": 95, "max": 130}
     assert s["long_task_p95_wait_ms"] == {"median": 60, "min": 50, "max": 70}
+    assert s["zero_wait_floor_replica_seconds"] == {"median": 90, "min": 80, "max": 100}
+
+
+def test_zero_wait_floor_is_the_workers_running_tasks_need_plus_the_cooldown() -> None:
+    # One 10 s task, 10 slots a worker: one worker for 10 s, then the 5 s cooldown.
+    assert zero_wait_floor([(0, 10)], concurrency=10, cooldown=5, horizon=30) == 15
+    # Eleven at once need two workers.
+    assert zero_wait_floor([(0, 10)] * 11, 10, 5, 30) == 2 * 10 + 5
+    # One slot a worker, overlapping tasks: 1 worker 0-5, 2 workers 5-10, 1 worker 10-15.
+    assert zero_wait_floor([(5, 10), (0, 10)], 1, 5, 30) == 5 + 10 + 5 + 5
+    # A gap costs nothing: workers can leave while nothing runs.
+    assert zero_wait_floor([(0, 2), (10, 2)], 1, 0, 12) == 4
+    # The cooldown is counted only until the horizon, and not at all past it.
+    assert zero_wait_floor([(0, 10)], 10, 5, 12) == 12
+    assert zero_wait_floor([(0, 10)], 10, 5, 8) == 10
+
+
+def test_the_floor_uses_the_benchmarks_own_queue() -> None:
+    assert queue_shape() == (10, 30.0)
