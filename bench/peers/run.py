@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: small n, short runs")
     ap.add_argument(
-        "--systems", default="kubeq,kubeq-stock-gc,bullmq,taskiq,dramatiq,celery,rq,arq"
+        "--systems",
+        default="kubeq,kubeq-stock-gc,floor-python,floor-node,bullmq,taskiq,dramatiq,celery,rq,arq",
     )
     ap.add_argument("--latency-systems", default="kubeq,bullmq,taskiq,dramatiq")
     ap.add_argument("--reps", type=int, default=3)

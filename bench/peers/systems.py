@@ -73,6 +73,20 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             (py, "kubeq_app.py"),
             kubeq_env | {"KUBEQ_GC_GEN0_THRESHOLD": "0"},
         ),
+        # Not peers either: the task body alone, no queue, in each runtime (the ceiling of
+        # any worker there: what a worker costs beyond it is its own work).
+        System(
+            "floor-python",
+            "no queue: the body alone, 64 coroutines (Python, uvloop)",
+            (py, "floor_app.py", "worker"),
+            (py, "floor_app.py"),
+        ),
+        System(
+            "floor-node",
+            "no queue: the body alone, 50 async loops (Node, ioredis)",
+            (NODE, "floor_app.js", "worker"),
+            (NODE, "floor_app.js"),
+        ),
         System(
             "bullmq",
             "BullMQ (Node), concurrency 50",

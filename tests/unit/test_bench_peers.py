@@ -1,11 +1,18 @@
-"""The peer benchmark's pure parts (issue 12): summaries, percentiles, the interleaved
-schedule, parsing the apps' reports, the tables. Timings are never checked here."""
+"""The peer benchmark (issue 12): summaries, percentiles, the interleaved schedule,
+parsing the apps' reports, the tables, and that the floor row runs its body exactly n
+times. Timings are never checked here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from bench.peers.report import markdown, tables
+from bench.peers.run import drain
 from bench.peers.stats import last_json, percentile, ratio, schedule, summarize
+from bench.peers.systems import systems
+
+from kubeq.redis_server import RedisServer
 
 
 def test_summary_is_median_min_max_of_what_was_measured() -> None:
@@ -74,3 +81,14 @@ def test_tables_rank_by_median_and_count_lost_and_duplicated_tasks() -> None:
     assert bulk[0]["rate"].median == 50.0
     text = markdown({"records": records})
     assert "| kubeq | 21 (12-30) | 1.40x |" in text
+
+
+def test_the_python_floor_runs_the_body_exactly_n_times(tmp_path: Path) -> None:
+    """The floor row (the body alone, no queue) goes through the harness's own drain: its
+    counter must reach n and stay there, or its rate would not be the body's ceiling."""
+    server = RedisServer().start()
+    try:
+        rec = drain(systems()["floor-python"], server.url, 300, timeout=30, logdir=tmp_path)
+    finally:
+        server.stop()
+    assert (rec["done"], rec["final"], rec["timed_out"]) == (300, 300, False)
