@@ -462,6 +462,24 @@ class ProtocolModel(RuleBasedStateMachine):
         self.tally["rule:give_up_a_lost_claim"] += 1
         self._abandon(worker, claim_id, n)
 
+    @precondition(lambda self: self.profile.drops)
+    @rule(worker=st.sampled_from(WORKERS), n=st.integers(1, 3))
+    def abandon_a_claim_before_it_runs(self, worker: str, n: int) -> None:
+        """A drain interrupts an idle wait before Redis ran the claim queued behind it:
+        the worker abandons the claim id, and the claim may still run later (Redis had
+        not noticed the dropped connection when a wake-up came). It must lease nothing,
+        even with tasks ready, which the other rules rarely arrange: without a ready task
+        a spent id that leased anew would go unnoticed."""
+        self.tally["rule:abandon_a_claim_before_it_runs"] += 1
+        if not sum(self.snap().ready_per_level.values()):
+            req = TaskRequest(type="t", payload="for a spent claim id")
+            ids, err = self.call("submit_many", self.clients["producer"].submit_many, [req])
+            if err is not None:
+                self.reconcile()
+                return
+            self._adopt([req], ids)
+        self._abandon(worker, next(self.claim_ids), n)
+
     def _abandon(self, worker: str, claim_id: str, n: int) -> None:
         self.tally["abandons"] += 1
         client = self.clients[worker]
@@ -478,6 +496,7 @@ class ProtocolModel(RuleBasedStateMachine):
             pool = list(self.held[worker])
             self._settle(worker, [(pool.index(c.id), ("release", None)) for c in back.tasks])
         self._dead_letter_malformed(worker, back.malformed, t0)  # as the worker does
+        ready = sum(self.snap().ready_per_level.values())
         again, err = self.call("claim", client.claim, worker, max(n, 1), claim_id=claim_id)
         if err is not None:
             self.reconcile()
@@ -486,6 +505,7 @@ class ProtocolModel(RuleBasedStateMachine):
             mine = self.held[worker].get(c.id)
             if mine is None or mine.token != c.token:
                 raise Violation(f"the spent claim id {claim_id} leased {c.id} anew")
+        self.tally["spent claim ids re-sent with tasks ready"] += ready > 0
 
     @rule(data=st.data())
     def worker_stalls_past_its_lease(self, data: st.DataObject) -> None:
@@ -1013,6 +1033,7 @@ EXERCISED = {
         "rule:redis_restarts",
         "rule:oom_begins",
         "abandons",
+        "spent claim ids re-sent with tasks ready",
     ),
 }
 
