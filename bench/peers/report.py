@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.common import RESULTS
 from bench.peers.stats import Summary, ratio, summarize
+from bench.peers.systems import systems
 
 
 def tables(
@@ -52,11 +53,39 @@ def tables(
     return drain, lat, bulk
 
 
+def own_work(drain: list[dict[str, Any]], floors: dict[str, str]) -> list[dict[str, Any]]:
+    """Per system with a floor row in the run: its worker CPU per 1,000 tasks, its floor's
+    (the task body alone in the same runtime), the difference (the system's own work) and
+    the floor's drain rate (the ceiling of any worker there). Medians."""
+    by = {row["system"]: row for row in drain}
+    out = []
+    for row in drain:
+        floor = by.get(floors.get(row["system"], ""))
+        cpu = row["worker_cpu_ms_per_1000"]
+        if floor is None or cpu is None or floor["worker_cpu_ms_per_1000"] is None:
+            continue
+        body = floor["worker_cpu_ms_per_1000"].median
+        out.append(
+            {
+                "system": row["system"],
+                "floor": floor["system"],
+                "cpu": cpu.median,
+                "body": body,
+                "own": cpu.median - body,
+                "ceiling": floor["rate"],
+            }
+        )
+    return out
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def markdown(data: dict[str, Any]) -> str:
+def markdown(data: dict[str, Any], floors: dict[str, str] | None = None) -> str:
+    """The run's tables; `floors` maps a system to its floor row (default: systems.py's)."""
+    if floors is None:
+        floors = {name: s.floor for name, s in systems().items() if s.floor}
     drain, lat, bulk = tables(data["records"])
     rates = {row["system"]: row["rate"] for row in drain}
     base: Summary | None = rates.get("bullmq")
@@ -80,6 +109,20 @@ def markdown(data: dict[str, Any]) -> str:
             f"{row['lost']}/{row['dup']}",
         ]
         out.append("| " + " | ".join(cells) + " |")
+    own = own_work(drain, floors)
+    if own:
+        out += [
+            "",
+            "| system | worker CPU ms / 1000 tasks | the body alone (its floor row) | own work "
+            "beyond the body | the floor's drain (ceiling) vs BullMQ |",
+            "|---|---|---|---|---|",
+        ]
+        for o in own:
+            r = ratio(o["ceiling"], base)
+            out.append(
+                f"| {o['system']} | {o['cpu']:.0f} | {o['body']:.0f} ({o['floor']}) "
+                f"| {o['own']:.0f} | {'-' if r is None else f'{r:.2f}x'} |"
+            )
     out += [
         "",
         "| system | offered/s | done when the producer stopped | p50 ms | p99 ms | max ms |",

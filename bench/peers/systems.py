@@ -28,6 +28,9 @@ class System:
     producer: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     bulk: bool = False  # has a batch submit API measured separately
+    # The floor row that runs this system's task body alone (same runtime, client, loop
+    # and concurrency): its worker CPU beyond that floor's is the system's own work.
+    floor: str | None = None
 
 
 def compile_sources() -> None:
@@ -63,6 +66,7 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             (py, "kubeq_app.py"),
             kubeq_env,
             bulk=True,
+            floor="floor-python",
         ),
         # An ablation, not a peer: the same worker with Python's own garbage-collector
         # policy (KUBEQ_GC_GEN0_THRESHOLD=0), to show what kubeq.worker.gc_policy gains.
@@ -72,6 +76,7 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             (py, "-m", "kubeq.worker"),
             (py, "kubeq_app.py"),
             kubeq_env | {"KUBEQ_GC_GEN0_THRESHOLD": "0"},
+            floor="floor-python",
         ),
         # Not peers either: the task body alone, no queue, in each runtime (the ceiling of
         # any worker there: what a worker costs beyond it is its own work).
@@ -93,6 +98,7 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             (NODE, "bullmq_app.js", "worker", "50"),
             (NODE, "bullmq_app.js"),
             bulk=True,
+            floor="floor-node",
         ),
         System(
             "taskiq",

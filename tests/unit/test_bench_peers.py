@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench.peers.report import markdown, tables
+from bench.peers.report import markdown, own_work, tables
 from bench.peers.run import drain
 from bench.peers.stats import last_json, percentile, ratio, schedule, summarize
 from bench.peers.systems import systems
@@ -55,11 +55,11 @@ def test_ratio_needs_both_sides() -> None:
     assert ratio(a, None) is None
 
 
-def _drain(system: str, rate: float, final: int = 100) -> dict[str, object]:
+def _drain(system: str, rate: float, final: int = 100, cpu: float = 0.1) -> dict[str, object]:
     return {
         "kind": "drain", "system": system, "n": 100, "done": 100, "final": final,
         "rate": rate, "startup_s": 0.3, "rss_main_mb": 40.0, "rss_tree_mb": 80.0,
-        "redis_cpu_s_per_1000": 0.02, "worker_cpu_s_per_1000": 0.1, "timed_out": False,
+        "redis_cpu_s_per_1000": 0.02, "worker_cpu_s_per_1000": cpu, "timed_out": False,
     }  # fmt: skip
 
 
@@ -81,6 +81,30 @@ def test_tables_rank_by_median_and_count_lost_and_duplicated_tasks() -> None:
     assert bulk[0]["rate"].median == 50.0
     text = markdown({"records": records})
     assert "| kubeq | 21 (12-30) | 1.40x |" in text
+
+
+def test_own_work_is_worker_cpu_beyond_the_floor_of_the_same_runtime() -> None:
+    records = [
+        _drain("bullmq", 10.0, cpu=0.080),
+        _drain("kubeq", 8.0, cpu=0.120),
+        _drain("kubeq", 7.0, cpu=0.130),
+        _drain("floor-python", 14.0, cpu=0.070),
+        _drain("floor-node", 60.0, cpu=0.020),
+        _drain("taskiq", 1.0, cpu=0.600),  # no floor of its own: left out
+    ]
+    floors = {"kubeq": "floor-python", "bullmq": "floor-node", "taskiq": "floor-missing"}
+    own = {o["system"]: o for o in own_work(tables(records)[0], floors)}
+    assert sorted(own) == ["bullmq", "kubeq"]
+    assert own["kubeq"]["own"] == pytest.approx(125 - 70)
+    assert own["bullmq"]["own"] == pytest.approx(80 - 20)
+    text = markdown({"records": records}, floors)
+    assert "| kubeq | 125 | 70 (floor-python) | 55 | 1.40x |" in text
+    # The project's own mapping: both kubeq rows against the Python floor, BullMQ Node's.
+    assert {n: s.floor for n, s in systems().items() if s.floor} == {
+        "kubeq": "floor-python",
+        "kubeq-stock-gc": "floor-python",
+        "bullmq": "floor-node",
+    }
 
 
 def test_the_python_floor_runs_the_body_exactly_n_times(tmp_path: Path) -> None:
