@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -313,6 +314,18 @@ def replica_seconds(samples: list[list[float]], until: float) -> float:
     return total
 
 
+def need_steps(tasks: list[tuple[float, float]], concurrency: int) -> list[tuple[float, int]]:
+    """Workers the running tasks need, ceil(running / concurrency), as (time, workers)
+    steps, each holding until the next, if every task of `tasks` ((arrival, seconds)
+    pairs) started the moment it arrived."""
+    events = sorted([(at, 1) for at, _ in tasks] + [(at + secs, -1) for at, secs in tasks])
+    steps, running = [], 0
+    for at, step in events:
+        running += step
+        steps.append((at, math.ceil(running / concurrency)))
+    return steps
+
+
 def zero_wait_floor(
     tasks: list[tuple[float, float]], concurrency: int, cooldown: float, horizon: float
 ) -> float:
@@ -320,14 +333,12 @@ def zero_wait_floor(
     ((arrival, seconds) pairs) the moment it arrives and keeps one worker for `cooldown`
     seconds after the last one finished (the manifest's cooldown to zero), counted as
     `replica_seconds_to_done` is (to the last end or the `horizon`, whichever is later):
-    ceil(running / concurrency) workers at every instant, as if workers started at once and
-    running tasks could move between them (neither is true, so a real pool pays more). A
-    rule that costs less made tasks wait, interrupted them or cut the cooldown short."""
-    events = sorted([(at, 1) for at, _ in tasks] + [(at + secs, -1) for at, secs in tasks])
-    total, running, last = 0.0, 0, 0.0
-    for at, step in events:
-        total += math.ceil(running / concurrency) * (at - last)
-        running, last = running + step, at
+    the `need_steps` of the tasks, as if workers started at once and running tasks could
+    move between them (neither is true, so a real pool pays more). A rule that costs less
+    made tasks wait, interrupted them or cut the cooldown short."""
+    steps = need_steps(tasks, concurrency)
+    total = sum(n * (b[0] - a) for (a, n), b in itertools.pairwise(steps))
+    last = steps[-1][0] if steps else 0.0
     return total + min(cooldown, max(0.0, horizon - last))
 
 
@@ -375,8 +386,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def plot(runs: list[dict[str, Any]], name: str = "autoscale") -> Path:
-    """Workers and backlog over time: the first repetition of each rule, per trace."""
+def plot(
+    runs: list[dict[str, Any]],
+    name: str = "autoscale",
+    traces_by_name: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Workers and backlog over time: the first repetition of each rule, per trace, with
+    (given the traces) the workers its tasks need if each started on arrival (the lower
+    bound's curve, for that repetition's seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -395,12 +412,29 @@ def plot(runs: list[dict[str, Any]], name: str = "autoscale") -> Path:
             axes[0][col].step(t, workers, where="post", label=r["rule"])
             backlog = [max(0, s[5]) + max(0, s[6]) for s in r["timeline"]]
             axes[1][col].plot(t, backlog, label=r["rule"])
+            if traces_by_name and len(seen) == 1:
+                tasks = arrivals(traces_by_name[trace], random.Random(r["seed"]))
+                steps = need_steps(tasks, queue_shape()[0])
+                # The highest need of each second: short tasks make it flicker in between.
+                peak: dict[int, int] = {}
+                for (a, n), b in zip(steps, [*steps[1:], (steps[-1][0], 0)], strict=True):
+                    for sec in range(int(a), max(int(a), math.ceil(b[0]) - 1) + 1):
+                        peak[sec] = max(peak.get(sec, 0), n)
+                secs = sorted(peak)
+                axes[0][col].step(
+                    secs,
+                    [peak[x] for x in secs],
+                    where="post",
+                    color="black",
+                    linestyle=":",
+                    label="needed if every task starts on arrival (highest each second)",
+                )
         axes[0][col].set_title(f"trace {trace}: worker processes (first run of each rule)")
         axes[1][col].set_ylabel("backlog (waiting + in flight)")
         axes[1][col].set_xlabel("seconds")
         for ax in (axes[0][col], axes[1][col]):
             ax.grid(True, alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize="small")
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
     fig.savefig(path, dpi=110)
@@ -466,7 +500,7 @@ def main() -> None:
     summary = summarize(runs)
     print(json.dumps(summary, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    png = plot(runs, args.out)
+    png = plot(runs, args.out, loaded)
     path = write(args.out, {"traces": loaded, "summary": summary, "runs": runs})
     print(f"wrote {path} and {png}")
 

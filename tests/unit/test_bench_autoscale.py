@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from bench.autoscale import (
     TIMELINE_FIELDS,
+    need_steps,
     queue_shape,
     replica_seconds,
     summarize,
@@ -67,6 +68,12 @@ def test_zero_wait_floor_is_the_workers_running_tasks_need_plus_the_cooldown() -
     # The cooldown is counted only until the horizon, and not at all past it.
     assert zero_wait_floor([(0, 10)], 10, 5, 12) == 12
     assert zero_wait_floor([(0, 10)], 10, 5, 8) == 10
+
+
+def test_need_steps_follow_the_running_tasks() -> None:
+    # Two slots a worker: 1 task -> 1 worker, 3 -> 2, back to 1, then none.
+    tasks = [(0, 10), (1, 2), (2, 4)]
+    assert need_steps(tasks, 2) == [(0, 1), (1, 1), (2, 2), (3, 1), (6, 1), (10, 0)]
 
 
 def test_the_floor_uses_the_benchmarks_own_queue() -> None:
