@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     params = {"n": a.n, "reps": a.reps, "rate": a.rate, "secs": a.secs, "quick": a.quick}
+    # The Python bodies' client options (apps/shared.py): "default", or "none" (ablation).
+    params["body_timeout"] = os.environ.get("BENCH_BODY_TIMEOUT", "default")
     path = write(a.out, {"params": params, "records": records})
     print(f"wrote {path}")
     from bench.peers.report import markdown

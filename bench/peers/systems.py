@@ -86,6 +86,15 @@ def systems(kubeq_concurrency: int = 64) -> dict[str, System]:
             (py, "floor_app.py", "worker"),
             (py, "floor_app.py"),
         ),
+        # Its ablation (not in the default run): no per-command timeout on the body's
+        # client, as ioredis has by default (apps/shared.py, BENCH_BODY_TIMEOUT).
+        System(
+            "floor-python-no-timeout",
+            "no queue: the body alone, 64 coroutines, socket_timeout=None",
+            (py, "floor_app.py", "worker"),
+            (py, "floor_app.py"),
+            {"BENCH_BODY_TIMEOUT": "none"},
+        ),
         System(
             "floor-node",
             "no queue: the body alone, 50 async loops (Node, ioredis)",

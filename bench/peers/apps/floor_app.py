@@ -15,7 +15,7 @@ import os
 import time
 
 import redis.asyncio as aredis
-from shared import URL, abody, command, report
+from shared import URL, abody, body_client, command, report
 
 import redis
 
@@ -24,7 +24,7 @@ CONCURRENCY = int(os.environ.get("FLOOR_CONCURRENCY", "64"))
 
 
 async def run() -> None:
-    r = aredis.Redis.from_url(URL)
+    r = body_client(aredis)
     n = int(await r.get(TARGET) or 0)
     left = [n]
 

@@ -3,7 +3,7 @@
 import os
 
 import redis.asyncio as aredis
-from shared import DONE, URL, abody, command, paced, timed_enqueue
+from shared import BODY_CLIENT, DONE, URL, abody, body_client, command, paced, timed_enqueue
 
 from kubeq import App, Client
 
@@ -21,8 +21,8 @@ def _redis():
         cluster = redis.RedisCluster.from_url(URL.replace("redis+cluster://", "redis://", 1))
         node = cluster.get_node_from_key(DONE)
         cluster.close()
-        return aredis.Redis(host=node.host, port=node.port)
-    return aredis.Redis.from_url(URL)
+        return aredis.Redis(host=node.host, port=node.port, **BODY_CLIENT)
+    return body_client(aredis)
 
 
 @app.task("noop")

@@ -13,6 +13,16 @@ import time
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6390/0")
 DONE, LAT = "bench:done", "bench:lat"
+# The async bodies' client options. By default none: redis-py's own defaults, as a user
+# writes `Redis.from_url(url)` (redis-py 8: a 5 s socket timeout, so every command runs
+# under asyncio.wait_for / asyncio.timeout). BENCH_BODY_TIMEOUT=none is an ablation: no
+# per-command timeout, as ioredis (BullMQ's body) has by default.
+BODY_CLIENT = {"socket_timeout": None} if os.environ.get("BENCH_BODY_TIMEOUT") == "none" else {}
+
+
+def body_client(module):
+    """The async task body's Redis client (`module`: redis.asyncio), options as above."""
+    return module.Redis.from_url(URL, **BODY_CLIENT)
 
 
 def report(**fields):

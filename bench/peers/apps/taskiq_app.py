@@ -3,7 +3,7 @@
 import asyncio
 
 import redis.asyncio as aredis
-from shared import URL, abody, apaced, atimed_enqueue, command
+from shared import URL, abody, apaced, atimed_enqueue, body_client, command
 from taskiq_redis import ListQueueBroker
 
 broker = ListQueueBroker(URL)
@@ -14,7 +14,7 @@ _r = None
 async def noop(ts=None):
     global _r
     if _r is None:
-        _r = aredis.Redis.from_url(URL)
+        _r = body_client(aredis)
     await abody(_r, ts)
 
 
