@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import kubeq_test_apps
 import pytest
@@ -17,6 +17,8 @@ from kubeq.protocol import AsyncClient, Client, QueueConfig, TaskStatus, WokenCl
 from kubeq.worker import WorkerSettings
 from kubeq.worker.drain import DrainPlan, drain
 from kubeq.worker.runtime import Worker
+
+C = TypeVar("C", bound=AsyncClient)
 
 
 @pytest.fixture
@@ -52,6 +54,11 @@ class ReplyInFlight(AsyncClient):
         raise AssertionError("unreachable")
 
 
+async def client_as(cls: type[C], redis_url: str, config: QueueConfig) -> C:
+    """An AsyncClient subclass standing in for the real one, on a connection of its own."""
+    return cls((await AsyncClient.from_url(redis_url, config.name, config=config)).redis, config)
+
+
 async def drained_worker(redis_url: str, config: QueueConfig, ac: AsyncClient) -> Worker:
     ws = WorkerSettings(
         redis_url=redis_url, queue=config.name, queue_config=config, concurrency=4,
@@ -63,9 +70,7 @@ async def drained_worker(redis_url: str, config: QueueConfig, ac: AsyncClient) -
 async def test_a_drain_releases_what_the_claim_behind_an_interrupted_wait_leased(
     redis_url: str, config: QueueConfig, client: Client
 ) -> None:
-    ac = ReplyInFlight(
-        (await AsyncClient.from_url(redis_url, config.name, config=config)).redis, config
-    )
+    ac = await client_as(ReplyInFlight, redis_url, config)
     w = await drained_worker(redis_url, config, ac)
     tasks = w.start()
     try:
@@ -135,9 +140,7 @@ class SwallowsOneCancel(AsyncClient):
 async def test_a_lost_cancellation_does_not_let_the_wait_claim_what_the_drain_released(
     redis_url: str, config: QueueConfig, client: Client
 ) -> None:
-    ac = SwallowsOneCancel(
-        (await AsyncClient.from_url(redis_url, config.name, config=config)).redis, config
-    )
+    ac = await client_as(SwallowsOneCancel, redis_url, config)
     w = await drained_worker(redis_url, config, ac)
     slow = client.submit("sleep", {"seconds": 30})
     tasks = w.start()
